@@ -1,0 +1,234 @@
+//! Real processes for the root integration suites: the agent binary, HTTP servers and
+//! clients. Every wait is on a readiness signal (a printed port, `/readyz`), bounded by a
+//! timeout that fails the test with what was seen.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Root integration tests cannot run unprivileged; they fail (never skip) with the fix.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("this test loads eBPF programs and needs root: run `cargo xtask test` as root");
+    }
+}
+
+fn agent_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("TRACER_AGENT_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let default = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/tracer-agent");
+    if default.is_file() {
+        return Ok(default);
+    }
+    bail!(
+        "tracer-agent binary not found: run the suite with `cargo xtask test` (it builds the agent and sets TRACER_AGENT_BIN)"
+    )
+}
+
+pub struct Agent {
+    child: Option<Child>,
+    pub metrics_addr: SocketAddr,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent with `args` and `env`, and waits until `/readyz` says all programs
+    /// are attached.
+    pub async fn start(args: &[&str], env: &[(&str, String)]) -> Result<Agent> {
+        require_root();
+        let bin = agent_binary()?;
+        let metrics_addr = crate::unused_local_addr()?;
+        let dir = std::env::temp_dir();
+        let tag = format!("{}-{}", std::process::id(), metrics_addr.port());
+        let stdout = dir.join(format!("tracer-agent-{tag}.out"));
+        let stderr = dir.join(format!("tracer-agent-{tag}.err"));
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--metrics-addr")
+            .arg(metrics_addr.to_string())
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .stdout(std::fs::File::create(&stdout)?)
+            .stderr(std::fs::File::create(&stderr)?);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let mut agent = Agent {
+            child: Some(child),
+            metrics_addr,
+            stdout,
+            stderr,
+        };
+        agent.wait_ready(Duration::from_secs(30)).await?;
+        Ok(agent)
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let url = format!("http://{}/readyz", self.metrics_addr);
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "agent exited during startup ({status}): {}",
+                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
+                );
+            }
+            if let Ok(resp) = client.get(&url).send().await
+                && resp.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "agent not ready after {timeout:?}: {}",
+                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn metrics(&self) -> Result<String> {
+        Ok(
+            reqwest::get(format!("http://{}/metrics", self.metrics_addr))
+                .await?
+                .text()
+                .await?,
+        )
+    }
+
+    /// A counter's value from `/metrics`.
+    pub async fn metric(&self, name: &str) -> Result<u64> {
+        let text = self.metrics().await?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .with_context(|| format!("metric {name} not in /metrics"))
+    }
+
+    /// SIGTERM, then wait for a clean exit: the agent flushes what is pending first.
+    /// Returns (stdout, stderr).
+    pub fn stop(mut self) -> Result<(String, String)> {
+        let mut child = self.child.take().expect("agent running");
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait()?;
+        let out = std::fs::read_to_string(&self.stdout).unwrap_or_default();
+        let err = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        if !status.success() {
+            bail!("agent exited with {status} after SIGTERM: {err}");
+        }
+        Ok((out, err))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.stdout);
+        let _ = std::fs::remove_file(&self.stderr);
+    }
+}
+
+/// A child process killed when dropped, so a failing test leaves nothing behind.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Python's `http.server` on an ephemeral port of 127.0.0.1 (or `bind`). HTTP/1.1 with
+/// keep-alive when `keep_alive`, else HTTP/1.0 (one request per connection). It prints the
+/// port once it listens: that line is the readiness signal.
+pub fn python_http_server(bind: &str, keep_alive: bool) -> Result<Server> {
+    let script = format!(
+        r#"
+import http.server, socket, sys
+class Handler(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "{proto}"
+    def log_message(self, *args): pass
+class Server(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6 if ":" in "{bind}" else socket.AF_INET
+srv = Server(("{bind}", 0), Handler)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#,
+        proto = if keep_alive { "HTTP/1.1" } else { "HTTP/1.0" },
+    );
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start python3 (install it, or run `cargo xtask test` which does)")?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let port = line
+        .trim()
+        .parse()
+        .with_context(|| format!("python server did not report its port: {line:?}"))?;
+    Ok(Server { child, port })
+}
+
+/// Output of one curl run, with the pid it ran as.
+pub struct CurlRun {
+    pub pid: u32,
+    pub stdout: String,
+}
+
+/// Runs curl to completion. `-sS` keeps errors visible; `--fail` is not used so 4xx are
+/// ordinary outcomes.
+pub fn curl(args: &[&str]) -> Result<CurlRun> {
+    let child = Command::new("curl")
+        .arg("-sS")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start curl (install it, or run `cargo xtask test` which does)")?;
+    let pid = child.id();
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "curl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(CurlRun {
+        pid,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+    })
+}

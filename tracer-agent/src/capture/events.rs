@@ -1,0 +1,235 @@
+//! Decoding ring-buffer records into typed events. Pure: bytes in, values out.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use thiserror::Error;
+use tracer_common::{
+    AF_INET, AF_INET6, CONN_FLAG_ADDRS_KNOWN, ConnEvent, DATA_FLAG_GAP_BEFORE, DATA_FLAG_TRUNCATED,
+    DataEventHeader, Direction, EventHeader, EventKind, Role, UnknownTag,
+};
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {got} bytes is shorter than the {need} its kind needs")]
+    Short { need: usize, got: usize },
+    #[error(transparent)]
+    Tag(#[from] UnknownTag),
+    #[error("data record claims {claimed} payload bytes but carries {carried}")]
+    PayloadLength { claimed: usize, carried: usize },
+}
+
+/// Fields every event carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    pub conn_id: u64,
+    pub ts_enter_ns: u64,
+    pub ts_exit_ns: u64,
+    pub cgroup_id: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnOpened {
+    pub meta: Meta,
+    pub role: Role,
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+    pub comm: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataChunk<'a> {
+    pub meta: Meta,
+    pub direction: Direction,
+    /// Bytes the syscall moved; `payload.len()` is smaller when the copy was truncated.
+    pub syscall_len: u32,
+    pub truncated: bool,
+    /// Earlier events of this connection were lost.
+    pub gap_before: bool,
+    pub payload: &'a [u8],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaptureEvent<'a> {
+    Opened(ConnOpened),
+    Data(DataChunk<'a>),
+    Closed(Meta),
+}
+
+fn read_struct<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let need = size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::Short {
+            need,
+            got: bytes.len(),
+        });
+    }
+    // SAFETY: length checked; T is a repr(C) plain-old-data struct from tracer-common, valid
+    // for any bit pattern; read_unaligned has no alignment requirement.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+fn meta(h: &EventHeader) -> Meta {
+    Meta {
+        tgid: h.tgid,
+        tid: h.tid,
+        fd: h.fd,
+        conn_id: h.conn_id,
+        ts_enter_ns: h.ts_enter_ns,
+        ts_exit_ns: h.ts_exit_ns,
+        cgroup_id: h.cgroup_id,
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (dual-stack sockets) are reported as plain IPv4.
+fn socket_addr(family: u16, addr: &[u8; 16], port: u16) -> Option<SocketAddr> {
+    let ip = match family {
+        AF_INET => IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])),
+        AF_INET6 => {
+            let v6 = Ipv6Addr::from(*addr);
+            match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            }
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+pub fn decode(record: &[u8]) -> Result<CaptureEvent<'_>, DecodeError> {
+    let header: EventHeader = read_struct(record)?;
+    match EventKind::try_from(header.kind)? {
+        EventKind::ConnOpen => {
+            let ev: ConnEvent = read_struct(record)?;
+            let known = ev.flags & CONN_FLAG_ADDRS_KNOWN != 0;
+            let comm_len = ev
+                .comm
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(ev.comm.len());
+            Ok(CaptureEvent::Opened(ConnOpened {
+                meta: meta(&ev.header),
+                role: Role::try_from(ev.role)?,
+                local: known
+                    .then(|| socket_addr(ev.family, &ev.local_addr, ev.local_port))
+                    .flatten(),
+                peer: known
+                    .then(|| socket_addr(ev.family, &ev.peer_addr, ev.peer_port))
+                    .flatten(),
+                comm: String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned(),
+            }))
+        }
+        EventKind::Data => {
+            let ev: DataEventHeader = read_struct(record)?;
+            let start = size_of::<DataEventHeader>();
+            let claimed = ev.captured_len as usize;
+            let payload = record
+                .get(start..start + claimed)
+                .ok_or(DecodeError::PayloadLength {
+                    claimed,
+                    carried: record.len() - start,
+                })?;
+            Ok(CaptureEvent::Data(DataChunk {
+                meta: meta(&ev.header),
+                direction: Direction::try_from(ev.direction)?,
+                syscall_len: ev.syscall_len,
+                truncated: ev.flags & DATA_FLAG_TRUNCATED != 0,
+                gap_before: ev.flags & DATA_FLAG_GAP_BEFORE != 0,
+                payload,
+            }))
+        }
+        EventKind::Close => Ok(CaptureEvent::Closed(meta(&header))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn as_bytes<T: Copy>(v: &T) -> Vec<u8> {
+        // SAFETY: T is a repr(C) struct without implicit padding.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    fn header(kind: EventKind) -> EventHeader {
+        EventHeader {
+            kind: kind as u32,
+            tgid: 10,
+            tid: 11,
+            fd: 5,
+            conn_id: 99,
+            ts_enter_ns: 1000,
+            ts_exit_ns: 2000,
+            cgroup_id: 7,
+        }
+    }
+
+    #[test]
+    fn decodes_data_with_payload_and_flags() {
+        let h = DataEventHeader {
+            header: header(EventKind::Data),
+            direction: Direction::Egress as u32,
+            flags: DATA_FLAG_TRUNCATED | DATA_FLAG_GAP_BEFORE,
+            syscall_len: 100,
+            captured_len: 3,
+        };
+        let mut rec = as_bytes(&h);
+        rec.extend_from_slice(b"GET");
+        let CaptureEvent::Data(d) = decode(&rec).unwrap() else {
+            panic!("not data")
+        };
+        assert_eq!(d.payload, b"GET");
+        assert_eq!(d.syscall_len, 100);
+        assert!(d.truncated && d.gap_before);
+        assert_eq!(d.direction, Direction::Egress);
+        assert_eq!(d.meta.conn_id, 99);
+        // A record shorter than its claimed payload is rejected, not read past its end.
+        rec.truncate(rec.len() - 1);
+        assert!(matches!(
+            decode(&rec),
+            Err(DecodeError::PayloadLength { .. })
+        ));
+    }
+
+    #[test]
+    fn decodes_connection_addresses_including_v4_mapped() {
+        let mut ev = ConnEvent {
+            header: header(EventKind::ConnOpen),
+            role: Role::Server as u32,
+            flags: CONN_FLAG_ADDRS_KNOWN,
+            family: AF_INET6,
+            local_port: 8080,
+            peer_port: 50000,
+            ..Default::default()
+        };
+        ev.local_addr = Ipv6Addr::LOCALHOST.octets();
+        ev.peer_addr = Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped().octets();
+        ev.comm[..4].copy_from_slice(b"curl");
+        let CaptureEvent::Opened(o) = decode(&as_bytes(&ev)).unwrap() else {
+            panic!("not open")
+        };
+        assert_eq!(o.local, Some("[::1]:8080".parse().unwrap()));
+        assert_eq!(o.peer, Some("10.1.2.3:50000".parse().unwrap()));
+        assert_eq!(o.comm, "curl");
+        assert_eq!(o.role, Role::Server);
+
+        ev.flags = 0;
+        let CaptureEvent::Opened(o) = decode(&as_bytes(&ev)).unwrap() else {
+            panic!("not open")
+        };
+        assert_eq!((o.local, o.peer), (None, None));
+    }
+
+    #[test]
+    fn rejects_short_records_and_unknown_tags() {
+        assert!(matches!(decode(&[1, 0, 0]), Err(DecodeError::Short { .. })));
+        let mut h = header(EventKind::Close);
+        h.kind = 42;
+        assert!(matches!(decode(&as_bytes(&h)), Err(DecodeError::Tag(_))));
+        let open = as_bytes(&header(EventKind::ConnOpen));
+        assert!(matches!(decode(&open), Err(DecodeError::Short { .. })));
+    }
+}

@@ -1,0 +1,148 @@
+//! Thin shell around aya: load the embedded object, fill in globals, attach the tracepoints,
+//! and hand out the ring buffer and the drop counters.
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{ProgramError, TracePoint},
+};
+use tracer_common::{
+    DROP_REASON_COUNT, GLOBAL_AGENT_TGID, GLOBAL_CAPTURE_BYTES, GLOBAL_FILTER_PIDS, GLOBAL_OFFSETS,
+    KernelOffsets, MAP_DROPS, MAP_EVENTS, MAP_TRACED_PIDS, MAX_CAPTURE_BYTES,
+};
+
+/// The compiled eBPF object, built by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// Programs and the `syscalls` tracepoint each attaches to (program name = tracepoint name).
+const SYSCALL_TRACEPOINTS: &[&str] = &[
+    "sys_exit_accept4",
+    "sys_exit_accept",
+    "sys_enter_connect",
+    "sys_exit_connect",
+    "sys_enter_close",
+    "sys_enter_read",
+    "sys_exit_read",
+    "sys_enter_recvfrom",
+    "sys_exit_recvfrom",
+    "sys_enter_readv",
+    "sys_exit_readv",
+    "sys_enter_recvmsg",
+    "sys_exit_recvmsg",
+    "sys_enter_write",
+    "sys_exit_write",
+    "sys_enter_sendto",
+    "sys_exit_sendto",
+    "sys_enter_writev",
+    "sys_exit_writev",
+    "sys_enter_sendmsg",
+    "sys_exit_sendmsg",
+    "sys_enter_sendfile64",
+    "sys_exit_sendfile64",
+];
+
+pub struct CaptureConfig {
+    pub pids: Vec<u32>,
+    pub capture_bytes: u32,
+    pub ring_buffer_bytes: u32,
+    pub offsets: KernelOffsets,
+}
+
+pub struct Capture {
+    /// Keeps programs attached and maps alive; dropping it detaches everything.
+    _ebpf: Ebpf,
+    ring: Option<RingBuf<MapData>>,
+    drops: PerCpuArray<MapData, u64>,
+    pub attached: usize,
+}
+
+impl Capture {
+    pub fn load(cfg: &CaptureConfig) -> Result<Self> {
+        if EBPF_OBJECT.is_empty() {
+            bail!(
+                "this tracer-agent binary was built without its eBPF programs (AYA_BUILD_SKIP): rebuild with `cargo xtask build`"
+            );
+        }
+        if cfg.capture_bytes == 0 || cfg.capture_bytes as usize > MAX_CAPTURE_BYTES {
+            bail!("--capture-bytes must be between 1 and {MAX_CAPTURE_BYTES}");
+        }
+        if !cfg.ring_buffer_bytes.is_power_of_two() || cfg.ring_buffer_bytes < 4096 {
+            bail!("--ring-buffer-bytes must be a power of two of at least 4096");
+        }
+        let agent_tgid = std::process::id();
+        let filter = u32::from(!cfg.pids.is_empty());
+        let mut ebpf = EbpfLoader::new()
+            .override_global(GLOBAL_AGENT_TGID, &agent_tgid, true)
+            .override_global(GLOBAL_FILTER_PIDS, &filter, true)
+            .override_global(GLOBAL_CAPTURE_BYTES, &cfg.capture_bytes, true)
+            .override_global(GLOBAL_OFFSETS, &cfg.offsets, true)
+            .map_max_entries(MAP_EVENTS, cfg.ring_buffer_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(|e| anyhow!("loading the eBPF object failed: {e}"))?;
+
+        if !cfg.pids.is_empty() {
+            let mut pids: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(
+                ebpf.map_mut(MAP_TRACED_PIDS)
+                    .context("TRACED_PIDS map missing")?,
+            )?;
+            for pid in &cfg.pids {
+                pids.insert(pid, 1, 0)?;
+            }
+        }
+
+        let mut attached = 0;
+        for program in SYSCALL_TRACEPOINTS {
+            let category = "syscalls";
+            let tp: &mut TracePoint = ebpf
+                .program_mut(program)
+                .with_context(|| format!("program {program} missing from the eBPF object"))?
+                .try_into()?;
+            tp.load().map_err(|e| verifier_error(program, e))?;
+            tp.attach(category, program).map_err(|e| {
+                anyhow!("attaching {program} to tracepoint {category}/{program} failed: {e}")
+            })?;
+            attached += 1;
+        }
+
+        let ring = RingBuf::try_from(ebpf.take_map(MAP_EVENTS).context("EVENTS map missing")?)?;
+        let drops = PerCpuArray::try_from(ebpf.take_map(MAP_DROPS).context("DROPS map missing")?)?;
+        Ok(Capture {
+            _ebpf: ebpf,
+            ring: Some(ring),
+            drops,
+            attached,
+        })
+    }
+
+    /// The ring buffer, handed out once to the reader.
+    pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
+        self.ring.take()
+    }
+
+    /// Kernel-side drop counters summed over CPUs, indexed by `DropReason`.
+    pub fn drops(&self) -> [u64; DROP_REASON_COUNT] {
+        let mut totals = [0u64; DROP_REASON_COUNT];
+        for (reason, total) in totals.iter_mut().enumerate() {
+            if let Ok(values) = self.drops.get(&(reason as u32), 0) {
+                *total = values.iter().sum();
+            }
+        }
+        totals
+    }
+}
+
+/// The verifier log is long: keep the error to one line and put the log under debug.
+fn verifier_error(program: &str, err: ProgramError) -> anyhow::Error {
+    if let ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = &err
+    {
+        tracing::debug!("verifier log for {program}:\n{verifier_log}");
+        return anyhow!(
+            "the kernel verifier rejected {program} ({io_error}); rerun with RUST_LOG=debug to see the verifier log"
+        );
+    }
+    anyhow!("loading {program} failed: {err}")
+}

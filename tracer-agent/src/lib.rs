@@ -1,0 +1,18 @@
+//! The node agent's pipeline, one module per stage:
+//!
+//! `capture` (eBPF load, ring buffer, event decoding) → `pipeline` (connection table,
+//! reassembly per direction) → `http` (HTTP/1 parsing and request/response pairing) →
+//! `spans` (span building, clock conversion) → `export` (OTLP gRPC/HTTP, console trees).
+
+pub mod capture;
+pub mod export;
+pub mod http;
+pub mod metrics;
+pub mod pipeline;
+pub mod server;
+pub mod spans;
+
+/// User-Agent of the agent's own OTLP/HTTP requests. A collector on the same node is traced
+/// like any server; its spans for our exports would feed back into every export, so the
+/// pipeline drops exchanges carrying this agent.
+pub const EXPORTER_USER_AGENT: &str = concat!("tracer-agent/", env!("CARGO_PKG_VERSION"));

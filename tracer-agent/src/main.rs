@@ -1,0 +1,201 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::Parser;
+use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{SignalKind, signal};
+use tracer_agent::capture::{btf::Btf, events, loader, preflight};
+use tracer_agent::export::{self, ExportOverrides};
+use tracer_agent::metrics::Metrics;
+use tracer_agent::pipeline::{Pipeline, PipelineConfig};
+use tracer_agent::server;
+use tracer_common::{DEFAULT_CAPTURE_BYTES, KernelOffsets};
+use tracing_subscriber::EnvFilter;
+
+/// Traces the HTTP traffic of every process on this machine with eBPF and exports
+/// OpenTelemetry spans. No code changes, no sidecars.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Trace only this process (repeatable). Default: every process except the agent.
+    #[arg(long = "pid", value_name = "PID")]
+    pids: Vec<u32>,
+
+    /// Address serving /healthz, /readyz and /metrics.
+    #[arg(long, env = "TRACER_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    metrics_addr: SocketAddr,
+
+    /// OTLP endpoint (like OTEL_EXPORTER_OTLP_ENDPOINT). Without one, traces print to stdout.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+
+    /// OTLP traces endpoint, used as is (like OTEL_EXPORTER_OTLP_TRACES_ENDPOINT).
+    #[arg(long, value_name = "URL")]
+    otlp_traces_endpoint: Option<String>,
+
+    /// `grpc` or `http/protobuf` (like OTEL_EXPORTER_OTLP_PROTOCOL).
+    #[arg(long, value_name = "PROTOCOL")]
+    otlp_protocol: Option<String>,
+
+    /// Extra export headers, `k=v,k2=v2` (like OTEL_EXPORTER_OTLP_HEADERS).
+    #[arg(long, value_name = "HEADERS")]
+    otlp_headers: Option<String>,
+
+    /// Delay between export batches in ms (like OTEL_BSP_SCHEDULE_DELAY).
+    #[arg(long, value_name = "MS")]
+    batch_delay_ms: Option<u64>,
+
+    /// Payload bytes copied per syscall (headers beyond it are lost; bodies are only counted).
+    #[arg(long, env = "TRACER_CAPTURE_BYTES", default_value_t = DEFAULT_CAPTURE_BYTES)]
+    capture_bytes: u32,
+
+    /// Size of the kernel→agent ring buffer in bytes (power of two).
+    #[arg(long, env = "TRACER_RING_BUFFER_BYTES", default_value_t = 8 * 1024 * 1024)]
+    ring_buffer_bytes: u32,
+
+    /// Connections tracked at once in user space.
+    #[arg(long, env = "TRACER_MAX_CONNECTIONS", default_value_t = 65536)]
+    max_connections: usize,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the cause chain joined, most specific last.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    preflight::require_root()?;
+    let btf = preflight::require_btf()?;
+    preflight::ensure_tracefs()?;
+    preflight::raise_memlock_rlimit();
+
+    let offsets = match Btf::parse(&btf).and_then(|b| b.kernel_offsets()) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!("socket addresses unavailable: {e}");
+            KernelOffsets::UNKNOWN
+        }
+    };
+    drop(btf);
+
+    let metrics = Arc::new(Metrics::default());
+    let export_cfg = export::resolve_config(
+        &ExportOverrides {
+            endpoint: args.otlp_endpoint.clone(),
+            traces_endpoint: args.otlp_traces_endpoint.clone(),
+            protocol: args.otlp_protocol.clone(),
+            headers: args.otlp_headers.clone(),
+            schedule_delay_ms: args.batch_delay_ms,
+        },
+        |k| std::env::var(k).ok(),
+    )?;
+    match &export_cfg {
+        Some(cfg) => tracing::info!("exporting OTLP to {}", cfg.describe()),
+        None => tracing::info!("no OTLP endpoint configured: printing traces to stdout"),
+    }
+    let sink = export::build_sink(export_cfg, metrics.clone()).await?;
+    let bound = server::spawn(args.metrics_addr, metrics.clone()).await?;
+
+    let mut capture = loader::Capture::load(&loader::CaptureConfig {
+        pids: args.pids.clone(),
+        capture_bytes: args.capture_bytes,
+        ring_buffer_bytes: args.ring_buffer_bytes,
+        offsets,
+    })?;
+    metrics.ready.store(true, Ordering::Relaxed);
+    tracing::info!(
+        "tracing HTTP: {} programs attached; health and metrics on http://{bound}",
+        capture.attached
+    );
+
+    let mut pipeline = Pipeline::new(
+        PipelineConfig {
+            max_connections: args.max_connections,
+            ..Default::default()
+        },
+        metrics.clone(),
+    );
+    let ring = capture.take_ring().context("ring buffer already taken")?;
+    // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd lives.
+    let mut ring = unsafe { AsyncFd::register(ring) }.context("cannot poll the ring buffer")?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut housekeeping = tokio::time::interval(Duration::from_secs(10));
+    let mut drops_refresh = tokio::time::interval(Duration::from_millis(500));
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), &mut pipeline, &metrics, &sink);
+                guard.clear_ready();
+            }
+            _ = drops_refresh.tick() => {
+                for (slot, value) in metrics.kernel_drops.iter().zip(capture.drops()) {
+                    slot.store(value, Ordering::Relaxed);
+                }
+            }
+            _ = housekeeping.tick() => pipeline.tick(),
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+
+    tracing::info!("shutting down: draining events and flushing spans");
+    drain(ring.get_mut(), &mut pipeline, &metrics, &sink);
+    metrics.ready.store(false, Ordering::Relaxed);
+    // Detach before the flush so no new events arrive while exporting.
+    drop(capture);
+    drop(ring);
+    sink.shutdown(tokio::time::Instant::now() + Duration::from_secs(5))
+        .await;
+    Ok(())
+}
+
+fn drain(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    pipeline: &mut Pipeline,
+    metrics: &Metrics,
+    sink: &export::Sink,
+) {
+    while let Some(record) = ring.next() {
+        Metrics::inc(&metrics.events);
+        match events::decode(&record) {
+            Ok(event) => pipeline.handle(event),
+            Err(e) => {
+                Metrics::inc(&metrics.events_malformed);
+                tracing::debug!("malformed event: {e}");
+            }
+        }
+    }
+    for span in pipeline.take_spans() {
+        sink.submit(span);
+    }
+}

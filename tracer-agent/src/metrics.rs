@@ -1,0 +1,66 @@
+//! Process-wide counters, rendered as Prometheus text on `/metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($( $field:ident => ($name:literal, $kind:literal, $help:literal) ),* $(,)?) => {
+        /// All counters the agent exposes. Each is monotonic unless its kind is `gauge`.
+        #[derive(Debug, Default)]
+        pub struct Metrics {
+            $( pub $field: AtomicU64, )*
+            /// Drops counted in the kernel, per reason, copied in by the capture loop.
+            pub kernel_drops: [AtomicU64; tracer_common::DROP_REASON_COUNT],
+            pub ready: AtomicBool,
+        }
+
+        impl Metrics {
+            pub fn render_prometheus(&self) -> String {
+                let mut out = String::new();
+                $(
+                    let _ = writeln!(out, "# HELP {} {}", $name, $help);
+                    let _ = writeln!(out, "# TYPE {} {}", $name, $kind);
+                    let _ = writeln!(out, "{} {}", $name, self.$field.load(Ordering::Relaxed));
+                )*
+                let _ = writeln!(out, "# HELP tracer_kernel_drops_total Events the eBPF programs could not deliver, by reason.");
+                let _ = writeln!(out, "# TYPE tracer_kernel_drops_total counter");
+                for (i, c) in self.kernel_drops.iter().enumerate() {
+                    let reason = tracer_common::DropReason::try_from(i as u32)
+                        .map(|r| r.as_str())
+                        .unwrap_or("unknown");
+                    let _ = writeln!(out, "tracer_kernel_drops_total{{reason=\"{reason}\"}} {}", c.load(Ordering::Relaxed));
+                }
+                out
+            }
+        }
+    };
+}
+
+counters! {
+    events => ("tracer_events_total", "counter", "Events read from the kernel ring buffer."),
+    event_bytes => ("tracer_event_bytes_total", "counter", "Bytes of payload captured from socket syscalls."),
+    events_malformed => ("tracer_events_malformed_total", "counter", "Ring buffer records that failed to decode."),
+    connections_opened => ("tracer_connections_opened_total", "counter", "Connections seen opening (accept/connect)."),
+    connections_active => ("tracer_connections_active", "gauge", "Connections currently tracked in user space."),
+    connections_evicted => ("tracer_connections_evicted_total", "counter", "Connections dropped from the table because it was full or idle."),
+    parse_errors => ("tracer_http_parse_errors_total", "counter", "HTTP messages that could not be parsed."),
+    stream_gaps => ("tracer_stream_gaps_total", "counter", "Gaps in a captured byte stream (lost or truncated data)."),
+    exchanges => ("tracer_http_exchanges_total", "counter", "HTTP request/response exchanges reconstructed."),
+    own_exports_skipped => ("tracer_own_exports_skipped_total", "counter", "Exchanges skipped because they are this agent's own OTLP exports."),
+    spans_created => ("tracer_spans_created_total", "counter", "Spans built from exchanges."),
+    spans_exported => ("tracer_spans_exported_total", "counter", "Spans accepted by the exporter's destination."),
+    spans_dropped_queue_full => ("tracer_spans_dropped_queue_full_total", "counter", "Spans dropped because the export queue was full."),
+    spans_dropped_export_failed => ("tracer_spans_dropped_export_failed_total", "counter", "Spans dropped after export retries were exhausted."),
+    export_requests => ("tracer_export_requests_total", "counter", "Export requests sent."),
+    export_failures => ("tracer_export_failures_total", "counter", "Export attempts that failed (each retry counts)."),
+    export_queue_depth => ("tracer_export_queue_depth", "gauge", "Spans waiting in the export queue."),
+}
+
+impl Metrics {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}

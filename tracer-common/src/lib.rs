@@ -1,0 +1,295 @@
+//! Layouts shared by the eBPF programs and the agent.
+//!
+//! Every struct is `#[repr(C)]` with explicit padding fields so both sides agree byte for
+//! byte; tags travel as `u32` and are decoded with `TryFrom`, never transmuted.
+#![no_std]
+
+/// Largest number of payload bytes one data event can carry. A power of two so the eBPF side
+/// can bound lengths with a mask the verifier understands.
+pub const MAX_CAPTURE_BYTES: usize = 16384;
+/// Default number of payload bytes copied per syscall (configurable up to the maximum).
+pub const DEFAULT_CAPTURE_BYTES: u32 = 4096;
+
+/// Map and program names, used by both sides.
+pub const MAP_EVENTS: &str = "EVENTS";
+pub const MAP_DROPS: &str = "DROPS";
+pub const MAP_TRACED_PIDS: &str = "TRACED_PIDS";
+pub const MAP_CONNS: &str = "CONNS";
+
+/// Names of the globals the loader sets before the programs are verified.
+pub const GLOBAL_AGENT_TGID: &str = "AGENT_TGID";
+pub const GLOBAL_FILTER_PIDS: &str = "FILTER_PIDS";
+pub const GLOBAL_CAPTURE_BYTES: &str = "CAPTURE_BYTES";
+pub const GLOBAL_OFFSETS: &str = "KERNEL_OFFSETS";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum EventKind {
+    /// A connection became known: accept/accept4 returned it, or connect was called on it.
+    ConnOpen = 1,
+    /// Bytes moved by a data syscall on a tracked connection.
+    Data = 2,
+    /// The process closed the connection's file descriptor.
+    Close = 3,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Role {
+    Unknown = 0,
+    /// The socket came from accept: this process is the HTTP server.
+    Server = 1,
+    /// The socket was connected by this process: it is the HTTP client.
+    Client = 2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Direction {
+    /// Bytes read by the process (received from the peer).
+    Ingress = 1,
+    /// Bytes written by the process (sent to the peer).
+    Egress = 2,
+}
+
+/// Why the kernel side could not deliver an event. Indexes into the `DROPS` per-CPU array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum DropReason {
+    /// The ring buffer had no room (user space too slow or buffer too small).
+    RingBufferFull = 0,
+    /// Copying the user buffer failed (page not resident, bad pointer).
+    ReadUserFailed = 1,
+    /// The per-thread table of in-flight syscalls was full.
+    InflightTableFull = 2,
+    /// The connection table was full; the connection is not traced.
+    ConnTableFull = 3,
+    /// Reading the socket's addresses from kernel memory failed.
+    SocketReadFailed = 4,
+}
+
+pub const DROP_REASON_COUNT: usize = 5;
+
+impl DropReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DropReason::RingBufferFull => "ring_buffer_full",
+            DropReason::ReadUserFailed => "read_user_failed",
+            DropReason::InflightTableFull => "inflight_table_full",
+            DropReason::ConnTableFull => "conn_table_full",
+            DropReason::SocketReadFailed => "socket_read_failed",
+        }
+    }
+}
+
+/// A `u32` tag that matches no variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(thiserror::Error))]
+#[cfg_attr(feature = "user", error("unknown {what} tag {value}"))]
+pub struct UnknownTag {
+    pub what: &'static str,
+    pub value: u32,
+}
+
+macro_rules! tag_try_from {
+    ($ty:ident, $what:literal, [$($variant:ident),*]) => {
+        impl TryFrom<u32> for $ty {
+            type Error = UnknownTag;
+            fn try_from(value: u32) -> Result<Self, UnknownTag> {
+                $( if value == $ty::$variant as u32 { return Ok($ty::$variant); } )*
+                Err(UnknownTag { what: $what, value })
+            }
+        }
+    };
+}
+tag_try_from!(EventKind, "event kind", [ConnOpen, Data, Close]);
+tag_try_from!(Role, "role", [Unknown, Server, Client]);
+tag_try_from!(Direction, "direction", [Ingress, Egress]);
+tag_try_from!(
+    DropReason,
+    "drop reason",
+    [
+        RingBufferFull,
+        ReadUserFailed,
+        InflightTableFull,
+        ConnTableFull,
+        SocketReadFailed
+    ]
+);
+
+/// Leads every ring-buffer record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct EventHeader {
+    /// An [`EventKind`].
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    /// Unique per traced connection for the lifetime of the loaded programs.
+    pub conn_id: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) at syscall entry.
+    pub ts_enter_ns: u64,
+    /// `bpf_ktime_get_ns` at syscall exit.
+    pub ts_exit_ns: u64,
+    /// cgroup v2 id of the thread.
+    pub cgroup_id: u64,
+}
+
+/// `ConnEvent::flags`: the socket's addresses were read from kernel memory.
+pub const CONN_FLAG_ADDRS_KNOWN: u32 = 1;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct ConnEvent {
+    pub header: EventHeader,
+    /// A [`Role`].
+    pub role: u32,
+    pub flags: u32,
+    /// `AF_INET` or `AF_INET6`; 0 when unknown.
+    pub family: u16,
+    /// Host byte order.
+    pub local_port: u16,
+    /// Host byte order.
+    pub peer_port: u16,
+    pub _pad: u16,
+    /// IPv4 in the first 4 bytes, or IPv6; network byte order.
+    pub local_addr: [u8; 16],
+    pub peer_addr: [u8; 16],
+    /// The thread's `comm`, so short-lived processes are named even after they exit.
+    pub comm: [u8; 16],
+}
+
+/// `DataEvent::flags`: fewer bytes were copied than the syscall moved.
+pub const DATA_FLAG_TRUNCATED: u32 = 1;
+/// `DataEvent::flags`: events of this connection were lost before this one.
+pub const DATA_FLAG_GAP_BEFORE: u32 = 2;
+
+/// Fixed part of a data event; `captured_len` payload bytes follow it in the record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct DataEventHeader {
+    pub header: EventHeader,
+    /// A [`Direction`].
+    pub direction: u32,
+    pub flags: u32,
+    /// Bytes the syscall moved (its return value).
+    pub syscall_len: u32,
+    /// Payload bytes copied into the record.
+    pub captured_len: u32,
+}
+
+/// The largest record: header plus the maximum payload. The eBPF side fills one of these in
+/// per-CPU scratch memory and submits only the used prefix.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct DataEvent {
+    pub header: DataEventHeader,
+    pub data: [u8; MAX_CAPTURE_BYTES],
+}
+
+/// Field offsets inside kernel structures, read from the running kernel's BTF by the agent
+/// and handed to the programs as a global (Rust eBPF has no CO-RE relocations).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct KernelOffsets {
+    /// 1 when the offsets below were resolved; the programs skip address reads otherwise.
+    pub valid: u32,
+    pub task_struct_files: u32,
+    pub files_struct_fdt: u32,
+    pub fdtable_fd: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    pub sock_common_family: u32,
+    pub sock_common_daddr: u32,
+    pub sock_common_rcv_saddr: u32,
+    pub sock_common_dport: u32,
+    pub sock_common_num: u32,
+    pub sock_common_v6_daddr: u32,
+    pub sock_common_v6_rcv_saddr: u32,
+    /// Offset of `sock.sk_protocol` (u16) or `u32::MAX` when it is a bitfield (old kernels).
+    pub sock_protocol: u32,
+    pub _pad: u32,
+}
+
+impl KernelOffsets {
+    /// Offsets unknown: the programs trace connections without their addresses.
+    pub const UNKNOWN: KernelOffsets = KernelOffsets {
+        valid: 0,
+        task_struct_files: 0,
+        files_struct_fdt: 0,
+        fdtable_fd: 0,
+        file_private_data: 0,
+        socket_sk: 0,
+        sock_common_family: 0,
+        sock_common_daddr: 0,
+        sock_common_rcv_saddr: 0,
+        sock_common_dport: 0,
+        sock_common_num: 0,
+        sock_common_v6_daddr: 0,
+        sock_common_v6_rcv_saddr: 0,
+        sock_protocol: u32::MAX,
+        _pad: 0,
+    };
+}
+
+/// Key of the in-kernel connection table: `(tgid << 32) | fd`.
+#[inline(always)]
+pub const fn conn_key(tgid: u32, fd: u32) -> u64 {
+    ((tgid as u64) << 32) | fd as u64
+}
+
+/// Per-connection state kept in the kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct ConnState {
+    pub conn_id: u64,
+    /// A [`Role`].
+    pub role: u32,
+    /// A `PROTO_*` value: what the sniff decided.
+    pub protocol: u32,
+    /// Set when an event of this connection was lost; the next data event carries
+    /// [`DATA_FLAG_GAP_BEFORE`] so user space resynchronises instead of mis-pairing.
+    pub lost: u32,
+    pub _pad: u32,
+}
+
+pub const PROTO_UNKNOWN: u32 = 0;
+pub const PROTO_HTTP1: u32 = 1;
+pub const PROTO_OTHER: u32 = 2;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are repr(C), contain only integers and arrays with explicit padding.
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::ConnState {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<EventHeader>(), 48);
+        assert_eq!(size_of::<ConnEvent>(), 48 + 8 + 8 + 32 + 16);
+        assert_eq!(size_of::<DataEventHeader>(), 64);
+        assert_eq!(size_of::<KernelOffsets>(), 15 * 4);
+        assert_eq!(size_of::<ConnState>(), 24);
+    }
+
+    #[test]
+    fn tags_round_trip_and_reject_unknown() {
+        for k in [EventKind::ConnOpen, EventKind::Data, EventKind::Close] {
+            assert_eq!(EventKind::try_from(k as u32), Ok(k));
+        }
+        assert!(EventKind::try_from(0).is_err());
+        assert!(Direction::try_from(3).is_err());
+        assert_eq!(DropReason::try_from(4), Ok(DropReason::SocketReadFailed));
+        assert!(DropReason::try_from(DROP_REASON_COUNT as u32).is_err());
+    }
+}

@@ -1,0 +1,626 @@
+//! The programs, their maps and the globals the loader fills in.
+
+use aya_ebpf::{
+    Global,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user, bpf_probe_read_user_buf,
+    },
+    macros::{map, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use tracer_common::{
+    AF_INET, AF_INET6, CONN_FLAG_ADDRS_KNOWN, ConnEvent, ConnState, DATA_FLAG_GAP_BEFORE,
+    DATA_FLAG_TRUNCATED, DEFAULT_CAPTURE_BYTES, DataEvent, DataEventHeader, Direction, DropReason,
+    EventHeader, EventKind, KernelOffsets, MAX_CAPTURE_BYTES, PROTO_HTTP1, PROTO_OTHER,
+    PROTO_UNKNOWN, Role, conn_key,
+};
+
+#[unsafe(no_mangle)]
+static AGENT_TGID: Global<u32> = Global::new(0);
+/// 1: trace only the tgids in `TRACED_PIDS`.
+#[unsafe(no_mangle)]
+static FILTER_PIDS: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static CAPTURE_BYTES: Global<u32> = Global::new(DEFAULT_CAPTURE_BYTES);
+#[unsafe(no_mangle)]
+static KERNEL_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets::UNKNOWN);
+
+/// Size is set by the loader (`--ring-buffer-bytes`).
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+#[map]
+static DROPS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(tracer_common::DROP_REASON_COUNT as u32, 0);
+#[map]
+static TRACED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+/// Traced connections by `(tgid << 32) | fd`. LRU so a process that dies without closing
+/// cannot fill it.
+#[map]
+static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(65536, 0);
+/// Data syscalls between entry and exit, by pid_tgid.
+#[map]
+static INFLIGHT_IO: LruHashMap<u64, InflightIo> = LruHashMap::with_max_entries(16384, 0);
+/// connect() calls between entry and exit, by pid_tgid.
+#[map]
+static INFLIGHT_CONNECT: LruHashMap<u64, InflightConnect> = LruHashMap::with_max_entries(4096, 0);
+/// One data event under construction per CPU (too big for the 512-byte stack).
+#[map]
+static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static CONN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct InflightIo {
+    /// The user buffer, or the `iovec` array for vectored calls.
+    buf: u64,
+    ts_enter: u64,
+    fd: u32,
+    direction: u32,
+    /// A `BUF_*` value: how to find the bytes at exit.
+    kind: u32,
+    /// Number of iovecs for `BUF_IOVEC`.
+    iov_count: u32,
+}
+
+const BUF_PLAIN: u32 = 0;
+const BUF_IOVEC: u32 = 1;
+/// sendfile: the bytes never pass through user memory; only their count is reported.
+const BUF_NONE: u32 = 2;
+/// iovecs copied per vectored syscall; bytes in later ones are counted, not copied.
+const MAX_IOVECS: u32 = 4;
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct InflightConnect {
+    ts_enter: u64,
+    fd: u32,
+    _pad: u32,
+}
+
+const IPPROTO_TCP: u16 = 6;
+const EINPROGRESS: i64 = 115;
+
+// Offsets of the syscall tracepoint fields (stable format: 8-byte common header, the
+// syscall number, then one 8-byte slot per argument; exit has `ret` in the first slot).
+const ARG0: usize = 16;
+const ARG1: usize = 24;
+const ARG2: usize = 32;
+const RET: usize = 16;
+
+#[inline(always)]
+fn count_drop(reason: DropReason) {
+    if let Some(counter) = DROPS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+fn is_traced(tgid: u32) -> bool {
+    if tgid == AGENT_TGID.load() {
+        return false;
+    }
+    if FILTER_PIDS.load() != 0 {
+        // SAFETY: value is only tested for presence.
+        return unsafe { TRACED_PIDS.get(&tgid) }.is_some();
+    }
+    true
+}
+
+#[inline(always)]
+fn header(kind: EventKind, pid_tgid: u64, fd: u32, conn_id: u64, ts_enter: u64) -> EventHeader {
+    EventHeader {
+        kind: kind as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        fd,
+        conn_id,
+        ts_enter_ns: ts_enter,
+        // SAFETY: helpers without preconditions.
+        ts_exit_ns: unsafe { bpf_ktime_get_ns() },
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+    }
+}
+
+// ---- connection lifecycle -------------------------------------------------------------
+
+#[tracepoint]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    on_accept_exit(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    on_accept_exit(&ctx);
+    0
+}
+
+#[inline(always)]
+fn on_accept_exit(ctx: &TracePointContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_traced((pid_tgid >> 32) as u32) {
+        return;
+    }
+    // SAFETY: RET is inside the tracepoint record.
+    let Ok(ret) = (unsafe { ctx.read_at::<i64>(RET) }) else {
+        return;
+    };
+    if ret < 0 {
+        return;
+    }
+    register_connection(pid_tgid, ret as u32, Role::Server, 0);
+}
+
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_traced((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    // SAFETY: ARG0 is inside the tracepoint record.
+    let Ok(fd) = (unsafe { ctx.read_at::<u64>(ARG0) }) else {
+        return 0;
+    };
+    let inflight = InflightConnect {
+        // SAFETY: helper without preconditions.
+        ts_enter: unsafe { bpf_ktime_get_ns() },
+        fd: fd as u32,
+        _pad: 0,
+    };
+    if INFLIGHT_CONNECT.insert(&pid_tgid, &inflight, 0).is_err() {
+        count_drop(DropReason::InflightTableFull);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: copied out before the entry is removed.
+    let Some(inflight) = (unsafe { INFLIGHT_CONNECT.get(&pid_tgid) }).copied() else {
+        return 0;
+    };
+    let _ = INFLIGHT_CONNECT.remove(&pid_tgid);
+    // SAFETY: RET is inside the tracepoint record.
+    let Ok(ret) = (unsafe { ctx.read_at::<i64>(RET) }) else {
+        return 0;
+    };
+    // Non-blocking connects return EINPROGRESS; the socket already has both addresses.
+    if ret == 0 || ret == -EINPROGRESS {
+        register_connection(pid_tgid, inflight.fd, Role::Client, inflight.ts_enter);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: ARG0 is inside the tracepoint record.
+    let Ok(fd) = (unsafe { ctx.read_at::<u64>(ARG0) }) else {
+        return 0;
+    };
+    let fd = fd as u32;
+    let key = conn_key((pid_tgid >> 32) as u32, fd);
+    // SAFETY: copied out before removal.
+    let Some(state) = (unsafe { CONNS.get(&key) }).copied() else {
+        return 0;
+    };
+    let _ = CONNS.remove(&key);
+    let event = header(EventKind::Close, pid_tgid, fd, state.conn_id, 0);
+    let event = EventHeader {
+        ts_enter_ns: event.ts_exit_ns,
+        ..event
+    };
+    if EVENTS.output::<EventHeader>(&event, 0).is_err() {
+        count_drop(DropReason::RingBufferFull);
+    }
+    0
+}
+
+#[inline(always)]
+fn next_conn_id() -> u64 {
+    // SAFETY: helper without preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() } as u64;
+    match CONN_SEQ.get_ptr_mut(0) {
+        Some(seq) => {
+            // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+            let n = unsafe {
+                *seq += 1;
+                *seq
+            };
+            (n << 12) | (cpu & 0xfff)
+        }
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn register_connection(pid_tgid: u64, fd: u32, role: Role, ts_enter: u64) {
+    let mut event = ConnEvent {
+        header: header(EventKind::ConnOpen, pid_tgid, fd, 0, ts_enter),
+        role: role as u32,
+        flags: 0,
+        family: 0,
+        local_port: 0,
+        peer_port: 0,
+        _pad: 0,
+        local_addr: [0; 16],
+        peer_addr: [0; 16],
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    if event.header.ts_enter_ns == 0 {
+        event.header.ts_enter_ns = event.header.ts_exit_ns;
+    }
+    match read_socket(fd, &mut event) {
+        SocketKind::TcpInet | SocketKind::Unknown => {}
+        SocketKind::Other => return,
+    }
+    let conn_id = next_conn_id();
+    event.header.conn_id = conn_id;
+    let state = ConnState {
+        conn_id,
+        role: role as u32,
+        protocol: PROTO_UNKNOWN,
+        lost: 0,
+        _pad: 0,
+    };
+    let key = conn_key((pid_tgid >> 32) as u32, fd);
+    if CONNS.insert(&key, &state, 0).is_err() {
+        count_drop(DropReason::ConnTableFull);
+        return;
+    }
+    if EVENTS.output::<ConnEvent>(&event, 0).is_err() {
+        count_drop(DropReason::RingBufferFull);
+        // Without its open event user space cannot place the data; do not trace it.
+        let _ = CONNS.remove(&key);
+    }
+}
+
+enum SocketKind {
+    TcpInet,
+    Other,
+    /// Offsets unavailable or the read failed: trace it and let the sniff decide.
+    Unknown,
+}
+
+/// Reads the socket behind `fd` of the current task: task->files->fdt->fd[fd]->private_data
+/// (struct socket)->sk, then the addresses in sock_common. Offsets come from BTF.
+#[inline(always)]
+fn read_socket(fd: u32, event: &mut ConnEvent) -> SocketKind {
+    let off = KERNEL_OFFSETS.load();
+    if off.valid == 0 {
+        return SocketKind::Unknown;
+    }
+    // SAFETY: bpf_probe_read_kernel tolerates bad addresses (returns an error).
+    match unsafe { read_socket_inner(fd, &off, event) } {
+        Ok(kind) => kind,
+        Err(_) => {
+            count_drop(DropReason::SocketReadFailed);
+            SocketKind::Unknown
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn read_ptr(base: *const u8, offset: u32) -> Result<*const u8, i64> {
+    unsafe { bpf_probe_read_kernel(base.add(offset as usize) as *const *const u8) }
+        .map_err(|e| e as i64)
+}
+
+#[inline(always)]
+unsafe fn read_socket_inner(
+    fd: u32,
+    off: &KernelOffsets,
+    event: &mut ConnEvent,
+) -> Result<SocketKind, i64> {
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let files = read_ptr(task, off.task_struct_files)?;
+        let fdt = read_ptr(files, off.files_struct_fdt)?;
+        let fd_array = read_ptr(fdt, off.fdtable_fd)?;
+        let file = read_ptr(fd_array, fd.wrapping_mul(8))?;
+        let socket = read_ptr(file, off.file_private_data)?;
+        let sk = read_ptr(socket, off.socket_sk)?;
+        if sk.is_null() {
+            return Ok(SocketKind::Other);
+        }
+        let family: u16 =
+            bpf_probe_read_kernel(sk.add(off.sock_common_family as usize) as *const u16)
+                .map_err(|e| e as i64)?;
+        if family != AF_INET && family != AF_INET6 {
+            return Ok(SocketKind::Other);
+        }
+        if off.sock_protocol != u32::MAX {
+            let protocol: u16 =
+                bpf_probe_read_kernel(sk.add(off.sock_protocol as usize) as *const u16)
+                    .map_err(|e| e as i64)?;
+            if protocol != IPPROTO_TCP {
+                return Ok(SocketKind::Other);
+            }
+        }
+        event.family = family;
+        let dport: u16 =
+            bpf_probe_read_kernel(sk.add(off.sock_common_dport as usize) as *const u16)
+                .map_err(|e| e as i64)?;
+        event.peer_port = u16::from_be(dport);
+        event.local_port =
+            bpf_probe_read_kernel(sk.add(off.sock_common_num as usize) as *const u16)
+                .map_err(|e| e as i64)?;
+        if family == AF_INET {
+            let peer: [u8; 4] =
+                bpf_probe_read_kernel(sk.add(off.sock_common_daddr as usize) as *const [u8; 4])
+                    .map_err(|e| e as i64)?;
+            let local: [u8; 4] =
+                bpf_probe_read_kernel(sk.add(off.sock_common_rcv_saddr as usize) as *const [u8; 4])
+                    .map_err(|e| e as i64)?;
+            event.peer_addr[..4].copy_from_slice(&peer);
+            event.local_addr[..4].copy_from_slice(&local);
+        } else {
+            event.peer_addr =
+                bpf_probe_read_kernel(sk.add(off.sock_common_v6_daddr as usize) as *const [u8; 16])
+                    .map_err(|e| e as i64)?;
+            event.local_addr = bpf_probe_read_kernel(
+                sk.add(off.sock_common_v6_rcv_saddr as usize) as *const [u8; 16]
+            )
+            .map_err(|e| e as i64)?;
+        }
+        event.flags |= CONN_FLAG_ADDRS_KNOWN;
+        Ok(SocketKind::TcpInet)
+    }
+}
+
+// ---- data ------------------------------------------------------------------------------
+
+macro_rules! data_tracepoints {
+    ($($enter:ident / $exit:ident => $direction:expr, $kind:expr;)*) => {$(
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            on_data_enter(&ctx, $direction, $kind);
+            0
+        }
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            on_data_exit(&ctx);
+            0
+        }
+    )*};
+}
+
+/// How the enter probe finds the bytes: the buffer argument itself, an iovec array
+/// argument, a msghdr argument (whose iovecs are read at entry), or none at all.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Args {
+    Buffer,
+    Iovec,
+    Msghdr,
+    CountOnly,
+}
+
+data_tracepoints! {
+    sys_enter_read / sys_exit_read => Direction::Ingress, Args::Buffer;
+    sys_enter_recvfrom / sys_exit_recvfrom => Direction::Ingress, Args::Buffer;
+    sys_enter_readv / sys_exit_readv => Direction::Ingress, Args::Iovec;
+    sys_enter_recvmsg / sys_exit_recvmsg => Direction::Ingress, Args::Msghdr;
+    sys_enter_write / sys_exit_write => Direction::Egress, Args::Buffer;
+    sys_enter_sendto / sys_exit_sendto => Direction::Egress, Args::Buffer;
+    sys_enter_writev / sys_exit_writev => Direction::Egress, Args::Iovec;
+    sys_enter_sendmsg / sys_exit_sendmsg => Direction::Egress, Args::Msghdr;
+    sys_enter_sendfile64 / sys_exit_sendfile64 => Direction::Egress, Args::CountOnly;
+}
+
+/// Every data syscall has the fd first and the buffer (or iovec/msghdr) second.
+#[inline(always)]
+fn on_data_enter(ctx: &TracePointContext, direction: Direction, args: Args) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: ARG0/ARG1/ARG2 are inside the tracepoint record.
+    let Ok(fd) = (unsafe { ctx.read_at::<u64>(ARG0) }) else {
+        return;
+    };
+    let fd = fd as u32;
+    // Connections exist only for traced processes, so this lookup is the whole filter.
+    // SAFETY: read-only access to a plain value.
+    let Some(state) = (unsafe { CONNS.get(&conn_key((pid_tgid >> 32) as u32, fd)) }) else {
+        return;
+    };
+    if state.protocol == PROTO_OTHER {
+        return;
+    }
+    let Ok(arg1) = (unsafe { ctx.read_at::<u64>(ARG1) }) else {
+        return;
+    };
+    let (buf, kind, iov_count) = match args {
+        Args::Buffer => (arg1, BUF_PLAIN, 0),
+        Args::CountOnly => (0, BUF_NONE, 0),
+        Args::Iovec => {
+            let Ok(count) = (unsafe { ctx.read_at::<u64>(ARG2) }) else {
+                return;
+            };
+            (arg1, BUF_IOVEC, count as u32)
+        }
+        Args::Msghdr => {
+            // struct msghdr: msg_iov at 16, msg_iovlen at 24.
+            // SAFETY: the helper validates the user pointer.
+            let iov = unsafe { bpf_probe_read_user((arg1 + 16) as *const u64) };
+            let count = unsafe { bpf_probe_read_user((arg1 + 24) as *const u64) };
+            match (iov, count) {
+                (Ok(iov), Ok(count)) => (iov, BUF_IOVEC, count as u32),
+                _ => {
+                    count_drop(DropReason::ReadUserFailed);
+                    return;
+                }
+            }
+        }
+    };
+    let inflight = InflightIo {
+        buf,
+        // SAFETY: helper without preconditions.
+        ts_enter: unsafe { bpf_ktime_get_ns() },
+        fd,
+        direction: direction as u32,
+        kind,
+        iov_count,
+    };
+    if INFLIGHT_IO.insert(&pid_tgid, &inflight, 0).is_err() {
+        count_drop(DropReason::InflightTableFull);
+    }
+}
+
+#[inline(always)]
+fn on_data_exit(ctx: &TracePointContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: copied out before removal.
+    let Some(inflight) = (unsafe { INFLIGHT_IO.get(&pid_tgid) }).copied() else {
+        return;
+    };
+    let _ = INFLIGHT_IO.remove(&pid_tgid);
+    // SAFETY: RET is inside the tracepoint record.
+    let Ok(ret) = (unsafe { ctx.read_at::<i64>(RET) }) else {
+        return;
+    };
+    // Errors (EAGAIN included) and EOF move no bytes: nothing to account.
+    if ret <= 0 {
+        return;
+    }
+    let key = conn_key((pid_tgid >> 32) as u32, inflight.fd);
+    let Some(state) = CONNS.get_ptr_mut(&key) else {
+        return;
+    };
+    // SAFETY: the LRU map value stays valid for the duration of the program.
+    let state = unsafe { &mut *state };
+    let moved = ret as u64;
+    match inflight.kind {
+        BUF_PLAIN => emit_data(pid_tgid, &inflight, inflight.buf, moved, moved, state),
+        BUF_NONE => emit_data(pid_tgid, &inflight, 0, moved, 0, state),
+        _ => emit_iovecs(pid_tgid, &inflight, moved, state),
+    }
+}
+
+/// One record per iovec, in order, covering exactly the `moved` bytes; the last record
+/// accounts for whatever lies beyond `MAX_IOVECS`.
+#[inline(always)]
+fn emit_iovecs(pid_tgid: u64, inflight: &InflightIo, moved: u64, state: &mut ConnState) {
+    let mut remaining = moved;
+    for i in 0..MAX_IOVECS {
+        if remaining == 0 || i >= inflight.iov_count {
+            break;
+        }
+        let iov = inflight.buf + (i as u64) * 16;
+        // SAFETY: the helper validates the user pointer.
+        let (Ok(base), Ok(len)) = (unsafe { bpf_probe_read_user(iov as *const u64) }, unsafe {
+            bpf_probe_read_user((iov + 8) as *const u64)
+        }) else {
+            count_drop(DropReason::ReadUserFailed);
+            state.lost = 1;
+            return;
+        };
+        let part = if len < remaining { len } else { remaining };
+        let last = i + 1 == MAX_IOVECS || i + 1 == inflight.iov_count;
+        let accounted = if last { remaining } else { part };
+        emit_data(pid_tgid, inflight, base, accounted, part, state);
+        remaining -= accounted;
+    }
+}
+
+#[inline(always)]
+fn looks_like_http(prefix: u32) -> bool {
+    const fn tag(s: &[u8; 4]) -> u32 {
+        u32::from_le_bytes(*s)
+    }
+    prefix == tag(b"GET ")
+        || prefix == tag(b"POST")
+        || prefix == tag(b"PUT ")
+        || prefix == tag(b"HEAD")
+        || prefix == tag(b"DELE")
+        || prefix == tag(b"PATC")
+        || prefix == tag(b"OPTI")
+        || prefix == tag(b"CONN")
+        || prefix == tag(b"TRAC")
+        || prefix == tag(b"HTTP")
+}
+
+/// Sends one data record: `moved` bytes are accounted, of which up to `available` (and the
+/// capture limit) are copied from `buf`.
+#[inline(always)]
+fn emit_data(
+    pid_tgid: u64,
+    inflight: &InflightIo,
+    buf: u64,
+    moved: u64,
+    available: u64,
+    state: &mut ConnState,
+) {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch, used only within this program invocation.
+    let event = unsafe { &mut *scratch };
+    let limit = CAPTURE_BYTES.load() as u64;
+    let mut len = if available < limit { available } else { limit };
+    if len > MAX_CAPTURE_BYTES as u64 {
+        len = MAX_CAPTURE_BYTES as u64;
+    }
+    let len = len as usize;
+    if len > MAX_CAPTURE_BYTES {
+        return;
+    }
+    if len > 0 {
+        // SAFETY: the helper validates the user pointer.
+        if unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut event.data[..len]) }.is_err() {
+            count_drop(DropReason::ReadUserFailed);
+            state.lost = 1;
+            return;
+        }
+    }
+    if state.protocol == PROTO_UNKNOWN && len >= 4 {
+        let prefix =
+            u32::from_le_bytes([event.data[0], event.data[1], event.data[2], event.data[3]]);
+        if looks_like_http(prefix) {
+            state.protocol = PROTO_HTTP1;
+        } else {
+            state.protocol = PROTO_OTHER;
+            return;
+        }
+    }
+    let mut flags = 0;
+    if (len as u64) < moved {
+        flags |= DATA_FLAG_TRUNCATED;
+    }
+    if state.lost != 0 {
+        flags |= DATA_FLAG_GAP_BEFORE;
+    }
+    event.header = DataEventHeader {
+        header: header(
+            EventKind::Data,
+            pid_tgid,
+            inflight.fd,
+            state.conn_id,
+            inflight.ts_enter,
+        ),
+        direction: inflight.direction,
+        flags,
+        syscall_len: moved as u32,
+        captured_len: len as u32,
+    };
+    let total = size_of::<DataEventHeader>() + len;
+    // SAFETY: `event` is a DataEvent, at least `total` bytes long.
+    let bytes = unsafe {
+        core::slice::from_raw_parts(
+            event as *const DataEvent as *const u8,
+            size_of::<DataEvent>(),
+        )
+    };
+    if total > bytes.len() {
+        return;
+    }
+    if EVENTS.output::<[u8]>(&bytes[..total], 0).is_err() {
+        count_drop(DropReason::RingBufferFull);
+        state.lost = 1;
+    } else {
+        state.lost = 0;
+    }
+}

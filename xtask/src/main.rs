@@ -1,0 +1,191 @@
+//! `cargo xtask <command>`: everything a developer runs, with the toolchain bootstrap built in.
+
+mod deps;
+mod toolchain;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, run and test the tracer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building needs: nightly + rust-src, and bpf-linker built for nightly's LLVM.
+    Setup,
+    /// Build the agent (eBPF object embedded).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build and start the agent as root; arguments after `--` go to the agent.
+    Run {
+        #[arg(long)]
+        release: bool,
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Unit tests, then the root integration tests against real servers and clients.
+    Test {
+        /// Only run tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// rustfmt check and clippy on host crates and on the eBPF crate.
+    Lint,
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command with inherited output (progress stays visible); fails with its name.
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    eprintln!("+ {shown}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn build_agent(release: bool) -> Result<PathBuf> {
+    let tools = toolchain::ensure()?;
+    eprintln!("==> building tracer-agent (eBPF programs included)");
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "tracer-agent"]);
+    if release {
+        cmd.arg("--release");
+    }
+    cmd.env("TRACER_TOOLCHAIN_DIR", &tools);
+    run_cmd(&mut cmd)?;
+    Ok(workspace_root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("tracer-agent"))
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Cmd::Setup => {
+            toolchain::ensure()?;
+            eprintln!("==> toolchain ready");
+        }
+        Cmd::Build { release } => {
+            let bin = build_agent(release)?;
+            eprintln!("==> built {}", bin.display());
+        }
+        Cmd::Run { release, args } => {
+            let bin = build_agent(release)?;
+            let mut cmd = if is_root() {
+                Command::new(&bin)
+            } else {
+                eprintln!("==> the agent needs root: starting it with sudo");
+                let mut c = Command::new("sudo");
+                c.arg("-E").arg(&bin);
+                c
+            };
+            cmd.args(&args);
+            eprintln!("==> starting {} {}", bin.display(), args.join(" "));
+            let status = cmd.status().context("cannot start the agent")?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Cmd::Test { filter } => test(filter)?,
+        Cmd::Lint => lint()?,
+    }
+    Ok(())
+}
+
+fn test(filter: Option<String>) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the integration tests load eBPF programs and need root: rerun `cargo xtask test` as root (sudo -E cargo xtask test)"
+        );
+    }
+    let bin = build_agent(false)?;
+    deps::ensure_test_tools()?;
+    let tools = toolchain::dir();
+    eprintln!("==> unit and integration tests");
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace"]);
+    cmd.env("TRACER_TOOLCHAIN_DIR", &tools);
+    cmd.env("TRACER_AGENT_BIN", &bin);
+    cmd.arg("--");
+    if let Some(f) = &filter {
+        cmd.arg(f);
+    }
+    // Integration tests each start an agent that traces the whole machine; one at a time
+    // keeps their traffic and CPU apart.
+    cmd.arg("--test-threads=1");
+    run_cmd(&mut cmd)
+}
+
+fn lint() -> Result<()> {
+    let tools = toolchain::ensure()?;
+    run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run_cmd(
+        cargo()
+            .args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .env("TRACER_TOOLCHAIN_DIR", &tools),
+    )?;
+    let mut ebpf = Command::new("rustup");
+    ebpf.current_dir(workspace_root().join("tracer-ebpf"))
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env("PATH", toolchain::path_with(&tools));
+    run_cmd(&mut ebpf)
+}
