@@ -106,7 +106,7 @@ fn is_traced(tgid: u32) -> bool {
     }
     if FILTER_PIDS.load() != 0 {
         // SAFETY: value is only tested for presence.
-        return unsafe { TRACED_PIDS.get(&tgid) }.is_some();
+        return unsafe { TRACED_PIDS.get(tgid) }.is_some();
     }
     true
 }
@@ -172,7 +172,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         fd: fd as u32,
         _pad: 0,
     };
-    if INFLIGHT_CONNECT.insert(&pid_tgid, &inflight, 0).is_err() {
+    if INFLIGHT_CONNECT.insert(pid_tgid, inflight, 0).is_err() {
         count_drop(DropReason::InflightTableFull);
     }
     0
@@ -182,10 +182,10 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: copied out before the entry is removed.
-    let Some(inflight) = (unsafe { INFLIGHT_CONNECT.get(&pid_tgid) }).copied() else {
+    let Some(inflight) = (unsafe { INFLIGHT_CONNECT.get(pid_tgid) }).copied() else {
         return 0;
     };
-    let _ = INFLIGHT_CONNECT.remove(&pid_tgid);
+    let _ = INFLIGHT_CONNECT.remove(pid_tgid);
     // SAFETY: RET is inside the tracepoint record.
     let Ok(ret) = (unsafe { ctx.read_at::<i64>(RET) }) else {
         return 0;
@@ -207,10 +207,10 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let fd = fd as u32;
     let key = conn_key((pid_tgid >> 32) as u32, fd);
     // SAFETY: copied out before removal.
-    let Some(state) = (unsafe { CONNS.get(&key) }).copied() else {
+    let Some(state) = (unsafe { CONNS.get(key) }).copied() else {
         return 0;
     };
-    let _ = CONNS.remove(&key);
+    let _ = CONNS.remove(key);
     let event = header(EventKind::Close, pid_tgid, fd, state.conn_id, 0);
     let event = EventHeader {
         ts_enter_ns: event.ts_exit_ns,
@@ -270,14 +270,14 @@ fn register_connection(pid_tgid: u64, fd: u32, role: Role, ts_enter: u64) {
         _pad: 0,
     };
     let key = conn_key((pid_tgid >> 32) as u32, fd);
-    if CONNS.insert(&key, &state, 0).is_err() {
+    if CONNS.insert(key, state, 0).is_err() {
         count_drop(DropReason::ConnTableFull);
         return;
     }
     if EVENTS.output::<ConnEvent>(&event, 0).is_err() {
         count_drop(DropReason::RingBufferFull);
         // Without its open event user space cannot place the data; do not trace it.
-        let _ = CONNS.remove(&key);
+        let _ = CONNS.remove(key);
     }
 }
 
@@ -424,7 +424,7 @@ fn on_data_enter(ctx: &TracePointContext, direction: Direction, args: Args) {
     let fd = fd as u32;
     // Connections exist only for traced processes, so this lookup is the whole filter.
     // SAFETY: read-only access to a plain value.
-    let Some(state) = (unsafe { CONNS.get(&conn_key((pid_tgid >> 32) as u32, fd)) }) else {
+    let Some(state) = (unsafe { CONNS.get(conn_key((pid_tgid >> 32) as u32, fd)) }) else {
         return;
     };
     if state.protocol == PROTO_OTHER {
@@ -465,7 +465,7 @@ fn on_data_enter(ctx: &TracePointContext, direction: Direction, args: Args) {
         kind,
         iov_count,
     };
-    if INFLIGHT_IO.insert(&pid_tgid, &inflight, 0).is_err() {
+    if INFLIGHT_IO.insert(pid_tgid, inflight, 0).is_err() {
         count_drop(DropReason::InflightTableFull);
     }
 }
@@ -474,10 +474,10 @@ fn on_data_enter(ctx: &TracePointContext, direction: Direction, args: Args) {
 fn on_data_exit(ctx: &TracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: copied out before removal.
-    let Some(inflight) = (unsafe { INFLIGHT_IO.get(&pid_tgid) }).copied() else {
+    let Some(inflight) = (unsafe { INFLIGHT_IO.get(pid_tgid) }).copied() else {
         return;
     };
-    let _ = INFLIGHT_IO.remove(&pid_tgid);
+    let _ = INFLIGHT_IO.remove(pid_tgid);
     // SAFETY: RET is inside the tracepoint record.
     let Ok(ret) = (unsafe { ctx.read_at::<i64>(RET) }) else {
         return;
@@ -487,7 +487,7 @@ fn on_data_exit(ctx: &TracePointContext) {
         return;
     }
     let key = conn_key((pid_tgid >> 32) as u32, inflight.fd);
-    let Some(state) = CONNS.get_ptr_mut(&key) else {
+    let Some(state) = CONNS.get_ptr_mut(key) else {
         return;
     };
     // SAFETY: the LRU map value stays valid for the duration of the program.

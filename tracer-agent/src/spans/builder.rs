@@ -293,14 +293,17 @@ pub fn build_span(
 pub fn span_bounds(exchange: &Exchange, kind: SpanKind) -> (u64, u64) {
     let req = &exchange.request_timing;
     let resp = exchange.response_timing.as_ref();
+    // Without a response, the exchange ended when the connection closed (or, lacking that,
+    // with the last request byte).
+    let unanswered_end = exchange.closed_at_ns.unwrap_or(req.last_exit_ns);
     match kind {
         SpanKind::Server => (
             req.first_exit_ns,
-            resp.map(|r| r.last_enter_ns).unwrap_or(req.last_exit_ns),
+            resp.map(|r| r.last_enter_ns).unwrap_or(unanswered_end),
         ),
         SpanKind::Client => (
             req.first_enter_ns,
-            resp.map(|r| r.last_exit_ns).unwrap_or(req.last_exit_ns),
+            resp.map(|r| r.last_exit_ns).unwrap_or(unanswered_end),
         ),
     }
 }
