@@ -104,6 +104,11 @@ impl Agent {
         }
     }
 
+    /// The agent's pid: the abuse suite reads its RSS from `/proc/<pid>/status`.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("agent running").id()
+    }
+
     pub async fn metrics(&self) -> Result<String> {
         Ok(
             reqwest::get(format!("http://{}/metrics", self.metrics_addr))

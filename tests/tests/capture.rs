@@ -162,6 +162,13 @@ fn assert_pair(
         server_span.end_unix_nanos
     );
     assert!(server_span.start_unix_nanos < server_span.end_unix_nanos);
+    // Both ends are traced: one trace, the server span a child of the client span.
+    assert_eq!(server_span.trace_id, client.trace_id);
+    assert_eq!(server_span.parent_span_id, client.span_id);
+    assert!(
+        client.is_root(),
+        "curl was not serving anything: {client:#?}"
+    );
     (client.clone(), server_span.clone())
 }
 
@@ -242,6 +249,7 @@ async fn keep_alive_connection_gives_one_pair_per_request() {
             s.kind == "SERVER" && s.attr_str("url.query") == Some(query.as_str())
         });
         assert_eq!(server_span.attr_int("network.peer.port"), port);
+        assert_eq!(server_span.parent_span_id, client.span_id, "request {n}");
         assert_eq!(client.attr_int("http.response.status_code"), Some(200));
         assert!(client.start_unix_nanos <= server_span.start_unix_nanos);
         assert!(server_span.end_unix_nanos <= client.end_unix_nanos);

@@ -2,11 +2,14 @@
 //!
 //! `capture` (eBPF load, ring buffer, event decoding) → `pipeline` (connection table,
 //! reassembly per direction) → `http` (HTTP/1 parsing and request/response pairing) →
-//! `spans` (span building, clock conversion) → `export` (OTLP gRPC/HTTP, console trees).
+//! `spans` (span building, clock conversion) → `link` (one trace across threads and
+//! processes) → `export` (OTLP gRPC/HTTP, console trees).
 
 pub mod capture;
+pub mod enrich;
 pub mod export;
 pub mod http;
+pub mod link;
 pub mod metrics;
 pub mod pipeline;
 pub mod server;

@@ -9,9 +9,11 @@ use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 use tracer_agent::capture::{btf::Btf, events, loader, preflight};
 use tracer_agent::export::{self, ExportOverrides};
+use tracer_agent::link::LinkConfig;
 use tracer_agent::metrics::Metrics;
 use tracer_agent::pipeline::{Pipeline, PipelineConfig};
 use tracer_agent::server;
+use tracer_agent::spans::clock::Clock;
 use tracer_common::{DEFAULT_CAPTURE_BYTES, KernelOffsets};
 use tracing_subscriber::EnvFilter;
 
@@ -59,6 +61,14 @@ struct Args {
     /// Connections tracked at once in user space.
     #[arg(long, env = "TRACER_MAX_CONNECTIONS", default_value_t = 65536)]
     max_connections: usize,
+
+    /// How long a SERVER span waits for the CLIENT span of a traced caller before it is
+    /// exported without it (ms).
+    #[arg(long, env = "TRACER_LINK_WINDOW_MS", default_value_t = 200)]
+    link_window_ms: u64,
+
+    #[command(flatten)]
+    enrich: tracer_agent::enrich::cli::EnrichArgs,
 }
 
 fn main() -> std::process::ExitCode {
@@ -95,6 +105,7 @@ async fn run(args: Args) -> Result<()> {
     let btf = preflight::require_btf()?;
     preflight::ensure_tracefs()?;
     preflight::raise_memlock_rlimit();
+    let _features = tracer_agent::capture::features::check()?;
 
     let offsets = match Btf::parse(&btf).and_then(|b| b.kernel_offsets()) {
         Ok(o) => o,
@@ -120,6 +131,12 @@ async fn run(args: Args) -> Result<()> {
         Some(cfg) => tracing::info!("exporting OTLP to {}", cfg.describe()),
         None => tracing::info!("no OTLP endpoint configured: printing traces to stdout"),
     }
+    // Kubernetes mode connects to the API before attaching: a bad configuration fails here.
+    let enrich_cfg = args.enrich.resolve(|k| std::env::var(k).ok())?;
+    if let Some(k) = &enrich_cfg.kubernetes {
+        tracing::info!("Kubernetes mode: tracing pods on node {}", k.node_name);
+    }
+    let enricher = tracer_agent::enrich::Enricher::start(enrich_cfg, metrics.clone()).await?;
     let sink = export::build_sink(export_cfg, metrics.clone()).await?;
     let bound = server::spawn(args.metrics_addr, metrics.clone()).await?;
 
@@ -129,6 +146,9 @@ async fn run(args: Args) -> Result<()> {
         ring_buffer_bytes: args.ring_buffer_bytes,
         offsets,
     })?;
+    // Handlers before readiness: a SIGTERM right after /readyz must mean a clean shutdown.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     metrics.ready.store(true, Ordering::Relaxed);
     tracing::info!(
         "tracing HTTP: {} programs attached; health and metrics on http://{bound}",
@@ -138,28 +158,39 @@ async fn run(args: Args) -> Result<()> {
     let mut pipeline = Pipeline::new(
         PipelineConfig {
             max_connections: args.max_connections,
+            link: LinkConfig {
+                window_ns: args.link_window_ms * 1_000_000,
+                ..Default::default()
+            },
             ..Default::default()
         },
         metrics.clone(),
     );
+    pipeline.set_enricher(enricher);
     let ring = capture.take_ring().context("ring buffer already taken")?;
     // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register(ring) }.context("cannot poll the ring buffer")?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let mut housekeeping = tokio::time::interval(Duration::from_secs(10));
     let mut drops_refresh = tokio::time::interval(Duration::from_millis(500));
+    // Releases linked spans (not after every drain: deciding is cheap per span, but not
+    // free per call under load).
+    let mut link_tick = tokio::time::interval(Duration::from_millis(20));
 
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &mut pipeline, &metrics, &sink);
+                drain(guard.get_inner_mut(), &mut pipeline, &metrics);
                 guard.clear_ready();
             }
             _ = drops_refresh.tick() => {
                 for (slot, value) in metrics.kernel_drops.iter().zip(capture.drops()) {
                     slot.store(value, Ordering::Relaxed);
+                }
+            }
+            _ = link_tick.tick() => {
+                for span in pipeline.take_spans(Clock::monotonic_now_ns()) {
+                    sink.submit(span);
                 }
             }
             _ = housekeeping.tick() => pipeline.tick(),
@@ -169,7 +200,10 @@ async fn run(args: Args) -> Result<()> {
     }
 
     tracing::info!("shutting down: draining events and flushing spans");
-    drain(ring.get_mut(), &mut pipeline, &metrics, &sink);
+    drain(ring.get_mut(), &mut pipeline, &metrics);
+    for span in pipeline.flush() {
+        sink.submit(span);
+    }
     metrics.ready.store(false, Ordering::Relaxed);
     // Detach before the flush so no new events arrive while exporting.
     drop(capture);
@@ -183,7 +217,6 @@ fn drain(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     pipeline: &mut Pipeline,
     metrics: &Metrics,
-    sink: &export::Sink,
 ) {
     while let Some(record) = ring.next() {
         Metrics::inc(&metrics.events);
@@ -194,8 +227,5 @@ fn drain(
                 tracing::debug!("malformed event: {e}");
             }
         }
-    }
-    for span in pipeline.take_spans() {
-        sink.submit(span);
     }
 }

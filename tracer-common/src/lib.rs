@@ -21,6 +21,7 @@ pub const GLOBAL_AGENT_TGID: &str = "AGENT_TGID";
 pub const GLOBAL_FILTER_PIDS: &str = "FILTER_PIDS";
 pub const GLOBAL_CAPTURE_BYTES: &str = "CAPTURE_BYTES";
 pub const GLOBAL_OFFSETS: &str = "KERNEL_OFFSETS";
+pub const GLOBAL_FORK_CHILD_PID_OFFSET: &str = "FORK_CHILD_PID_OFFSET";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
@@ -251,8 +252,9 @@ pub struct ConnState {
     pub role: u32,
     /// A `PROTO_*` value: what the sniff decided.
     pub protocol: u32,
-    /// Set when an event of this connection was lost; the next data event carries
-    /// [`DATA_FLAG_GAP_BEFORE`] so user space resynchronises instead of mis-pairing.
+    /// Bit `1 << direction` is set when an event of that direction was lost; the next data
+    /// event of the direction carries [`DATA_FLAG_GAP_BEFORE`] so user space resynchronises
+    /// that stream instead of mis-pairing.
     pub lost: u32,
     pub _pad: u32,
 }

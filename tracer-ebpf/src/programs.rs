@@ -27,6 +27,10 @@ static FILTER_PIDS: Global<u32> = Global::new(0);
 static CAPTURE_BYTES: Global<u32> = Global::new(DEFAULT_CAPTURE_BYTES);
 #[unsafe(no_mangle)]
 static KERNEL_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets::UNKNOWN);
+/// Offset of `child_pid` in the `sched_process_fork` record, read from tracefs by the
+/// loader (the layout changed in 6.x); 0 turns following forked children off.
+#[unsafe(no_mangle)]
+static FORK_CHILD_PID_OFFSET: Global<u32> = Global::new(0);
 
 /// Size is set by the loader (`--ring-buffer-bytes`).
 #[map]
@@ -40,6 +44,19 @@ static TRACED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 /// cannot fill it.
 #[map]
 static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(65536, 0);
+/// Roles of traced sockets by `struct sock` address: a process that inherited a traced
+/// socket (a forking server's child serving what the parent accepted) traces it with the
+/// role the socket got where it was accepted or connected. Entries outlive their sockets
+/// (LRU): a freed address reused by an untraced socket matters only to an inheriting child,
+/// which then traces that socket too (and the sniff drops it unless it speaks HTTP/1).
+#[map]
+static SOCK_ROLES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
+/// Processes that have had a traced connection: only their children are followed.
+#[map]
+static HAS_CONNS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
+/// Processes forked by one with traced connections (or by such a child), by tgid.
+#[map]
+static INHERITORS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
 /// Data syscalls between entry and exit, by pid_tgid.
 #[map]
 static INFLIGHT_IO: LruHashMap<u64, InflightIo> = LruHashMap::with_max_entries(16384, 0);
@@ -278,7 +295,70 @@ fn register_connection(pid_tgid: u64, fd: u32, role: Role, ts_enter: u64) {
         count_drop(DropReason::RingBufferFull);
         // Without its open event user space cannot place the data; do not trace it.
         let _ = CONNS.remove(key);
+        return;
     }
+    if FORK_CHILD_PID_OFFSET.load() != 0 {
+        let off = KERNEL_OFFSETS.load();
+        if off.valid != 0
+            // SAFETY: bpf_probe_read_kernel tolerates bad addresses.
+            && let Ok(sk) = unsafe { sock_of(fd, &off) }
+        {
+            let _ = SOCK_ROLES.insert(sk as u64, role as u32, 0);
+            let _ = HAS_CONNS.insert((pid_tgid >> 32) as u32, 1u8, 0);
+        }
+    }
+}
+
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: presence tests only.
+    if unsafe { HAS_CONNS.get(parent) }.is_none() && unsafe { INHERITORS.get(parent) }.is_none() {
+        return 0;
+    }
+    // Constant offsets only (the verifier rejects variable ones into the context): the
+    // two layouts kernels have had, char[16] comms (44) and __data_loc comms (20).
+    // SAFETY: both offsets are inside the record of their layout.
+    let child = match FORK_CHILD_PID_OFFSET.load() {
+        20 => unsafe { ctx.read_at::<u32>(20) },
+        44 => unsafe { ctx.read_at::<u32>(44) },
+        _ => return 0,
+    };
+    // A new thread's id lands here too; it is never looked up as a tgid, and LRU-bounded.
+    if let Ok(child) = child {
+        let _ = INHERITORS.insert(child, 1u8, 0);
+    }
+    0
+}
+
+/// A descriptor this process neither accepted nor connected: if a process with traced
+/// connections forked it and the socket behind the descriptor is one of them, trace it
+/// here too. Returns whether it is now traced.
+#[inline(always)]
+fn adopt_inherited(pid_tgid: u64, fd: u32) -> bool {
+    // SAFETY: presence test only.
+    if unsafe { INHERITORS.get((pid_tgid >> 32) as u32) }.is_none() {
+        return false;
+    }
+    let off = KERNEL_OFFSETS.load();
+    if off.valid == 0 {
+        return false;
+    }
+    // SAFETY: bpf_probe_read_kernel tolerates bad addresses (non-socket files included).
+    let Ok(sk) = (unsafe { sock_of(fd, &off) }) else {
+        return false;
+    };
+    // SAFETY: copied out at once.
+    let Some(role) = (unsafe { SOCK_ROLES.get(sk as u64) }).copied() else {
+        return false;
+    };
+    let role = if role == Role::Client as u32 {
+        Role::Client
+    } else {
+        Role::Server
+    };
+    register_connection(pid_tgid, fd, role, 0);
+    true
 }
 
 enum SocketKind {
@@ -312,12 +392,9 @@ unsafe fn read_ptr(base: *const u8, offset: u32) -> Result<*const u8, i64> {
         .map_err(|e| e as i64)
 }
 
+/// task->files->fdt->fd[fd]->private_data (struct socket)->sk of the current task.
 #[inline(always)]
-unsafe fn read_socket_inner(
-    fd: u32,
-    off: &KernelOffsets,
-    event: &mut ConnEvent,
-) -> Result<SocketKind, i64> {
+unsafe fn sock_of(fd: u32, off: &KernelOffsets) -> Result<*const u8, i64> {
     unsafe {
         let task = bpf_get_current_task() as *const u8;
         let files = read_ptr(task, off.task_struct_files)?;
@@ -325,7 +402,18 @@ unsafe fn read_socket_inner(
         let fd_array = read_ptr(fdt, off.fdtable_fd)?;
         let file = read_ptr(fd_array, fd.wrapping_mul(8))?;
         let socket = read_ptr(file, off.file_private_data)?;
-        let sk = read_ptr(socket, off.socket_sk)?;
+        read_ptr(socket, off.socket_sk)
+    }
+}
+
+#[inline(always)]
+unsafe fn read_socket_inner(
+    fd: u32,
+    off: &KernelOffsets,
+    event: &mut ConnEvent,
+) -> Result<SocketKind, i64> {
+    unsafe {
+        let sk = sock_of(fd, off)?;
         if sk.is_null() {
             return Ok(SocketKind::Other);
         }
@@ -423,9 +511,16 @@ fn on_data_enter(ctx: &TracePointContext, direction: Direction, args: Args) {
     };
     let fd = fd as u32;
     // Connections exist only for traced processes, so this lookup is the whole filter.
+    let key = conn_key((pid_tgid >> 32) as u32, fd);
     // SAFETY: read-only access to a plain value.
-    let Some(state) = (unsafe { CONNS.get(conn_key((pid_tgid >> 32) as u32, fd)) }) else {
-        return;
+    let state = match unsafe { CONNS.get(key) } {
+        Some(state) => *state,
+        // SAFETY: as above, after adopt_inherited registered it.
+        None if adopt_inherited(pid_tgid, fd) => match unsafe { CONNS.get(key) } {
+            Some(state) => *state,
+            None => return,
+        },
+        None => return,
     };
     if state.protocol == PROTO_OTHER {
         return;
@@ -515,7 +610,7 @@ fn emit_iovecs(pid_tgid: u64, inflight: &InflightIo, moved: u64, state: &mut Con
             bpf_probe_read_user((iov + 8) as *const u64)
         }) else {
             count_drop(DropReason::ReadUserFailed);
-            state.lost = 1;
+            state.lost |= lost_bit(inflight.direction);
             return;
         };
         let part = if len < remaining { len } else { remaining };
@@ -524,6 +619,12 @@ fn emit_iovecs(pid_tgid: u64, inflight: &InflightIo, moved: u64, state: &mut Con
         emit_data(pid_tgid, inflight, base, accounted, part, state);
         remaining -= accounted;
     }
+}
+
+/// The bit of `ConnState::lost` for one `Direction`.
+#[inline(always)]
+fn lost_bit(direction: u32) -> u32 {
+    1 << (direction & 7)
 }
 
 #[inline(always)]
@@ -572,7 +673,7 @@ fn emit_data(
         // SAFETY: the helper validates the user pointer.
         if unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut event.data[..len]) }.is_err() {
             count_drop(DropReason::ReadUserFailed);
-            state.lost = 1;
+            state.lost |= lost_bit(inflight.direction);
             return;
         }
     }
@@ -590,7 +691,10 @@ fn emit_data(
     if (len as u64) < moved {
         flags |= DATA_FLAG_TRUNCATED;
     }
-    if state.lost != 0 {
+    // Losses are tracked per direction: a lost response must not be reported as a gap in
+    // the request stream (and leave the response stream silently short).
+    let bit = lost_bit(inflight.direction);
+    if state.lost & bit != 0 {
         flags |= DATA_FLAG_GAP_BEFORE;
     }
     event.header = DataEventHeader {
@@ -619,8 +723,8 @@ fn emit_data(
     }
     if EVENTS.output::<[u8]>(&bytes[..total], 0).is_err() {
         count_drop(DropReason::RingBufferFull);
-        state.lost = 1;
+        state.lost |= bit;
     } else {
-        state.lost = 0;
+        state.lost &= !bit;
     }
 }

@@ -8,7 +8,18 @@ use anyhow::{Context as _, Result, bail};
 use crate::run_cmd;
 
 /// (command that must exist, Debian package providing it)
-const TEST_TOOLS: &[(&str, &str)] = &[("curl", "curl"), ("python3", "python3")];
+const TEST_TOOLS: &[(&str, &str)] = &[
+    ("curl", "curl"),
+    ("python3", "python3"),
+    // The podman suite: a static busybox (wget) and Go for the demo's database service.
+    ("busybox", "busybox-static"),
+    ("go", "golang-go"),
+    // The fidelity suite (tests/tests/programs.rs): a pre-fork server and reverse proxy
+    // serving with sendfile, a pipelining load generator, Node.js's `http`.
+    ("nginx", "nginx"),
+    ("wrk", "wrk"),
+    ("node", "nodejs"),
+];
 
 fn have(cmd: &str) -> bool {
     Command::new("sh")
@@ -18,7 +29,39 @@ fn have(cmd: &str) -> bool {
 }
 
 pub fn ensure_test_tools() -> Result<()> {
-    let missing: Vec<&str> = TEST_TOOLS
+    ensure_packages(TEST_TOOLS)?;
+    crate::image::ensure_image_tools()?;
+    ensure_manifest_validator()?;
+    ensure_python_requests()
+}
+
+/// Python's `requests` for the fidelity suite, installed with pip into
+/// `target/test-tools/python` (on `PYTHONPATH` in the tests), not into the system.
+const PYTHON_REQUESTS: &str = "requests==2.32.3";
+
+fn ensure_python_requests() -> Result<()> {
+    let dir = crate::workspace_root().join("target/test-tools/python");
+    let importable = Command::new("python3")
+        .args(["-c", "import requests"])
+        .env("PYTHONPATH", &dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if importable {
+        return Ok(());
+    }
+    eprintln!("==> installing {PYTHON_REQUESTS} into {}", dir.display());
+    run_cmd(
+        Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--target"])
+            .arg(&dir)
+            .arg(PYTHON_REQUESTS),
+    )
+    .context("installing requests with pip failed")
+}
+
+/// Installs the Debian packages of the `(command, package)` pairs whose command is missing.
+pub fn ensure_packages(tools: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = tools
         .iter()
         .filter(|(cmd, _)| !have(cmd))
         .map(|(_, pkg)| *pkg)
@@ -32,7 +75,7 @@ pub fn ensure_test_tools() -> Result<()> {
             missing.join(", ")
         );
     }
-    eprintln!("==> installing test tools: {}", missing.join(" "));
+    eprintln!("==> installing: {}", missing.join(" "));
     run_cmd(Command::new("apt-get").arg("update"))?;
     run_cmd(
         Command::new("apt-get")
@@ -40,5 +83,143 @@ pub fn ensure_test_tools() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
-    .context("installing test tools failed")
+    .with_context(|| format!("installing {} failed", missing.join(", ")))
+}
+
+/// The offline Kubernetes schema validator the manifest tests run (`kubernetes-validate`
+/// from PyPI; it ships the OpenAPI schemas of every Kubernetes version it knows).
+pub const MANIFEST_VALIDATOR: &str = "kubernetes-validate";
+const MANIFEST_VALIDATOR_VERSION: &str = "1.37.0";
+
+pub fn ensure_manifest_validator() -> Result<()> {
+    if have(MANIFEST_VALIDATOR) {
+        return Ok(());
+    }
+    eprintln!("==> installing {MANIFEST_VALIDATOR} (validates deploy/ manifests offline)");
+    run_cmd(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        &format!("{MANIFEST_VALIDATOR}=={MANIFEST_VALIDATOR_VERSION}"),
+    ]))
+    .context("installing kubernetes-validate with pip failed")?;
+    if !have(MANIFEST_VALIDATOR) {
+        bail!(
+            "{MANIFEST_VALIDATOR} was installed but is not on PATH: add pip's script directory to PATH"
+        );
+    }
+    Ok(())
+}
+
+/// System packages the lesson's demo needs (`cargo xtask demo`, tests/tests/demo.rs): its
+/// three runtimes, pip for the backend's packages and iproute2 for the pods' namespaces.
+const DEMO_TOOLS: &[(&str, &str)] = &[
+    ("node", "nodejs"),
+    ("npm", "npm"),
+    ("python3", "python3"),
+    ("go", "golang-go"),
+    ("ip", "iproute2"),
+];
+
+/// Installs the lesson's demo apps' dependencies under `deps` (a directory of the target
+/// dir, never the system): express + axios from npm into `frontend/node_modules`, Flask +
+/// requests from PyPI into `backend/site` (`pip --target`), and `database/database` built
+/// from `sources/database/main.go` with the distribution's Go (standard library only, so
+/// offline). npm and pip run again only when the pinned versions change.
+pub fn ensure_demo_apps(sources: &std::path::Path, deps: &std::path::Path) -> Result<()> {
+    ensure_packages(DEMO_TOOLS)?;
+    // `python3 -m pip` is what runs below: the pip of that python3.
+    let pip_works = Command::new("python3")
+        .args(["-m", "pip", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !pip_works {
+        ensure_packages(&[("pip3", "python3-pip")])?;
+    }
+
+    // Each installer runs when the file pinning its versions differs from the copy kept
+    // beside its last successful install.
+    let stale = |manifest: &std::path::Path, stamp: &std::path::Path, installed: &str| -> bool {
+        let want = std::fs::read(manifest).ok();
+        want.is_none()
+            || want != std::fs::read(stamp).ok()
+            || !stamp.with_file_name(installed).exists()
+    };
+
+    let frontend = deps.join("frontend");
+    let manifest = sources.join("frontend/package.json");
+    let stamp = frontend.join("package.json");
+    if stale(&manifest, &stamp, "node_modules") {
+        eprintln!(
+            "==> demo frontend: npm install (express, axios) into {}",
+            frontend.display()
+        );
+        std::fs::create_dir_all(&frontend)?;
+        std::fs::copy(&manifest, &stamp)?;
+        run_cmd(
+            Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--omit=dev"])
+                .args(["--no-package-lock", "--loglevel=error"])
+                .current_dir(&frontend),
+        )
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&stamp);
+        })
+        .context("npm install of the demo frontend's dependencies failed")?;
+    }
+
+    let backend = deps.join("backend");
+    let manifest = sources.join("backend/requirements.txt");
+    let stamp = backend.join("requirements.txt");
+    if stale(&manifest, &stamp, "site") {
+        let site = backend.join("site");
+        eprintln!(
+            "==> demo backend: pip install (flask, requests) into {}",
+            site.display()
+        );
+        let _ = std::fs::remove_dir_all(&site);
+        std::fs::create_dir_all(&backend)?;
+        run_cmd(
+            Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                ])
+                .args(["--no-warn-script-location", "--target"])
+                .arg(&site)
+                .arg("-r")
+                .arg(&manifest),
+        )
+        .inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&site);
+        })
+        .context("pip install of the demo backend's dependencies failed")?;
+        std::fs::copy(&manifest, &stamp)?;
+    }
+
+    // go build is incremental (its cache lives beside the binary): cheap to run every time.
+    let database = deps.join("database");
+    let go = deps.join("go");
+    std::fs::create_dir_all(&database)?;
+    eprintln!("==> demo database: go build");
+    run_cmd(
+        Command::new("go")
+            .args(["build", "-trimpath", "-o"])
+            .arg(database.join("database"))
+            .arg("main.go")
+            .current_dir(sources.join("database"))
+            .env("GOPATH", &go)
+            .env("GOCACHE", go.join("cache"))
+            .env("GOFLAGS", "-mod=mod")
+            .env("GOPROXY", "off")
+            .env("GOTOOLCHAIN", "local")
+            .env("CGO_ENABLED", "0"),
+    )
+    .context("go build of the demo database failed")
 }

@@ -1,7 +1,10 @@
 //! `cargo xtask <command>`: everything a developer runs, with the toolchain bootstrap built in.
 
+mod demo;
 mod deps;
+mod image;
 mod toolchain;
+mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,6 +42,14 @@ enum Cmd {
     },
     /// rustfmt check and clippy on host crates and on the eBPF crate.
     Lint,
+    /// The guest suite inside QEMU on each supported kernel (Debian 5.10, 6.1, 6.12):
+    /// `vm-test [--kernel <ver>]... [-- <case filter>]`.
+    VmTest(vm::VmTestArgs),
+    /// The agent's container image (`FROM scratch` + a static musl binary), built with podman.
+    Image(image::ImageArgs),
+    /// The lesson's demo: frontend (Node.js) → backend (Python) → database (Go), each in
+    /// its own pod, traced by the agent; prints the trace trees, then cleans up (as root).
+    Demo(demo::DemoArgs),
 }
 
 fn main() {
@@ -84,10 +95,17 @@ fn build_agent(release: bool) -> Result<PathBuf> {
     }
     cmd.env("TRACER_TOOLCHAIN_DIR", &tools);
     run_cmd(&mut cmd)?;
-    Ok(workspace_root()
-        .join("target")
+    Ok(target_dir()
         .join(if release { "release" } else { "debug" })
         .join("tracer-agent"))
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` when set (cargo builds there), else
+/// `target/` in the workspace.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 fn is_root() -> bool {
@@ -127,6 +145,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Test { filter } => test(filter)?,
         Cmd::Lint => lint()?,
+        Cmd::VmTest(args) => vm::run(args)?,
+        Cmd::Image(args) => image::run(args)?,
+        Cmd::Demo(args) => demo::run(args)?,
     }
     Ok(())
 }
@@ -139,12 +160,20 @@ fn test(filter: Option<String>) -> Result<()> {
     }
     let bin = build_agent(false)?;
     deps::ensure_test_tools()?;
+    let demo_deps = target_dir().join("demo");
+    deps::ensure_demo_apps(&workspace_root().join("tests/demo"), &demo_deps)?;
     let tools = toolchain::dir();
     eprintln!("==> unit and integration tests");
     let mut cmd = cargo();
     cmd.args(["test", "--workspace"]);
     cmd.env("TRACER_TOOLCHAIN_DIR", &tools);
     cmd.env("TRACER_AGENT_BIN", &bin);
+    cmd.env("TRACER_DEMO_DIR", &demo_deps);
+    // The podman suite runs the agent's image, built from this tree (its own tag, so a
+    // release image from `cargo xtask image` is left alone).
+    let agent_image = "localhost/tracer-agent:test";
+    image::build_image(&image::build_static_agent(false)?, agent_image)?;
+    cmd.env("TRACER_IMAGE", agent_image);
     cmd.arg("--");
     if let Some(f) = &filter {
         cmd.arg(f);
@@ -152,7 +181,46 @@ fn test(filter: Option<String>) -> Result<()> {
     // Integration tests each start an agent that traces the whole machine; one at a time
     // keeps their traffic and CPU apart.
     cmd.arg("--test-threads=1");
-    run_cmd(&mut cmd)
+    run_counting_tests(&mut cmd)
+}
+
+/// Runs `cargo test`, passing its output through, and ends with one summary line over all
+/// test binaries (`N passed, N failed`): cargo's own last line covers only the last binary.
+fn run_counting_tests(cmd: &mut Command) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let shown = format!("{cmd:?}");
+    eprintln!("+ {shown}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {shown}"))?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let count = |line: &str, word: &str| -> u64 {
+        line.split(';')
+            .find_map(|part| {
+                part.trim()
+                    .trim_start_matches("test result: ok.")
+                    .trim_start_matches("test result: FAILED.")
+                    .trim()
+                    .strip_suffix(word)
+            })
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if line.starts_with("test result:") {
+            passed += count(&line, "passed");
+            failed += count(&line, "failed");
+        }
+    }
+    let status = child.wait()?;
+    println!("{passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
 }
 
 fn lint() -> Result<()> {

@@ -8,8 +8,9 @@ use aya::{
     programs::{ProgramError, TracePoint},
 };
 use tracer_common::{
-    DROP_REASON_COUNT, GLOBAL_AGENT_TGID, GLOBAL_CAPTURE_BYTES, GLOBAL_FILTER_PIDS, GLOBAL_OFFSETS,
-    KernelOffsets, MAP_DROPS, MAP_EVENTS, MAP_TRACED_PIDS, MAX_CAPTURE_BYTES,
+    DROP_REASON_COUNT, GLOBAL_AGENT_TGID, GLOBAL_CAPTURE_BYTES, GLOBAL_FILTER_PIDS,
+    GLOBAL_FORK_CHILD_PID_OFFSET, GLOBAL_OFFSETS, KernelOffsets, MAP_DROPS, MAP_EVENTS,
+    MAP_TRACED_PIDS, MAX_CAPTURE_BYTES,
 };
 
 /// The compiled eBPF object, built by build.rs.
@@ -72,11 +73,17 @@ impl Capture {
         }
         let agent_tgid = std::process::id();
         let filter = u32::from(!cfg.pids.is_empty());
+        // Following forked children is optional: without the record layout it is off.
+        let fork_offset = fork_child_pid_offset().unwrap_or_else(|e| {
+            tracing::warn!("sockets inherited by forked children will not be traced: {e:#}");
+            0
+        });
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_AGENT_TGID, &agent_tgid, true)
             .override_global(GLOBAL_FILTER_PIDS, &filter, true)
             .override_global(GLOBAL_CAPTURE_BYTES, &cfg.capture_bytes, true)
             .override_global(GLOBAL_OFFSETS, &cfg.offsets, true)
+            .override_global(GLOBAL_FORK_CHILD_PID_OFFSET, &fork_offset, true)
             .map_max_entries(MAP_EVENTS, cfg.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow!("loading the eBPF object failed: {e}"))?;
@@ -103,6 +110,28 @@ impl Capture {
                 anyhow!("attaching {program} to tracepoint {category}/{program} failed: {e}")
             })?;
             attached += 1;
+        }
+
+        if fork_offset != 0 {
+            let (category, program) = ("sched", "sched_process_fork");
+            let tp: &mut TracePoint = ebpf
+                .program_mut(program)
+                .with_context(|| format!("program {program} missing from the eBPF object"))?
+                .try_into()?;
+            // Optional, like the offset: a kernel that refuses it still gets everything else.
+            match tp
+                .load()
+                .map_err(|e| verifier_error(program, e))
+                .and_then(|()| {
+                    tp.attach(category, program)
+                        .map(drop)
+                        .map_err(|e| anyhow!("attaching {program} failed: {e}"))
+                }) {
+                Ok(()) => attached += 1,
+                Err(e) => {
+                    tracing::warn!("sockets inherited by forked children will not be traced: {e:#}")
+                }
+            }
         }
 
         let ring = RingBuf::try_from(ebpf.take_map(MAP_EVENTS).context("EVENTS map missing")?)?;
@@ -132,6 +161,39 @@ impl Capture {
     }
 }
 
+/// Offset of `child_pid` in the `sched_process_fork` record, from its tracefs format. The
+/// eBPF side knows the two layouts kernels have had (20 and 44); anything else is refused.
+fn fork_child_pid_offset() -> Result<u32> {
+    let paths = [
+        "/sys/kernel/tracing/events/sched/sched_process_fork/format",
+        "/sys/kernel/debug/tracing/events/sched/sched_process_fork/format",
+    ];
+    let format = paths
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .context("the sched_process_fork tracepoint format is not readable")?;
+    let offset = parse_field_offset(&format, "child_pid")
+        .context("no child_pid field in the sched_process_fork format")?;
+    if offset != 20 && offset != 44 {
+        bail!("unknown sched_process_fork layout (child_pid at offset {offset})");
+    }
+    Ok(offset)
+}
+
+/// `field:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;` → 20.
+fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let (decl, rest) = line.trim().strip_prefix("field:")?.split_once(';')?;
+        if decl.split_whitespace().last()? != field {
+            return None;
+        }
+        rest.split(';')
+            .find_map(|part| part.trim().strip_prefix("offset:"))?
+            .parse()
+            .ok()
+    })
+}
+
 /// The verifier log is long: keep the error to one line and put the log under debug.
 fn verifier_error(program: &str, err: ProgramError) -> anyhow::Error {
     if let ProgramError::LoadError {
@@ -145,4 +207,18 @@ fn verifier_error(program: &str, err: ProgramError) -> anyhow::Error {
         );
     }
     anyhow!("loading {program} failed: {err}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_field_offset;
+
+    #[test]
+    fn finds_child_pid_in_both_fork_layouts() {
+        let new = "\tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;\n\tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;\n";
+        let old = "\tfield:char child_comm[16];\toffset:28;\tsize:16;\tsigned:0;\n\tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;\n";
+        assert_eq!(parse_field_offset(new, "child_pid"), Some(20));
+        assert_eq!(parse_field_offset(old, "child_pid"), Some(44));
+        assert_eq!(parse_field_offset(old, "parent_pid"), None);
+    }
 }

@@ -3,5 +3,6 @@
 
 pub mod btf;
 pub mod events;
+pub mod features;
 pub mod loader;
 pub mod preflight;

@@ -115,21 +115,34 @@ impl ChunkedDecoder {
         })
     }
 
-    /// Accounts for `n` bytes that passed on the wire but were not captured. Succeeds only
-    /// when they all fall inside the current chunk's data (then nothing is lost but bytes
-    /// we would only have counted); otherwise framing was lost and the caller must resync.
-    pub(crate) fn skip_uncaptured(&mut self, n: u64) -> bool {
-        match self.state {
-            State::Data(left) if n <= left => {
-                self.state = if n == left {
-                    State::DataCr
-                } else {
-                    State::Data(left - n)
-                };
-                true
-            }
-            _ => n == 0,
+    /// Accounts for `n` bytes that passed on the wire but were not captured. Succeeds when
+    /// they all fall inside the current chunk's data, or end exactly after the CRLF that
+    /// closes it: a sender writing one whole chunk per syscall (curl's chunked uploads do)
+    /// leaves the next syscall at a chunk-size line, which the next captured bytes confirm
+    /// or refute. Otherwise framing was lost and the caller must resync (`None`).
+    /// Returns the chunk-data bytes among them.
+    pub(crate) fn skip_uncaptured(&mut self, n: u64) -> Option<u64> {
+        // Bytes the current chunk still owes: data, then the CRLF after it.
+        let (left, crlf) = match self.state {
+            State::Data(left) => (left, 2),
+            State::DataCr => (0, 2),
+            State::DataLf => (0, 1),
+            _ => return (n == 0).then_some(0),
+        };
+        if n == 0 {
+            return Some(0);
         }
+        if n < left {
+            self.state = State::Data(left - n);
+            return Some(n);
+        }
+        match (n - left, crlf) {
+            (0, _) => self.state = State::DataCr,
+            (1, 2) => self.state = State::DataLf,
+            (k, c) if k == c => self.next_chunk(),
+            _ => return None,
+        }
+        Some(left)
     }
 
     fn line_byte(&mut self) -> Result<(), ChunkedError> {
@@ -311,16 +324,55 @@ mod tests {
     fn uncaptured_bytes_inside_data_are_skipped() {
         let mut d = ChunkedDecoder::new();
         assert_eq!(d.feed(b"a\r\nabc").unwrap().data, 3);
-        assert!(d.skip_uncaptured(7));
+        assert_eq!(d.skip_uncaptured(7), Some(7));
         assert!(d.feed(b"\r\n0\r\n\r\n").unwrap().done);
 
         let mut d = ChunkedDecoder::new();
         d.feed(b"a\r\nabc").unwrap();
-        assert!(!d.skip_uncaptured(8), "runs past the chunk into framing");
+        assert_eq!(
+            d.skip_uncaptured(10),
+            None,
+            "runs past the chunk's CRLF into framing"
+        );
 
         let mut d = ChunkedDecoder::new();
         d.feed(b"a\r").unwrap();
-        assert!(!d.skip_uncaptured(1), "inside the size line");
-        assert!(d.skip_uncaptured(0));
+        assert_eq!(d.skip_uncaptured(1), None, "inside the size line");
+        assert_eq!(d.skip_uncaptured(0), Some(0));
+    }
+
+    /// One chunk per syscall, only a prefix captured: the uncaptured tail ends with the
+    /// chunk's CRLF, so the next syscall starts at a size line.
+    #[test]
+    fn uncaptured_tail_ending_at_the_chunks_crlf_keeps_sync() {
+        for (captured, skipped, data) in [
+            (b"a\r\nabc".as_slice(), 9, 7),
+            (b"a\r\nabcdefghij", 2, 0),
+            (b"a\r\nabcdefghij\r", 1, 0),
+            (b"a\r\nabc", 8, 7),
+        ] {
+            let mut d = ChunkedDecoder::new();
+            let before = d.feed(captured).unwrap().data;
+            assert_eq!(
+                d.skip_uncaptured(skipped),
+                Some(data),
+                "{captured:?} + {skipped}"
+            );
+            assert_eq!(before + data, 10, "the chunk's data, counted once");
+            if skipped == 8 {
+                // Ended between CR and LF: the LF is still to come.
+                assert!(d.feed(b"\n").is_ok());
+            }
+            let p = d.feed(b"3\r\nxyz\r\n0\r\n\r\n").unwrap();
+            assert!(p.done, "{captured:?} + {skipped}");
+            assert_eq!(p.data, 3, "the next chunk is counted");
+        }
+        let mut d = ChunkedDecoder::new();
+        d.feed(b"a\r\nabcdefghij\r\n").unwrap();
+        assert_eq!(
+            d.skip_uncaptured(1),
+            None,
+            "inside the next size line: unknown"
+        );
     }
 }

@@ -5,7 +5,10 @@ use std::collections::VecDeque;
 
 use super::message::{Framing, Head, RequestHead, ResponseHead, request_framing, response_framing};
 use super::stream::{CloseOutcome, Cut, Event, Input, LostCause, StreamParser};
-use super::{Chunk, ConnStats, Exchange, ExchangeError, HttpConfig, MessageTiming, Stream};
+use super::{
+    Chunk, ConnStats, Exchange, ExchangeError, HttpConfig, MessageTiming, StartedRequest, Stream,
+    is_trace_context_header,
+};
 
 /// A request on its way to becoming an [`Exchange`].
 #[derive(Debug)]
@@ -52,6 +55,7 @@ impl Entry {
 
     fn into_exchange(self) -> Exchange {
         Exchange {
+            seq: self.id,
             request: self.request,
             request_body_bytes: self.request_body_bytes,
             request_timing: self.request_timing,
@@ -92,6 +96,8 @@ pub struct HttpConnection {
     max_pending: usize,
     pending: VecDeque<Entry>,
     ready: Vec<Exchange>,
+    /// Request heads parsed since the last `take_started`.
+    started: Vec<StartedRequest>,
     next_id: u64,
     /// Entry whose request body is being received.
     cur_req: Option<u64>,
@@ -118,6 +124,7 @@ impl HttpConnection {
             max_pending: cfg.max_pending.max(1),
             pending: VecDeque::new(),
             ready: Vec::new(),
+            started: Vec::new(),
             next_id: 0,
             cur_req: None,
             cur_resp: None,
@@ -195,6 +202,11 @@ impl HttpConnection {
     }
 
     /// Completed exchanges, in request order.
+    /// Request heads parsed since the last call, in order. Each precedes its exchange.
+    pub fn take_started(&mut self) -> Vec<StartedRequest> {
+        std::mem::take(&mut self.started)
+    }
+
     pub fn take_exchanges(&mut self) -> Vec<Exchange> {
         std::mem::take(&mut self.ready)
     }
@@ -302,6 +314,16 @@ impl HttpConnection {
         // A switch is only possible if the server agrees: hold later bytes until it answers.
         let may_switch = head.method == "CONNECT" || head.header("upgrade").is_some();
         let pairable = !self.desynced;
+        self.started.push(StartedRequest {
+            seq: id,
+            timing,
+            context_headers: head
+                .headers
+                .iter()
+                .filter(|(name, _)| is_trace_context_header(name))
+                .cloned()
+                .collect(),
+        });
         self.push(Entry::new(id, head, timing, pairable));
         self.cur_req = Some(id);
         if may_switch && pairable {

@@ -119,9 +119,27 @@ pub struct MessageTiming {
     pub last_exit_ns: u64,
 }
 
+/// A request whose head was just parsed, announced before its exchange completes so spans
+/// can be linked top-down.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StartedRequest {
+    /// Position of the request on its connection; [`Exchange::seq`] repeats it.
+    pub seq: u64,
+    pub timing: MessageTiming,
+    /// The head's trace-context fields (`traceparent`, `tracestate`, `b3`, `x-b3-*`).
+    pub context_headers: Vec<(String, String)>,
+}
+
+/// Names of the fields kept in [`StartedRequest::context_headers`].
+pub fn is_trace_context_header(name: &str) -> bool {
+    matches!(name, "traceparent" | "tracestate" | "b3") || name.starts_with("x-b3-")
+}
+
 /// A request and what became of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Exchange {
+    /// Position of the request on its connection (0-based, counting every request head).
+    pub seq: u64,
     pub request: RequestHead,
     /// Content bytes (for chunked: chunk data, without framing).
     pub request_body_bytes: u64,

@@ -625,9 +625,9 @@ impl StreamParser {
                     return None;
                 }
                 let m = std::mem::take(&mut inp.missing);
-                if dec.skip_uncaptured(m as u64) {
-                    self.truncated_body_bytes += m as u64;
-                    self.count_body(m as u64, ts);
+                if let Some(data) = dec.skip_uncaptured(m as u64) {
+                    self.truncated_body_bytes += data;
+                    self.count_body(data, ts);
                     None
                 } else {
                     self.lose(LostCause::Truncated)

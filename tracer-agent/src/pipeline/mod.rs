@@ -1,64 +1,82 @@
 //! The connection table: routes decoded kernel events to each connection's HTTP state,
-//! turns completed exchanges into spans. Pure apart from the /proc reads of the resource
-//! cache; driven by tests with synthetic events.
+//! announces request heads to the linker, turns completed exchanges into spans and
+//! releases them once their trace is decided. Pure apart from the /proc reads of the
+//! resource cache; driven by tests with synthetic events.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tracer_common::{Direction, Role};
 
 use crate::capture::events::{CaptureEvent, ConnOpened, DataChunk, Meta};
+use crate::enrich::Enricher;
 use crate::http::{Chunk, HttpConfig, HttpConnection, Stream};
+use crate::link::{LinkConfig, Linker, StartedRequest, context};
 use crate::metrics::Metrics;
-use crate::spans::builder::{ConnMeta, IdGenerator, build_span};
+use crate::spans::builder::{ConnMeta, build_span};
 use crate::spans::clock::Clock;
-use crate::spans::resource::ResourceCache;
-use crate::spans::{Resource, SpanRecord};
+use crate::spans::{Resource, SpanKind, SpanRecord};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PipelineConfig {
     pub http: HttpConfig,
+    pub link: LinkConfig,
     /// Connections tracked at once; the least recently active is evicted beyond it.
     pub max_connections: usize,
 }
 
-impl Default for PipelineConfig {
-    fn default() -> Self {
-        PipelineConfig {
-            http: HttpConfig::default(),
-            max_connections: 65536,
-        }
-    }
-}
-
 struct Connection {
     meta: ConnMeta,
+    tgid: u32,
     resource: Arc<Resource>,
-    http: HttpConnection,
+    /// Created with the first data: an idle connection costs only its table entry (about
+    /// 150 bytes; the HTTP state is about 1 KiB).
+    http: Option<Box<HttpConnection>>,
     last_activity_ns: u64,
+    /// Parse errors and stream gaps of this connection already added to the metrics.
+    parse_errors: u64,
+    gaps: u64,
+}
+
+impl Connection {
+    fn kind(&self) -> SpanKind {
+        match self.meta.role {
+            Role::Client => SpanKind::Client,
+            _ => SpanKind::Server,
+        }
+    }
 }
 
 pub struct Pipeline {
     cfg: PipelineConfig,
     conns: HashMap<u64, Connection>,
-    resources: ResourceCache,
+    enricher: Enricher,
     clock: Clock,
-    ids: IdGenerator,
+    linker: Linker,
     metrics: Arc<Metrics>,
-    finished: Vec<SpanRecord>,
+    /// Monotonic time of the newest event seen: the linker's clock, so replayed or
+    /// delayed events link the same way as live ones.
+    now_ns: u64,
 }
 
 impl Pipeline {
     pub fn new(cfg: PipelineConfig, metrics: Arc<Metrics>) -> Self {
         Pipeline {
+            linker: Linker::new(cfg.link.clone()),
             cfg,
             conns: HashMap::new(),
-            resources: ResourceCache::new(16384),
+            enricher: Enricher::host(metrics.clone()),
             clock: Clock::sample(),
-            ids: IdGenerator::default(),
             metrics,
-            finished: Vec::new(),
+            now_ns: 0,
         }
+    }
+
+    /// Replaces the default (process and container metadata only), e.g. with one that
+    /// knows Kubernetes.
+    pub fn set_enricher(&mut self, enricher: Enricher) {
+        self.enricher = enricher;
     }
 
     pub fn set_clock(&mut self, clock: Clock) {
@@ -67,61 +85,121 @@ impl Pipeline {
 
     pub fn handle(&mut self, event: CaptureEvent<'_>) {
         match event {
-            CaptureEvent::Opened(open) => self.on_open(open),
-            CaptureEvent::Data(chunk) => self.on_data(chunk),
-            CaptureEvent::Closed(meta) => self.on_close(meta),
+            CaptureEvent::Opened(open) => {
+                self.advance(open.meta.ts_exit_ns);
+                self.on_open(open)
+            }
+            CaptureEvent::Data(chunk) => {
+                self.advance(chunk.meta.ts_exit_ns);
+                self.on_data(chunk)
+            }
+            CaptureEvent::Closed(meta) => {
+                self.advance(meta.ts_exit_ns);
+                self.on_close(meta)
+            }
         }
-        self.metrics.connections_active.store(
-            self.conns.len() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.metrics
+            .connections_active
+            .store(self.conns.len() as u64, Ordering::Relaxed);
     }
 
-    /// Spans completed since the last call.
-    pub fn take_spans(&mut self) -> Vec<SpanRecord> {
-        std::mem::take(&mut self.finished)
+    fn advance(&mut self, ts_ns: u64) {
+        self.now_ns = self.now_ns.max(ts_ns);
+    }
+
+    /// Spans whose trace is decided. `now_ns` (monotonic) lets spans waiting for a peer
+    /// time out even when no events arrive.
+    pub fn take_spans(&mut self, now_ns: u64) -> Vec<SpanRecord> {
+        self.advance(now_ns);
+        let spans = self.linker.poll(self.now_ns, false);
+        self.publish_link_stats();
+        // Spans of pods whose metadata has not arrived wait there (bounded).
+        self.enricher.settle(spans)
+    }
+
+    /// Everything still held, decided now (shutdown).
+    pub fn flush(&mut self) -> Vec<SpanRecord> {
+        let spans = self.linker.poll(self.now_ns, true);
+        self.publish_link_stats();
+        self.enricher.flush(spans)
+    }
+
+    fn publish_link_stats(&self) {
+        let s = self.linker.stats();
+        let m = &self.metrics;
+        m.links_by_peer.store(s.by_peer, Ordering::Relaxed);
+        m.links_by_header.store(s.by_header, Ordering::Relaxed);
+        m.links_by_thread.store(s.by_thread, Ordering::Relaxed);
+        m.trace_roots.store(s.roots, Ordering::Relaxed);
+        m.link_orphans.store(s.orphans, Ordering::Relaxed);
+        m.link_evicted.store(s.evicted, Ordering::Relaxed);
+        m.spans_waiting.store(s.waiting, Ordering::Relaxed);
     }
 
     pub fn active_connections(&self) -> usize {
         self.conns.len()
     }
 
-    /// Periodic housekeeping: forget processes that exited.
+    /// Periodic housekeeping: forget processes that exited, re-sample the clock.
     pub fn tick(&mut self) {
-        self.resources.prune();
+        self.enricher.prune();
         self.clock = Clock::sample();
+        self.close_connections_of_exited();
+        self.metrics
+            .connections_active
+            .store(self.conns.len() as u64, Ordering::Relaxed);
+        // A table never shrinks by itself: give back what a burst of connections took.
+        if self.conns.capacity() > 4 * self.conns.len().max(1024) {
+            self.conns.shrink_to_fit();
+        }
     }
 
     fn on_open(&mut self, open: ConnOpened) {
         Metrics::inc(&self.metrics.connections_opened);
-        if self.conns.len() >= self.cfg.max_connections {
+        if let Some(stale) = self.conns.remove(&open.meta.conn_id) {
+            // A reused id means the kernel lost the close; the old state is stale.
+            drop(stale);
+            self.linker
+                .connection_closed(open.meta.conn_id, self.now_ns);
+        }
+        if self.conns.len() >= self.cfg.max_connections.max(1) {
             self.evict_oldest();
         }
-        let resource = self.resources.get(open.meta.tgid, &open.comm);
+        // Out of scope (Kubernetes mode: not a pod, an excluded namespace, the agent's pod).
+        let Some(resource) =
+            self.enricher
+                .resource(open.meta.tgid, open.meta.cgroup_id, &open.comm)
+        else {
+            return;
+        };
         let conn = Connection {
             meta: ConnMeta {
                 role: open.role,
                 local: open.local,
                 peer: open.peer,
             },
+            tgid: open.meta.tgid,
             resource,
-            http: HttpConnection::new(&self.cfg.http),
+            http: None,
             last_activity_ns: open.meta.ts_exit_ns,
+            parse_errors: 0,
+            gaps: 0,
         };
-        // A reused id means the kernel lost the close; the old state is stale.
         self.conns.insert(open.meta.conn_id, conn);
     }
 
     fn evict_oldest(&mut self) {
         if let Some((&id, _)) = self.conns.iter().min_by_key(|(_, c)| c.last_activity_ns) {
             self.conns.remove(&id);
+            self.linker.connection_closed(id, self.now_ns);
             Metrics::inc(&self.metrics.connections_evicted);
         }
     }
 
     fn on_data(&mut self, chunk: DataChunk<'_>) {
         Metrics::add(&self.metrics.event_bytes, chunk.payload.len() as u64);
-        let Some(conn) = self.conns.get_mut(&chunk.meta.conn_id) else {
+        let id = chunk.meta.conn_id;
+        let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
         conn.last_activity_ns = chunk.meta.ts_exit_ns;
@@ -134,9 +212,12 @@ impl Pipeline {
             }
             (Role::Unknown, _) => return,
         };
+        let http = conn
+            .http
+            .get_or_insert_with(|| Box::new(HttpConnection::new(&self.cfg.http)));
         if chunk.gap_before {
-            Metrics::inc(&self.metrics.stream_gaps);
-            conn.http.on_gap(stream);
+            // Counted with the HTTP layer's own gaps (truncated heads too) in `collect`.
+            http.on_gap(stream);
         }
         let http_chunk = Chunk {
             bytes: chunk.payload,
@@ -145,38 +226,103 @@ impl Pipeline {
             ts_exit_ns: chunk.meta.ts_exit_ns,
         };
         match stream {
-            Stream::Request => conn.http.on_request_bytes(http_chunk),
-            Stream::Response => conn.http.on_response_bytes(http_chunk),
+            Stream::Request => http.on_request_bytes(http_chunk),
+            Stream::Response => http.on_response_bytes(http_chunk),
         }
-        let id = chunk.meta.conn_id;
+        let started = http.take_started();
+        let kind = conn.kind();
+        for started in started {
+            let request = StartedRequest {
+                conn_id: id,
+                seq: started.seq,
+                kind,
+                tgid: chunk.meta.tgid,
+                tid: chunk.meta.tid,
+                local: conn.meta.local,
+                peer: conn.meta.peer,
+                context: context::extract(&started.context_headers),
+            };
+            self.linker.request_started(request, self.now_ns);
+        }
         self.collect(id);
-        if self.conns.get(&id).is_some_and(|c| c.http.is_not_http()) {
+        if self
+            .conns
+            .get(&id)
+            .is_some_and(|c| c.http.as_ref().is_some_and(|h| h.is_not_http()))
+        {
             self.conns.remove(&id);
+            self.linker.connection_closed(id, self.now_ns);
         }
     }
 
     fn on_close(&mut self, meta: Meta) {
-        let Some(conn) = self.conns.get_mut(&meta.conn_id) else {
-            return;
-        };
-        conn.http.on_close(meta.ts_exit_ns);
-        self.collect(meta.conn_id);
-        self.conns.remove(&meta.conn_id);
+        self.close(meta.conn_id, meta.ts_exit_ns);
     }
 
-    /// Moves the connection's completed exchanges into spans.
+    fn close(&mut self, conn_id: u64, ts_ns: u64) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        if let Some(http) = conn.http.as_mut() {
+            http.on_close(ts_ns);
+            self.collect(conn_id);
+        }
+        self.conns.remove(&conn_id);
+        self.linker.connection_closed(conn_id, self.now_ns);
+    }
+
+    /// A process that exits closes its descriptors without a close syscall: end its
+    /// connections as closed now, or they would stay until the table overflows.
+    fn close_connections_of_exited(&mut self) {
+        let mut alive: HashMap<u32, bool> = HashMap::new();
+        let enricher = &self.enricher;
+        let gone: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                !*alive
+                    .entry(c.tgid)
+                    .or_insert_with(|| enricher.process_alive(c.tgid))
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in gone {
+            Metrics::inc(&self.metrics.connections_of_exited);
+            self.close(id, self.now_ns);
+        }
+    }
+
+    /// Hands the connection's completed exchanges to the linker as spans.
     fn collect(&mut self, conn_id: u64) {
         let Some(conn) = self.conns.get_mut(&conn_id) else {
             return;
         };
-        for exchange in conn.http.take_exchanges() {
+        let Some(http) = conn.http.as_mut() else {
+            return;
+        };
+        // The HTTP layer counts per connection; publish what is new since the last look.
+        let stats = http.stats();
+        Metrics::add(
+            &self.metrics.parse_errors,
+            stats.parse_errors.saturating_sub(conn.parse_errors),
+        );
+        Metrics::add(
+            &self.metrics.stream_gaps,
+            stats.gaps.saturating_sub(conn.gaps),
+        );
+        (conn.parse_errors, conn.gaps) = (stats.parse_errors, stats.gaps);
+        for exchange in http.take_exchanges() {
             Metrics::inc(&self.metrics.exchanges);
+            let span_id = self.linker.span_id_of(conn_id, exchange.seq);
             if exchange
                 .request
                 .header("user-agent")
                 .is_some_and(|ua| ua.starts_with(crate::EXPORTER_USER_AGENT))
             {
                 Metrics::inc(&self.metrics.own_exports_skipped);
+                if span_id.is_some() {
+                    self.linker.forget(conn_id, exchange.seq);
+                }
                 continue;
             }
             let span = build_span(
@@ -184,10 +330,94 @@ impl Pipeline {
                 &conn.meta,
                 conn.resource.clone(),
                 &self.clock,
-                &mut self.ids,
+                span_id.unwrap_or_default(),
             );
             Metrics::inc(&self.metrics.spans_created);
-            self.finished.push(span);
+            self.linker
+                .span_finished(conn_id, exchange.seq, span, self.now_ns);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    fn meta(tgid: u32, conn_id: u64, ts: u64) -> Meta {
+        Meta {
+            tgid,
+            tid: tgid,
+            fd: 3,
+            conn_id,
+            ts_enter_ns: ts,
+            ts_exit_ns: ts + 1,
+            cgroup_id: 0,
+        }
+    }
+
+    fn open(tgid: u32, conn_id: u64, role: Role) -> CaptureEvent<'static> {
+        let a: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        CaptureEvent::Opened(ConnOpened {
+            meta: meta(tgid, conn_id, 1),
+            role,
+            local: Some(if role == Role::Server { a } else { b }),
+            peer: Some(if role == Role::Server { b } else { a }),
+            comm: "test".into(),
+        })
+    }
+
+    fn data(tgid: u32, conn_id: u64, direction: Direction, payload: &[u8]) -> CaptureEvent<'_> {
+        CaptureEvent::Data(DataChunk {
+            meta: meta(tgid, conn_id, 10),
+            direction,
+            syscall_len: payload.len() as u32,
+            truncated: false,
+            gap_before: false,
+            payload,
+        })
+    }
+
+    /// Idle connections hold no HTTP state; an oversized head is counted as a parse error;
+    /// a process that exited without closing has its connections ended by `tick`.
+    #[test]
+    fn idle_connections_parse_errors_and_exited_processes() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let me = std::process::id();
+        let metrics = Arc::new(Metrics::default());
+        let mut p = Pipeline::new(
+            PipelineConfig {
+                max_connections: 16,
+                ..Default::default()
+            },
+            metrics.clone(),
+        );
+        p.handle(open(me, 1, Role::Server));
+        p.handle(open(dead, 2, Role::Client));
+        p.handle(open(me, 3, Role::Server));
+        assert!(p.conns.values().all(|c| c.http.is_none()));
+
+        p.handle(data(
+            dead,
+            2,
+            Direction::Egress,
+            b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n",
+        ));
+        let mut big = b"GET /big HTTP/1.1\r\nX-Big: ".to_vec();
+        big.resize(HttpConfig::default().max_header_bytes + 100, b'a');
+        p.handle(data(me, 3, Direction::Ingress, &big));
+        assert_eq!(metrics.parse_errors.load(Ordering::Relaxed), 1);
+        assert!(p.conns[&1].http.is_none(), "still idle");
+
+        p.tick();
+        assert_eq!(metrics.connections_of_exited.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.connections_active.load(Ordering::Relaxed), 2);
+        assert!(!p.conns.contains_key(&2));
+        // Its unanswered request became a span (an error: closed before the response).
+        assert_eq!(metrics.spans_created.load(Ordering::Relaxed), 1);
     }
 }

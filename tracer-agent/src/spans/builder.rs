@@ -146,12 +146,13 @@ fn method_attrs(req: &RequestHead, attrs: &mut Attributes) -> String {
     }
 }
 
+/// The span of one exchange. Its trace id and parent are left for the linker to decide.
 pub fn build_span(
     exchange: &Exchange,
     conn: &ConnMeta,
     resource: Arc<Resource>,
     clock: &Clock,
-    ids: &mut IdGenerator,
+    span_id: SpanId,
 ) -> SpanRecord {
     let req = &exchange.request;
     let mut attrs: Attributes = Vec::with_capacity(16);
@@ -275,8 +276,8 @@ pub fn build_span(
 
     let (start, end) = span_bounds(exchange, kind);
     SpanRecord {
-        trace_id: ids.trace_id(),
-        span_id: ids.span_id(),
+        trace_id: [0; 16],
+        span_id,
         parent_span_id: None,
         trace_state: String::new(),
         name,

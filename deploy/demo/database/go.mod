@@ -1,0 +1,3 @@
+module demo.local/database
+
+go 1.19

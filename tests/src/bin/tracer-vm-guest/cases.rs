@@ -1,0 +1,809 @@
+//! The suite run inside each guest kernel. Every case starts its own agent and, where spans
+//! are checked, its own OTLP receiver, so counts are exact: after the agent's clean stop (it
+//! flushes) the spans of the case's processes are final, and duplicates would show.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use tracer_agent::capture::features::Feature;
+use tracer_tests::{OtlpReceiver, ReceivedSpan, Value};
+
+use crate::agent::GuestAgent;
+use crate::http::Exchange;
+
+/// Generous: the guest may run under software emulation and the binaries are debug builds.
+const AGENT_READY: Duration = Duration::from_secs(180);
+const SPANS_ARRIVE: Duration = Duration::from_secs(60);
+const AGENT_STOP: Duration = Duration::from_secs(30);
+const PROCESS_RUN: Duration = Duration::from_secs(60);
+
+/// Linux release as `(major, minor)`, from e.g. `5.10.0-32-cloud-amd64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KernelVersion(pub u32, pub u32);
+
+impl KernelVersion {
+    pub fn parse(release: &str) -> Option<Self> {
+        let mut parts = release.split(['.', '-', '+']);
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        Some(KernelVersion(major, minor))
+    }
+}
+
+pub struct Ctx {
+    pub rt: tokio::runtime::Runtime,
+    pub release: String,
+    pub kernel: KernelVersion,
+    /// Require the chain's spans to form one trace (off with `TRACER_VM_ASSERT_LINKING=0`).
+    pub assert_linking: bool,
+    self_exe: PathBuf,
+}
+
+impl Ctx {
+    pub fn new(release: String, assert_linking: bool) -> Result<Ctx> {
+        let kernel = KernelVersion::parse(&release)
+            .with_context(|| format!("cannot parse the kernel release {release:?}"))?;
+        Ok(Ctx {
+            rt: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?,
+            release,
+            kernel,
+            assert_linking,
+            self_exe: std::env::current_exe().context("locating the guest binary")?,
+        })
+    }
+}
+
+pub type Case = fn(&Ctx) -> Result<()>;
+
+/// In run order. Names are what `cargo xtask vm-test -- <filter>` matches.
+pub const CASES: &[(&str, Case)] = &[
+    ("load_and_attach", load_and_attach),
+    ("kernel_features", kernel_features),
+    ("http_server_and_client", http_server_and_client),
+    ("keep_alive", keep_alive),
+    ("two_hop_chain", two_hop_chain),
+];
+
+// ---- processes -------------------------------------------------------------------------
+
+/// A child killed on drop, so a failing case leaves nothing behind.
+struct Proc {
+    child: Child,
+    port: u16,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn role(ctx: &Ctx, service: &str, args: &[String]) -> Command {
+    let mut cmd = Command::new(&ctx.self_exe);
+    cmd.args(args)
+        .env("OTEL_SERVICE_NAME", service)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    cmd
+}
+
+/// Starts `serve` and waits for its `listening <port>` line.
+fn start_server(ctx: &Ctx, service: &str, extra: &[String]) -> Result<Proc> {
+    let mut args = vec!["serve".to_owned()];
+    args.extend_from_slice(extra);
+    let mut child = role(ctx, service, &args).spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut proc = Proc { child, port: 0 };
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = tx.send(BufReader::new(stdout).read_line(&mut line).map(|_| line));
+    });
+    let line = rx
+        .recv_timeout(PROCESS_RUN)
+        .with_context(|| format!("{service} did not report its port within {PROCESS_RUN:?}"))??;
+    proc.port = line
+        .strip_prefix("listening ")
+        .and_then(|p| p.trim().parse().ok())
+        .with_context(|| format!("{service} printed {line:?} instead of its port"))?;
+    Ok(proc)
+}
+
+struct ClientRun {
+    pid: u32,
+    exchanges: Vec<Exchange>,
+}
+
+/// Runs `client` to completion (bounded) and parses its `exchange …` lines.
+fn run_client(ctx: &Ctx, service: &str, port: u16, requests: &[&str]) -> Result<ClientRun> {
+    let mut args = vec!["client".to_owned(), port.to_string()];
+    args.extend(requests.iter().map(|s| s.to_string()));
+    let mut child = role(ctx, service, &args).spawn()?;
+    let pid = child.id();
+    let mut stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = String::new();
+        let read = stdout.read_to_string(&mut out);
+        let _ = tx.send(read.and(child.wait()).map(|status| (status, out)));
+    });
+    let (status, out) = match rx.recv_timeout(PROCESS_RUN) {
+        Ok(result) => result?,
+        Err(_) => {
+            // SAFETY: kill(2) on our child; the reading thread reaps it.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            bail!("client {requests:?} did not finish within {PROCESS_RUN:?}");
+        }
+    };
+    ensure!(status.success(), "client {requests:?} failed ({status})");
+    let exchanges = out
+        .lines()
+        .map(parse_exchange)
+        .collect::<Option<Vec<_>>>()
+        .with_context(|| format!("client printed {out:?}"))?;
+    Ok(ClientRun { pid, exchanges })
+}
+
+/// `exchange GET /path 200 41234`
+fn parse_exchange(line: &str) -> Option<Exchange> {
+    let mut f = line.strip_prefix("exchange ")?.split(' ');
+    Some(Exchange {
+        method: f.next()?.to_owned(),
+        path: f.next()?.to_owned(),
+        status: f.next()?.parse().ok()?,
+        local_port: f.next()?.parse().ok()?,
+        body: Vec::new(),
+    })
+}
+
+// ---- spans -----------------------------------------------------------------------------
+
+fn pid_of(span: &ReceivedSpan) -> Option<i64> {
+    match span.resource.get("process.pid") {
+        Some(Value::Int(p)) => Some(*p),
+        _ => None,
+    }
+}
+
+fn spans_of(spans: &[ReceivedSpan], pids: &[u32]) -> Vec<ReceivedSpan> {
+    spans
+        .iter()
+        .filter(|s| pid_of(s).is_some_and(|p| pids.iter().any(|&q| q as i64 == p)))
+        .cloned()
+        .collect()
+}
+
+fn describe(spans: &[ReceivedSpan]) -> String {
+    let list: Vec<String> = spans
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {:?} pid={:?} {:?}",
+                s.kind,
+                s.name,
+                pid_of(s),
+                s.attrs
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+            )
+        })
+        .collect();
+    format!("[{}]", list.join("; "))
+}
+
+/// Waits for `want` spans of `pids`, stops the agent (it flushes on SIGTERM), and returns every
+/// span of `pids` received: the count is then final.
+fn collect(
+    ctx: &Ctx,
+    rx: &OtlpReceiver,
+    agent: GuestAgent,
+    pids: &[u32],
+    want: usize,
+) -> Result<Vec<ReceivedSpan>> {
+    let waited = ctx
+        .rt
+        .block_on(rx.wait_for_spans(|spans| spans_of(spans, pids).len() >= want, SPANS_ARRIVE));
+    let log = agent.stop(AGENT_STOP)?;
+    let spans = spans_of(&rx.spans(), pids);
+    if let Err(e) = waited {
+        bail!(
+            "expected {want} spans of pids {pids:?}: {e:#}; got {}; agent log: {}",
+            describe(&spans),
+            log.join(" | ")
+        );
+    }
+    ensure!(
+        spans.len() == want,
+        "expected exactly {want} spans of pids {pids:?}, got {}: {}",
+        spans.len(),
+        describe(&spans)
+    );
+    Ok(spans)
+}
+
+fn one<'a>(
+    spans: &'a [ReceivedSpan],
+    what: &str,
+    f: impl Fn(&ReceivedSpan) -> bool,
+) -> Result<&'a ReceivedSpan> {
+    let found: Vec<_> = spans.iter().filter(|s| f(s)).cloned().collect();
+    ensure!(
+        found.len() == 1,
+        "expected exactly one {what}, found {}: {}; all spans: {}",
+        found.len(),
+        describe(&found),
+        describe(spans)
+    );
+    Ok(spans.iter().find(|s| f(s)).expect("found above"))
+}
+
+fn check_eq<T: PartialEq + std::fmt::Debug>(what: &str, got: T, want: T) -> Result<()> {
+    ensure!(got == want, "{what}: got {got:?}, want {want:?}");
+    Ok(())
+}
+
+/// One exchange seen by both sides: exactly one CLIENT span (client pid, the connection's
+/// local port) and exactly one SERVER span (server pid, that port as its peer), with method,
+/// path, query, status, ports and timing right.
+fn check_pair<'a>(
+    spans: &'a [ReceivedSpan],
+    client_pid: u32,
+    server_pid: u32,
+    server_port: u16,
+    ex: &Exchange,
+) -> Result<(&'a ReceivedSpan, &'a ReceivedSpan)> {
+    let (path, query) = match ex.path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (ex.path.as_str(), None),
+    };
+    let local_port = Some(ex.local_port as i64);
+    let client = one(
+        spans,
+        &format!("CLIENT span for {} {}", ex.method, ex.path),
+        |s| {
+            s.kind == "CLIENT"
+                && pid_of(s) == Some(client_pid as i64)
+                && s.attr_int("network.local.port") == local_port
+                && s.attr_str("url.full")
+                    .is_some_and(|u| u.ends_with(&ex.path))
+        },
+    )?;
+    let server = one(
+        spans,
+        &format!("SERVER span for {} {}", ex.method, ex.path),
+        |s| {
+            s.kind == "SERVER"
+                && pid_of(s) == Some(server_pid as i64)
+                && s.attr_int("network.peer.port") == local_port
+                && s.attr_str("url.path") == Some(path)
+                && s.attr_str("url.query") == query
+        },
+    )?;
+    let status = Some(ex.status as i64);
+    let port = Some(server_port as i64);
+    let what = |side: &str, attr: &str| format!("{side} span of {} {}: {attr}", ex.method, ex.path);
+    for (side, span) in [("CLIENT", client), ("SERVER", server)] {
+        check_eq(
+            &what(side, "http.request.method"),
+            span.attr_str("http.request.method"),
+            Some(ex.method.as_str()),
+        )?;
+        check_eq(
+            &what(side, "http.response.status_code"),
+            span.attr_int("http.response.status_code"),
+            status,
+        )?;
+        check_eq(
+            &what(side, "server.port"),
+            span.attr_int("server.port"),
+            port,
+        )?;
+        ensure!(
+            span.name.starts_with(&ex.method),
+            "{}: name {:?}",
+            what(side, "name"),
+            span.name
+        );
+        ensure!(
+            span.start_unix_nanos < span.end_unix_nanos,
+            "{}: [{}, {}]",
+            what(side, "timing"),
+            span.start_unix_nanos,
+            span.end_unix_nanos
+        );
+    }
+    check_eq(
+        &what("CLIENT", "network.peer.port"),
+        client.attr_int("network.peer.port"),
+        port,
+    )?;
+    check_eq(
+        &what("CLIENT", "status"),
+        client.status_code.as_str(),
+        if ex.status >= 400 { "ERROR" } else { "UNSET" },
+    )?;
+    check_eq(
+        &what("SERVER", "status"),
+        server.status_code.as_str(),
+        if ex.status >= 500 { "ERROR" } else { "UNSET" },
+    )?;
+    ensure!(
+        client.start_unix_nanos <= server.start_unix_nanos
+            && server.end_unix_nanos <= client.end_unix_nanos,
+        "the CLIENT span [{}, {}] of {} {} must enclose its SERVER span [{}, {}]",
+        client.start_unix_nanos,
+        client.end_unix_nanos,
+        ex.method,
+        ex.path,
+        server.start_unix_nanos,
+        server.end_unix_nanos
+    );
+    Ok((client, server))
+}
+
+fn receiver(ctx: &Ctx) -> Result<OtlpReceiver> {
+    ctx.rt.block_on(OtlpReceiver::start_grpc())
+}
+
+// ---- cases -----------------------------------------------------------------------------
+
+/// `N` from the agent's `… N programs attached …` line.
+fn attached_count(log: &[String]) -> Option<usize> {
+    log.iter().find_map(|l| {
+        let before = l
+            .split(" programs attached")
+            .next()
+            .filter(|b| b.len() < l.len())?;
+        before.rsplit(' ').next()?.parse().ok()
+    })
+}
+
+/// The BPF programs process `pid` holds, by id, from `/proc/<pid>/fdinfo` (a program fd's
+/// fdinfo has `prog_type:` and `prog_id:` lines; links and maps have no `prog_type:`).
+fn programs_held_by(pid: u32) -> Result<BTreeMap<u32, u32>> {
+    let mut programs = BTreeMap::new();
+    let dir = format!("/proc/{pid}/fdinfo");
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let Ok(text) = std::fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<u32>().ok())
+        };
+        if let (Some(prog_type), Some(id)) = (field("prog_type:"), field("prog_id:")) {
+            programs.insert(id, prog_type);
+        }
+    }
+    Ok(programs)
+}
+
+/// The verifier of this kernel accepts every program, each attaches (the agent is ready only
+/// then, and the programs it holds are as many as it says it attached), the agent serves its
+/// health endpoints, and stops cleanly on SIGTERM. tracefs is not mounted by the guest's
+/// init: the agent's preflight mounts it.
+fn load_and_attach(_ctx: &Ctx) -> Result<()> {
+    let agent = GuestAgent::start(None, AGENT_READY)?;
+    let log = agent.log();
+    let attached = attached_count(&log)
+        .with_context(|| format!("no `N programs attached` line in the log: {log:?}"))?;
+    ensure!(attached > 0, "no programs attached: {log:?}");
+    let held = programs_held_by(agent.pid())?;
+    ensure!(
+        held.len() == attached,
+        "the agent reports {attached} programs attached but holds {} loaded programs (id: type): {held:?}",
+        held.len()
+    );
+    // Each of them is known to the kernel under that id.
+    let loaded: Vec<u32> = aya::programs::loaded_programs()
+        .filter_map(|p| p.ok().map(|p| p.id()))
+        .collect();
+    let missing: Vec<_> = held.keys().filter(|id| !loaded.contains(id)).collect();
+    ensure!(
+        missing.is_empty(),
+        "programs {missing:?} are not in the kernel's list {loaded:?}"
+    );
+    ensure!(
+        PathBuf::from("/sys/kernel/tracing/events/syscalls").is_dir(),
+        "tracefs is not mounted after the agent started"
+    );
+    let (status, _) = agent.get("/healthz")?;
+    check_eq("/healthz status", status, 200)?;
+    let (status, metrics) = agent.get("/metrics")?;
+    check_eq("/metrics status", status, 200)?;
+    ensure!(
+        metrics.lines().any(|l| l.starts_with("tracer_")),
+        "/metrics has no tracer_ series: {metrics}"
+    );
+    println!(
+        "  {attached} programs loaded and attached (agent pid {})",
+        agent.pid()
+    );
+    agent.stop(AGENT_STOP)?;
+    Ok(())
+}
+
+/// What the agent must report on a kernel of this version: each feature exactly from the
+/// mainline release that introduced it (the agent's own table; the probes must agree with it).
+pub fn expected_features(kernel: KernelVersion) -> BTreeMap<&'static str, bool> {
+    Feature::ALL
+        .into_iter()
+        .map(|f| {
+            let since = KernelVersion::parse(f.since()).expect("versions in the table parse");
+            (f.key(), kernel >= since)
+        })
+        .collect()
+}
+
+/// `kernel features: a=yes b=no …` → {a: "yes", b: "no"}.
+pub fn parse_features(log: &[String]) -> Option<BTreeMap<String, String>> {
+    let line = log
+        .iter()
+        .find_map(|l| Some(l.split_once("kernel features:")?.1))?;
+    Some(
+        line.split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    )
+}
+
+/// The agent probes the kernel at start and reports each feature; on this kernel's version
+/// the report must match what mainline has, and every missing optional feature comes with
+/// its fallback. Where a required one is missing (the ring buffer before 5.8), the agent must
+/// refuse to start with an error naming it and the release that has it.
+fn kernel_features(ctx: &Ctx) -> Result<()> {
+    let expected = expected_features(ctx.kernel);
+    if let Some(missing) = Feature::ALL
+        .into_iter()
+        .find(|f| f.required() && !expected[f.key()])
+    {
+        let err = match GuestAgent::start(None, AGENT_READY) {
+            Ok(_) => bail!("the agent started on {} without a ring buffer", ctx.release),
+            Err(e) => format!("{e:#}"),
+        };
+        ensure!(
+            err.contains(missing.description()) && err.contains(missing.since()),
+            "the startup error must name {} and Linux {}: {err}",
+            missing.description(),
+            missing.since()
+        );
+        return Ok(());
+    }
+    let agent = GuestAgent::start(None, AGENT_READY)?;
+    let log = agent.log();
+    let reported = parse_features(&log)
+        .with_context(|| format!("no `kernel features:` line in the agent log: {log:?}"))?;
+    for (key, want) in &expected {
+        let want = if *want { "yes" } else { "no" };
+        check_eq(
+            &format!("feature {key} on {}", ctx.release),
+            reported.get(*key).map(String::as_str),
+            Some(want),
+        )?;
+        let optional = Feature::ALL
+            .into_iter()
+            .any(|f| f.key() == *key && !f.required());
+        if want == "no" && optional {
+            let fallback = format!("{key} unavailable (");
+            ensure!(
+                log.iter().any(|l| l.contains(&fallback)),
+                "{key} is missing but the agent did not say what it does instead: {log:?}"
+            );
+        }
+    }
+    println!(
+        "  reported: {}",
+        reported
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    agent.stop(AGENT_STOP)?;
+    Ok(())
+}
+
+/// A server process and three client processes, one connection each: 200, 404 and a POST.
+fn http_server_and_client(ctx: &Ctx) -> Result<()> {
+    let rx = receiver(ctx)?;
+    let agent = GuestAgent::start(Some(&rx.endpoint()), AGENT_READY)?;
+    let server = start_server(ctx, "vm-server", &[])?;
+    let runs = [
+        run_client(ctx, "vm-client", server.port, &["GET", "/hello"])?,
+        run_client(ctx, "vm-client", server.port, &["GET", "/missing?x=1"])?,
+        run_client(ctx, "vm-client", server.port, &["POST", "/submit"])?,
+    ];
+    let statuses: Vec<u16> = runs.iter().map(|r| r.exchanges[0].status).collect();
+    check_eq("statuses the clients saw", statuses, vec![200, 404, 201])?;
+    let mut pids: Vec<u32> = runs.iter().map(|r| r.pid).collect();
+    pids.push(server.pid());
+    let spans = collect(ctx, &rx, agent, &pids, 6)?;
+    for run in &runs {
+        let (client, server_span) = check_pair(
+            &spans,
+            run.pid,
+            server.pid(),
+            server.port,
+            &run.exchanges[0],
+        )?;
+        // The agent reads OTEL_SERVICE_NAME from /proc/<pid>/environ "when readable, else the
+        // executable name" (README): a client that exits right after its response may be gone
+        // by then. The long-running server must have its variable read.
+        ensure!(
+            matches!(client.service_name(), Some("vm-client" | "tracer-vm-guest")),
+            "client service.name {:?}, want vm-client (or the executable name): resource {:?}",
+            client.service_name(),
+            client.resource
+        );
+        if client.service_name() != Some("vm-client") {
+            println!(
+                "  note: client pid {} was named from its executable (its environment was not read): resource {:?}",
+                run.pid, client.resource
+            );
+        }
+        check_eq(
+            "server service.name",
+            server_span.service_name(),
+            Some("vm-server"),
+        )?;
+    }
+    Ok(())
+}
+
+/// Three requests on one keep-alive connection: three pairs, one local port.
+fn keep_alive(ctx: &Ctx) -> Result<()> {
+    let rx = receiver(ctx)?;
+    let agent = GuestAgent::start(Some(&rx.endpoint()), AGENT_READY)?;
+    let server = start_server(ctx, "vm-server", &[])?;
+    let run = run_client(
+        ctx,
+        "vm-client",
+        server.port,
+        &[
+            "--keep-alive",
+            "GET",
+            "/ka?n=1",
+            "GET",
+            "/ka?n=2",
+            "GET",
+            "/ka?n=3",
+        ],
+    )?;
+    check_eq("exchanges", run.exchanges.len(), 3)?;
+    let port = run.exchanges[0].local_port;
+    ensure!(
+        run.exchanges.iter().all(|e| e.local_port == port),
+        "the client did not reuse its connection: {:?}",
+        run.exchanges
+    );
+    let spans = collect(ctx, &rx, agent, &[run.pid, server.pid()], 6)?;
+    for ex in &run.exchanges {
+        check_pair(&spans, run.pid, server.pid(), server.port, ex)?;
+    }
+    Ok(())
+}
+
+/// The four spans of client → proxy (`/front`) → backend (`/back`).
+pub struct Chain<'a> {
+    pub client: &'a ReceivedSpan,
+    pub proxy_server: &'a ReceivedSpan,
+    pub proxy_client: &'a ReceivedSpan,
+    pub backend_server: &'a ReceivedSpan,
+}
+
+/// Client → proxy → backend, three processes: both hops give their pair of spans.
+fn two_hop_chain(ctx: &Ctx) -> Result<()> {
+    let rx = receiver(ctx)?;
+    let agent = GuestAgent::start(Some(&rx.endpoint()), AGENT_READY)?;
+    let backend = start_server(ctx, "vm-backend", &[])?;
+    let proxy = start_server(
+        ctx,
+        "vm-proxy",
+        &["--proxy-to".to_owned(), backend.port.to_string()],
+    )?;
+    let run = run_client(ctx, "vm-client", proxy.port, &["GET", "/front"])?;
+    check_eq("status the client saw", run.exchanges[0].status, 200)?;
+    let spans = collect(ctx, &rx, agent, &[run.pid, proxy.pid(), backend.pid()], 4)?;
+    let (client, proxy_server) =
+        check_pair(&spans, run.pid, proxy.pid(), proxy.port, &run.exchanges[0])?;
+    let proxy_client = one(&spans, "CLIENT span of the proxy for /back", |s| {
+        s.kind == "CLIENT"
+            && pid_of(s) == Some(proxy.pid() as i64)
+            && s.attr_str("url.full").is_some_and(|u| u.ends_with("/back"))
+    })?;
+    let hop_port = proxy_client
+        .attr_int("network.local.port")
+        .context("the proxy's CLIENT span has no network.local.port")?;
+    let hop = Exchange {
+        method: "GET".into(),
+        path: "/back".into(),
+        status: 200,
+        local_port: u16::try_from(hop_port).context("network.local.port out of range")?,
+        body: Vec::new(),
+    };
+    let (_, backend_server) = check_pair(&spans, proxy.pid(), backend.pid(), backend.port, &hop)?;
+    let chain = Chain {
+        client,
+        proxy_server,
+        proxy_client,
+        backend_server,
+    };
+    if ctx.assert_linking {
+        assert_chain_linked(&chain)?;
+        println!("  the chain is one trace");
+    } else {
+        println!("  linking not asserted (TRACER_VM_ASSERT_LINKING=0)");
+    }
+    Ok(())
+}
+
+/// The chain forms one trace: the client's span is the root, the proxy's server span its
+/// child (peer match across processes), the proxy's client span a child of that (same thread),
+/// the backend's server span a child of the proxy's client span.
+pub fn assert_chain_linked(chain: &Chain) -> Result<()> {
+    let Chain {
+        client,
+        proxy_server,
+        proxy_client,
+        backend_server,
+    } = chain;
+    ensure!(
+        !client.trace_id.is_empty(),
+        "the client span has no trace id"
+    );
+    for (name, span) in [
+        ("proxy SERVER", proxy_server),
+        ("proxy CLIENT", proxy_client),
+        ("backend SERVER", backend_server),
+    ] {
+        check_eq(
+            &format!("trace id of the {name} span"),
+            &span.trace_id,
+            &client.trace_id,
+        )?;
+    }
+    ensure!(
+        client.is_root(),
+        "the client span should be the root, has parent {}",
+        client.parent_span_id
+    );
+    check_eq(
+        "parent of the proxy SERVER span",
+        &proxy_server.parent_span_id,
+        &client.span_id,
+    )?;
+    check_eq(
+        "parent of the proxy CLIENT span",
+        &proxy_client.parent_span_id,
+        &proxy_server.span_id,
+    )?;
+    check_eq(
+        "parent of the backend SERVER span",
+        &backend_server.parent_span_id,
+        &proxy_client.span_id,
+    )?;
+    Ok(())
+}
+
+/// Outcome of a whole run.
+pub struct Summary {
+    pub passed: usize,
+    pub failed: Vec<String>,
+    pub filtered_out: usize,
+}
+
+/// Runs the cases whose name contains `filter`, printing one `TRACER-VM-CASE` line each.
+pub fn run(ctx: &Ctx, filter: Option<&str>) -> Summary {
+    let mut summary = Summary {
+        passed: 0,
+        failed: Vec::new(),
+        filtered_out: 0,
+    };
+    for (name, case) in CASES {
+        if filter.is_some_and(|f| !name.contains(f)) {
+            summary.filtered_out += 1;
+            continue;
+        }
+        println!("TRACER-VM-CASE {name} RUN");
+        let started = Instant::now();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(ctx)))
+            .unwrap_or_else(|panic| {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                Err(anyhow::anyhow!("panicked: {msg}"))
+            });
+        let secs = started.elapsed().as_secs_f64();
+        match outcome {
+            Ok(()) => {
+                println!("TRACER-VM-CASE {name} PASS {secs:.1}s");
+                summary.passed += 1;
+            }
+            Err(e) => {
+                let msg = format!("{e:#}").replace('\n', " ");
+                println!("TRACER-VM-CASE {name} FAIL {secs:.1}s: {msg}");
+                summary.failed.push(name.to_string());
+            }
+        }
+    }
+    summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_kernel_releases() {
+        assert_eq!(
+            KernelVersion::parse("5.10.0-32-cloud-amd64"),
+            Some(KernelVersion(5, 10))
+        );
+        assert_eq!(
+            KernelVersion::parse("6.12.48+deb13-cloud-amd64"),
+            Some(KernelVersion(6, 12))
+        );
+        assert_eq!(KernelVersion::parse("6.1"), Some(KernelVersion(6, 1)));
+        assert_eq!(KernelVersion::parse("garbage"), None);
+        assert!(KernelVersion(5, 10) < KernelVersion(5, 17));
+        assert!(KernelVersion(6, 1) > KernelVersion(5, 17));
+    }
+
+    #[test]
+    fn expectations_follow_mainline_versions() {
+        let k510 = expected_features(KernelVersion(5, 10));
+        assert!(k510["ring_buffer"] && k510["btf_tracepoints"] && !k510["bpf_loop"]);
+        let k61 = expected_features(KernelVersion(6, 1));
+        assert!(k61.values().all(|v| *v));
+        let k54 = expected_features(KernelVersion(5, 4));
+        assert!(!k54["ring_buffer"]);
+    }
+
+    #[test]
+    fn parses_the_agent_log() {
+        let log = vec![
+            "2025-01-01T00:00:00Z  INFO tracer_agent::capture::features: kernel features: ring_buffer=yes bpf_loop=no".to_owned(),
+            "  INFO tracer_agent: tracing HTTP: 23 programs attached; health and metrics on http://127.0.0.1:1".to_owned(),
+        ];
+        let f = parse_features(&log).unwrap();
+        assert_eq!(f["ring_buffer"], "yes");
+        assert_eq!(f["bpf_loop"], "no");
+        assert_eq!(attached_count(&log), Some(23));
+        assert_eq!(attached_count(&log[..1]), None);
+    }
+
+    #[test]
+    fn parses_client_lines() {
+        assert_eq!(
+            parse_exchange("exchange GET /a?b=1 404 40000"),
+            Some(Exchange {
+                method: "GET".into(),
+                path: "/a?b=1".into(),
+                status: 404,
+                local_port: 40000,
+                body: Vec::new(),
+            })
+        );
+        assert_eq!(parse_exchange("listening 3"), None);
+    }
+}

@@ -1,0 +1,792 @@
+//! Root integration suite: HTTP fidelity against real programs. Each test runs real servers
+//! and clients under the real agent and asserts the exact number of spans per process and
+//! their key attributes: one SERVER span per request a server answered, one CLIENT span per
+//! request a client made, never two, and each SERVER span the child of its CLIENT span when
+//! both ends are traced.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use tracer_tests::ReceivedSpan;
+use tracer_tests::harness::{curl, python_http_server};
+use tracer_tests::programs::{
+    GO_CLIENT, GO_SERVER, Nginx, TempDir, agent_exporting_to, assert_linked, collect, counts,
+    go_build, node_client, node_server, python_app_server, python_requests_client, receiver,
+    reported, require_python_requests, run_client, span_pid, spans_of, spawn_printing_port,
+    summary, wrk_pipelined,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn of_kind<'a>(spans: &'a [ReceivedSpan], pid: u32, kind: &str) -> Vec<&'a ReceivedSpan> {
+    spans
+        .iter()
+        .filter(|s| span_pid(s) == pid && s.kind == kind)
+        .collect()
+}
+
+fn one<'a>(
+    spans: &'a [ReceivedSpan],
+    what: &str,
+    f: impl Fn(&ReceivedSpan) -> bool,
+) -> &'a ReceivedSpan {
+    let found: Vec<_> = spans.iter().filter(|s| f(s)).collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected exactly one {what}, got {}:\n{}",
+        found.len(),
+        summary(spans)
+    );
+    found[0]
+}
+
+fn client_path(s: &ReceivedSpan) -> Option<String> {
+    let full = s.attr_str("url.full")?;
+    let rest = full.strip_prefix("http://")?;
+    let path = &rest[rest.find('/')?..];
+    Some(path.split('?').next().unwrap_or(path).to_owned())
+}
+
+/// curl as the client of a Python application server: HTTP/1.0 (`-0`), several URLs on one
+/// keep-alive connection, a POST with `Expect: 100-continue`, a 2 MiB `-T` upload and a
+/// chunked upload. The interim `100 Continue` never becomes a span; body sizes are exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_http10_keep_alive_and_uploads() {
+    let dir = TempDir::new("curl").unwrap();
+    let body_256k: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+    let file_256k = dir.write("256k.bin", &body_256k).unwrap();
+    let file_2m = dir.write("2m.bin", vec![b'u'; 2 * 1024 * 1024]).unwrap();
+    let file_100k = dir.write("100k.bin", vec![b'c'; 100_000]).unwrap();
+
+    let rx = receiver().await.unwrap();
+    let server = python_app_server("127.0.0.1", false).unwrap();
+    let agent = agent_exporting_to(&rx, &[]).await.unwrap();
+    let base = format!("http://127.0.0.1:{}", server.port);
+
+    let http10 = curl(&["-0", &format!("{base}/ten")]).unwrap();
+    assert_eq!(http10.stdout, "hello /ten\n");
+    let keep = curl(&[
+        &format!("{base}/ka/1"),
+        &format!("{base}/ka/2"),
+        &format!("{base}/ka/3"),
+    ])
+    .unwrap();
+    let expect = curl(&[
+        "-H",
+        "Expect: 100-continue",
+        "--data-binary",
+        &format!("@{}", file_256k.display()),
+        &format!("{base}/expect"),
+    ])
+    .unwrap();
+    assert_eq!(expect.stdout, format!("received {}\n", 256 * 1024));
+    let put = curl(&["-T", &file_2m.display().to_string(), &format!("{base}/put")]).unwrap();
+    assert_eq!(put.stdout, format!("received {}\n", 2 * 1024 * 1024));
+    let chunked = curl(&[
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &format!("@{}", file_100k.display()),
+        &format!("{base}/chunked"),
+    ])
+    .unwrap();
+    assert_eq!(chunked.stdout, "received 100000\n");
+
+    let runs = [&http10, &keep, &expect, &put, &chunked];
+    let mut pids: Vec<u32> = runs.iter().map(|r| r.pid).collect();
+    pids.push(server.pid());
+    let (spans, _) = collect(&rx, agent, &pids, 14, WAIT).await.unwrap();
+    assert_eq!(spans.len(), 14, "7 requests, 7 pairs:\n{}", summary(&spans));
+    assert_eq!(of_kind(&spans, server.pid(), "SERVER").len(), 7);
+    assert_eq!(
+        assert_linked(&spans, &pids[..5], &[server.pid()]),
+        7,
+        "{}",
+        summary(&spans)
+    );
+
+    // HTTP/1.0: the version on both sides.
+    let c = one(&spans, "HTTP/1.0 client", |s| {
+        s.kind == "CLIENT" && span_pid(s) == http10.pid
+    });
+    assert_eq!(c.attr_str("network.protocol.version"), Some("1.0"));
+    assert_eq!(c.attr_int("http.response.body.size"), Some(11));
+    let s = one(&spans, "HTTP/1.0 server", |s| {
+        s.kind == "SERVER" && s.attr_str("url.path") == Some("/ten")
+    });
+    assert_eq!(s.attr_str("network.protocol.version"), Some("1.0"));
+
+    // Keep-alive: three requests, one connection.
+    let ka = of_kind(&spans, keep.pid, "CLIENT");
+    assert_eq!(ka.len(), 3);
+    let ports: BTreeSet<_> = ka
+        .iter()
+        .map(|s| s.attr_int("network.local.port"))
+        .collect();
+    assert_eq!(ports.len(), 1, "one connection: {ports:?}");
+    let paths: BTreeSet<_> = ka.iter().filter_map(|s| client_path(s)).collect();
+    assert_eq!(paths, ["/ka/1", "/ka/2", "/ka/3"].map(String::from).into());
+
+    // Uploads: the final status (not 100), the exact body sizes on both sides.
+    for (run, path, method, size) in [
+        (&expect, "/expect", "POST", 256 * 1024),
+        (&put, "/put", "PUT", 2 * 1024 * 1024),
+        (&chunked, "/chunked", "POST", 100_000),
+    ] {
+        let c = one(&spans, path, |s| {
+            s.kind == "CLIENT" && span_pid(s) == run.pid
+        });
+        let s = one(&spans, path, |s| {
+            s.kind == "SERVER" && s.attr_str("url.path") == Some(path)
+        });
+        let received = format!("received {size}\n").len() as i64;
+        for span in [c, s] {
+            assert_eq!(
+                span.attr_str("http.request.method"),
+                Some(method),
+                "{span:#?}"
+            );
+            assert_eq!(span.attr_int("http.response.status_code"), Some(201));
+            assert_eq!(
+                span.attr_int("http.request.body.size"),
+                Some(size),
+                "{span:#?}"
+            );
+            assert_eq!(span.attr_int("http.response.body.size"), Some(received));
+            assert_eq!(span.attr_str("error.type"), None, "{span:#?}");
+            assert_eq!(span.status_code, "UNSET");
+        }
+    }
+}
+
+/// nginx with a master and two pre-forked workers accepting on one listener, serving static
+/// files with `sendfile` (the body never passes through user memory: its bytes are counted
+/// from the syscall's return value).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_static_files_with_sendfile_and_prefork_workers() {
+    let nginx = Nginx::start("location / { }").unwrap();
+    nginx.html("small.txt", "hello, nginx\n").unwrap();
+    let big: Vec<u8> = (0..300 * 1024).map(|i| (i % 253) as u8).collect();
+    nginx.html("big.bin", &big).unwrap();
+
+    let rx = receiver().await.unwrap();
+    let agent = agent_exporting_to(&rx, &[]).await.unwrap();
+    let base = format!("http://127.0.0.1:{}", nginx.port);
+    // Three requests on one connection, then six one-request connections: both workers
+    // get some (the kernel spreads accepts), each request is answered exactly once.
+    let keep = curl(&[
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        &format!("{base}/small.txt"),
+        &format!("{base}/big.bin"),
+        &format!("{base}/missing"),
+    ])
+    .unwrap();
+    let mut runs = vec![keep];
+    for i in 0..6 {
+        runs.push(curl(&["-o", "/dev/null", &format!("{base}/big.bin?i={i}")]).unwrap());
+    }
+    let mut pids = nginx.pids();
+    pids.extend(runs.iter().map(|r| r.pid));
+    let (spans, _) = collect(&rx, agent, &pids, 18, WAIT).await.unwrap();
+    assert_eq!(spans.len(), 18, "9 requests, 9 pairs:\n{}", summary(&spans));
+    assert_eq!(nginx.logged_requests(), 9);
+    let client_pids: Vec<u32> = runs.iter().map(|r| r.pid).collect();
+    assert_eq!(assert_linked(&spans, &client_pids, &nginx.pids()), 9);
+    let served: usize = nginx
+        .pids()
+        .iter()
+        .map(|&w| of_kind(&spans, w, "SERVER").len())
+        .sum();
+    assert_eq!(served, 9);
+
+    let small = one(&spans, "small.txt", |s| {
+        s.kind == "SERVER" && s.attr_str("url.path") == Some("/small.txt")
+    });
+    assert_eq!(small.attr_int("http.response.status_code"), Some(200));
+    assert_eq!(small.attr_int("http.response.body.size"), Some(13));
+    let bigs: Vec<_> = spans
+        .iter()
+        .filter(|s| s.kind == "SERVER" && s.attr_str("url.path") == Some("/big.bin"))
+        .collect();
+    assert_eq!(bigs.len(), 7);
+    for s in bigs {
+        assert_eq!(s.attr_int("http.response.status_code"), Some(200));
+        assert_eq!(
+            s.attr_int("http.response.body.size"),
+            Some(300 * 1024),
+            "sendfile bytes counted: {s:#?}"
+        );
+        assert!(s.service_name().is_some_and(|n| n.starts_with("nginx")));
+    }
+    let missing = one(&spans, "missing", |s| {
+        s.kind == "SERVER" && s.attr_str("url.path") == Some("/missing")
+    });
+    assert_eq!(missing.attr_int("http.response.status_code"), Some(404));
+    assert_eq!(missing.status_code, "UNSET", "4xx is not a server error");
+}
+
+/// nginx as a reverse proxy in front of a Python server: per proxied request exactly one
+/// SERVER and one CLIENT span in the nginx worker that handled it, and one trace from curl
+/// through nginx to Python.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_reverse_proxy_one_server_and_one_client_span_per_request() {
+    let backend = python_app_server("127.0.0.1", false).unwrap();
+    let nginx = Nginx::start(&format!(
+        "location /api/ {{ proxy_pass http://127.0.0.1:{}; }}",
+        backend.port
+    ))
+    .unwrap();
+    let rx = receiver().await.unwrap();
+    let agent = agent_exporting_to(&rx, &[]).await.unwrap();
+    let base = format!("http://127.0.0.1:{}", nginx.port);
+    const N: usize = 5;
+    let mut runs = Vec::new();
+    for i in 0..N {
+        let run = curl(&[&format!("{base}/api/item/{i}")]).unwrap();
+        assert_eq!(run.stdout, format!("hello /api/item/{i}\n"));
+        runs.push(run);
+    }
+    let client_pids: Vec<u32> = runs.iter().map(|r| r.pid).collect();
+    let mut pids = nginx.pids();
+    pids.extend(&client_pids);
+    pids.push(backend.pid());
+    let (spans, _) = collect(&rx, agent, &pids, 4 * N, WAIT).await.unwrap();
+    assert_eq!(spans.len(), 4 * N, "{}", summary(&spans));
+
+    let nginx_servers: usize = nginx
+        .pids()
+        .iter()
+        .map(|&w| of_kind(&spans, w, "SERVER").len())
+        .sum();
+    let nginx_clients: usize = nginx
+        .pids()
+        .iter()
+        .map(|&w| of_kind(&spans, w, "CLIENT").len())
+        .sum();
+    assert_eq!(
+        (nginx_servers, nginx_clients),
+        (N, N),
+        "{}",
+        summary(&spans)
+    );
+    assert_eq!(of_kind(&spans, backend.pid(), "SERVER").len(), N);
+    // curl → nginx and nginx → python: each SERVER span under its CLIENT span.
+    assert_eq!(assert_linked(&spans, &client_pids, &nginx.pids()), N);
+    assert_eq!(assert_linked(&spans, &nginx.pids(), &[backend.pid()]), N);
+    // Inside nginx: the upstream request is the child of the request being served, in the
+    // same worker, for the same path.
+    for i in 0..N {
+        let path = format!("/api/item/{i}");
+        let server = one(&spans, "nginx SERVER", |s| {
+            s.kind == "SERVER"
+                && nginx.pids().contains(&span_pid(s))
+                && s.attr_str("url.path") == Some(&path)
+        });
+        let upstream = one(&spans, "nginx CLIENT", |s| {
+            s.kind == "CLIENT"
+                && nginx.pids().contains(&span_pid(s))
+                && client_path(s).as_deref() == Some(&path)
+        });
+        assert_eq!(span_pid(upstream), span_pid(server));
+        assert_eq!(upstream.parent_span_id, server.span_id, "{upstream:#?}");
+        assert_eq!(upstream.trace_id, server.trace_id);
+        assert_eq!(upstream.attr_int("server.port"), Some(backend.port as i64));
+        assert_eq!(upstream.attr_int("http.response.status_code"), Some(200));
+        let curl_span = one(&spans, "curl CLIENT", |s| {
+            s.kind == "CLIENT"
+                && client_pids.contains(&span_pid(s))
+                && client_path(s).as_deref() == Some(&path)
+        });
+        assert!(curl_span.is_root());
+        assert_eq!(server.trace_id, curl_span.trace_id, "one trace end to end");
+    }
+}
+
+/// Python `requests` (a Session: one keep-alive connection) against Python's http.server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_requests_session_against_http_server() {
+    require_python_requests().unwrap();
+    let rx = receiver().await.unwrap();
+    let server = python_app_server("127.0.0.1", false).unwrap();
+    let agent = agent_exporting_to(&rx, &[]).await.unwrap();
+    const GETS: usize = 20;
+    let (pid, out) = run_client(
+        python_requests_client(server.port, GETS, 5000),
+        "python requests client",
+    )
+    .unwrap();
+    let n = reported(&out, "requests").unwrap() as usize;
+    assert_eq!(n, GETS + 1);
+    let (spans, _) = collect(&rx, agent, &[pid, server.pid()], 2 * n, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(spans.len(), 2 * n, "{}", summary(&spans));
+    assert_eq!(of_kind(&spans, pid, "CLIENT").len(), n);
+    assert_eq!(of_kind(&spans, server.pid(), "SERVER").len(), n);
+    assert_eq!(assert_linked(&spans, &[pid], &[server.pid()]), n);
+    let ports: BTreeSet<_> = of_kind(&spans, pid, "CLIENT")
+        .iter()
+        .map(|s| s.attr_int("network.local.port"))
+        .collect();
+    assert_eq!(ports.len(), 1, "a Session keeps one connection");
+    let post = one(&spans, "POST", |s| {
+        s.kind == "CLIENT" && s.attr_str("http.request.method") == Some("POST")
+    });
+    assert_eq!(post.attr_int("http.request.body.size"), Some(5000));
+    assert_eq!(post.attr_int("http.response.status_code"), Some(201));
+    assert!(
+        post.attr_str("user_agent.original")
+            .is_some_and(|ua| ua.starts_with("python-requests/"))
+    );
+}
+
+/// Node.js `http`: a server and a client with a keep-alive agent (two sockets, requests
+/// queued on them), GETs and POSTs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_http_server_and_keep_alive_client() {
+    let rx = receiver().await.unwrap();
+    let server = node_server().unwrap();
+    let agent = agent_exporting_to(&rx, &[]).await.unwrap();
+    const TOTAL: usize = 40;
+    let (pid, out) = run_client(node_client(server.port, TOTAL, 2, 3000), "node client").unwrap();
+    assert_eq!(reported(&out, "requests").unwrap() as usize, TOTAL);
+    let (spans, _) = collect(&rx, agent, &[pid, server.pid()], 2 * TOTAL, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(spans.len(), 2 * TOTAL, "{}", summary(&spans));
+    assert_eq!(of_kind(&spans, pid, "CLIENT").len(), TOTAL);
+    assert_eq!(of_kind(&spans, server.pid(), "SERVER").len(), TOTAL);
+    assert_eq!(assert_linked(&spans, &[pid], &[server.pid()]), TOTAL);
+    let ports: BTreeSet<_> = of_kind(&spans, pid, "CLIENT")
+        .iter()
+        .map(|s| s.attr_int("network.local.port"))
+        .collect();
+    assert_eq!(ports.len(), 2, "two keep-alive sockets: {ports:?}");
+    let posts: Vec<_> = of_kind(&spans, server.pid(), "SERVER")
+        .into_iter()
+        .filter(|s| s.attr_str("http.request.method") == Some("POST"))
+        .collect();
+    assert_eq!(posts.len(), TOTAL / 4);
+    for p in posts {
+        assert_eq!(p.attr_int("http.request.body.size"), Some(3000));
+        assert_eq!(p.attr_int("http.response.status_code"), Some(201));
+        assert_eq!(p.attr_int("http.response.body.size"), Some(14));
+    }
+}
+
+/// Go `net/http`: a server, and a client whose Transport keeps a pool of keep-alive
+/// connections used by concurrent goroutines (non-blocking connects, completed later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_net_http_server_and_keep_alive_pool() {
+    let dir = TempDir::new("go").unwrap();
+    let server_bin = go_build(&dir, "server", GO_SERVER).unwrap();
+    let client_bin = go_build(&dir, "client", GO_CLIENT).unwrap();
+    let rx = receiver().await.unwrap();
+    let server = spawn_printing_port(std::process::Command::new(&server_bin), "go server").unwrap();
+    let agent = agent_exporting_to(&rx, &[]).await.unwrap();
+    const TOTAL: usize = 200;
+    let mut cmd = std::process::Command::new(&client_bin);
+    cmd.args([
+        format!("http://127.0.0.1:{}", server.port),
+        TOTAL.to_string(),
+        "4".to_owned(),
+    ]);
+    let (pid, out) = run_client(cmd, "go client").unwrap();
+    assert_eq!(reported(&out, "requests").unwrap() as usize, TOTAL);
+    let conns = reported(&out, "conns").unwrap() as usize;
+    let (spans, _) = collect(&rx, agent, &[pid, server.pid()], 2 * TOTAL, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(spans.len(), 2 * TOTAL, "{}", summary(&spans));
+    assert_eq!(of_kind(&spans, pid, "CLIENT").len(), TOTAL);
+    assert_eq!(of_kind(&spans, server.pid(), "SERVER").len(), TOTAL);
+    assert_eq!(assert_linked(&spans, &[pid], &[server.pid()]), TOTAL);
+    let ports: BTreeSet<_> = of_kind(&spans, pid, "CLIENT")
+        .iter()
+        .map(|s| s.attr_int("network.local.port"))
+        .collect();
+    assert_eq!(ports.len(), conns, "one local port per pooled connection");
+    assert!(conns <= 4, "the pool holds at most 4 connections: {conns}");
+    for s in of_kind(&spans, server.pid(), "SERVER") {
+        assert_eq!(
+            s.attr_str("user_agent.original"),
+            Some("Go-http-client/1.1")
+        );
+        if s.attr_str("http.request.method") == Some("POST") {
+            assert_eq!(s.attr_int("http.request.body.size"), Some(1000));
+            assert_eq!(s.attr_int("http.response.status_code"), Some(201));
+        }
+    }
+}
+
+/// wrk with its pipelining script against nginx: three requests per write on each
+/// connection. nginx's access log counts the requests it answered; the agent must report
+/// exactly that many SERVER spans, and one CLIENT span per response wrk counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrk_pipelined_requests_against_nginx() {
+    let dir = TempDir::new("wrk").unwrap();
+    let nginx = Nginx::start("location / { }").unwrap();
+    nginx.html("small.txt", "pipelined\n").unwrap();
+    let rx = receiver().await.unwrap();
+    let agent = agent_exporting_to(&rx, &["--ring-buffer-bytes", "67108864"])
+        .await
+        .unwrap();
+    let (wrk_pid, responses) = wrk_pipelined(
+        &dir,
+        &format!("http://127.0.0.1:{}/small.txt", nginx.port),
+        2,
+        1,
+    )
+    .unwrap();
+    assert!(responses > 0);
+    // nginx logs a request when it has answered it; wrk has exited, so the count is final
+    // once nginx has seen both connections close.
+    let logged = wait_for_stable(|| nginx.logged_requests()).await;
+    assert!(
+        logged as u64 >= responses,
+        "nginx answered {logged}, wrk counted {responses}"
+    );
+    let mut pids = nginx.pids();
+    pids.push(wrk_pid);
+    let servers_and_clients = logged + responses as usize;
+    let (spans, metrics) = collect(&rx, agent, &pids, servers_and_clients, WAIT)
+        .await
+        .unwrap();
+    println!("wrk: {responses} responses, nginx logged {logged} requests");
+    let served: usize = nginx
+        .pids()
+        .iter()
+        .map(|&w| of_kind(&spans, w, "SERVER").len())
+        .sum();
+    assert_eq!(served, logged, "one SERVER span per request nginx answered");
+    let answered: Vec<_> = of_kind(&spans, wrk_pid, "CLIENT")
+        .into_iter()
+        .filter(|s| s.attr_int("http.response.status_code") == Some(200))
+        .collect();
+    assert_eq!(
+        answered.len() as u64,
+        responses,
+        "one CLIENT span per response wrk counted"
+    );
+    assert!(
+        metrics.contains("tracer_kernel_drops_total{reason=\"ring_buffer_full\"} 0"),
+        "{metrics}"
+    );
+    for s in &answered {
+        assert_eq!(s.attr_int("http.response.body.size"), Some(10));
+    }
+}
+
+/// Polls `f` until it returns the same value twice 200 ms apart (bounded): for counts
+/// that a server updates after its clients are gone.
+async fn wait_for_stable(f: impl Fn() -> usize) -> usize {
+    let mut last = f();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = f();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("count never settled: {last}")
+}
+
+/// IPv6 on [::1], and IPv4 clients of a dual-stack server (v4-mapped addresses, reported
+/// as plain IPv4 so both ends of a connection still match).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_loopback_and_v4_mapped_dual_stack() {
+    let rx = receiver().await.unwrap();
+    let v6 = python_http_server("::1", true).unwrap();
+    let dual = python_app_server("::", false).unwrap();
+    let agent = agent_exporting_to(&rx, &[]).await.unwrap();
+    let run6 = curl(&[
+        "-g",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        &format!("http://[::1]:{}/?v=6", v6.port),
+        &format!("http://[::1]:{}/?v=66", v6.port),
+    ])
+    .unwrap();
+    let run4 = curl(&[&format!("http://127.0.0.1:{}/mapped", dual.port)]).unwrap();
+    assert_eq!(run4.stdout, "hello /mapped\n");
+    let pids = [run6.pid, v6.pid(), run4.pid, dual.pid()];
+    let (spans, _) = collect(&rx, agent, &pids, 6, WAIT).await.unwrap();
+    assert_eq!(spans.len(), 6, "{}", summary(&spans));
+    assert_eq!(assert_linked(&spans, &[run6.pid], &[v6.pid()]), 2);
+    assert_eq!(assert_linked(&spans, &[run4.pid], &[dual.pid()]), 1);
+    for s in spans
+        .iter()
+        .filter(|s| [run6.pid, v6.pid()].contains(&span_pid(s)))
+    {
+        assert_eq!(s.attr_str("network.peer.address"), Some("::1"), "{s:#?}");
+        assert_eq!(s.attr_str("network.local.address"), Some("::1"), "{s:#?}");
+        assert_eq!(s.attr_str("server.address"), Some("::1"), "{s:#?}");
+    }
+    let c6 = of_kind(&spans, run6.pid, "CLIENT");
+    assert!(
+        c6.iter().all(|s| s
+            .attr_str("url.full")
+            .is_some_and(|u| u.starts_with(&format!("http://[::1]:{}/", v6.port)))),
+        "{c6:#?}"
+    );
+    let mapped = one(&spans, "dual-stack SERVER", |s| span_pid(s) == dual.pid());
+    assert_eq!(mapped.attr_str("client.address"), Some("127.0.0.1"));
+    assert_eq!(mapped.attr_str("network.local.address"), Some("127.0.0.1"));
+}
+
+/// A forking server (Python's `ForkingMixIn`): the parent accepts each connection and a
+/// forked child serves it. The child never called accept on that socket; the agent follows
+/// it because its parent had the socket traced (fork tracepoint + socket identity).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forking_server_child_serves_inherited_socket() {
+    let rx = receiver().await.unwrap();
+    let server = python_app_server("127.0.0.1", true).unwrap();
+    let agent = agent_exporting_to(&rx, &[]).await.unwrap();
+    let base = format!("http://127.0.0.1:{}", server.port);
+    const N: usize = 3;
+    let mut runs = Vec::new();
+    for i in 0..N {
+        let run = curl(&[&format!("{base}/forked/{i}")]).unwrap();
+        assert_eq!(run.stdout, format!("hello /forked/{i}\n"));
+        runs.push(run);
+    }
+    let client_pids: Vec<u32> = runs.iter().map(|r| r.pid).collect();
+    // The children are gone by now: their spans are the SERVER spans on the server's port.
+    let port = server.port as i64;
+    let ours = |s: &ReceivedSpan| {
+        client_pids.contains(&span_pid(s))
+            || (s.kind == "SERVER" && s.attr_int("network.local.port") == Some(port))
+    };
+    let waited = rx
+        .wait_for_spans(
+            |spans| spans.iter().filter(|s| ours(s)).count() >= 2 * N,
+            WAIT,
+        )
+        .await;
+    agent.stop().unwrap();
+    let spans: Vec<ReceivedSpan> = rx.spans().into_iter().filter(|s| ours(s)).collect();
+    waited.unwrap_or_else(|e| panic!("{e}:\n{}", summary(&spans)));
+    assert_eq!(spans.len(), 2 * N, "{}", summary(&spans));
+    let servers: Vec<_> = spans.iter().filter(|s| s.kind == "SERVER").collect();
+    assert_eq!(servers.len(), N);
+    let children: BTreeSet<u32> = servers.iter().map(|s| span_pid(s)).collect();
+    assert_eq!(children.len(), N, "one child per connection");
+    assert!(
+        !children.contains(&server.pid()),
+        "the parent only accepted: {}",
+        summary(&spans)
+    );
+    assert_eq!(
+        assert_linked(&spans, &client_pids, &Vec::from_iter(children)),
+        N
+    );
+    for i in 0..N {
+        let path = format!("/forked/{i}");
+        let s = one(&spans, &path, |s| s.attr_str("url.path") == Some(&path));
+        assert_eq!(s.attr_int("http.response.status_code"), Some(200));
+        assert_eq!(
+            s.attr_int("http.response.body.size"),
+            Some(format!("hello {path}\n").len() as i64)
+        );
+    }
+}
+
+/// Every program at once: Go, Node.js and Python clients against their servers, curl and
+/// wrk against nginx (static and proxied to Python). At least 10,000 requests, counted from
+/// the clients' own reports and nginx's access log; the agent must give exactly one SERVER
+/// span per request answered and one CLIENT span per request a client completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_workload_spans_equal_requests() {
+    require_python_requests().unwrap();
+    let dir = TempDir::new("mixed").unwrap();
+    let go_server_bin = go_build(&dir, "server", GO_SERVER).unwrap();
+    let go_client_bin = go_build(&dir, "client", GO_CLIENT).unwrap();
+    let py = python_app_server("127.0.0.1", false).unwrap();
+    let node = node_server().unwrap();
+    let go = spawn_printing_port(std::process::Command::new(&go_server_bin), "go server").unwrap();
+    let nginx = Nginx::start(&format!(
+        "location /api/ {{ proxy_pass http://127.0.0.1:{}; }} location / {{ }}",
+        py.port
+    ))
+    .unwrap();
+    nginx.html("small.txt", "pipelined\n").unwrap();
+    nginx.html("page.html", vec![b'p'; 20_000]).unwrap();
+
+    let rx = receiver().await.unwrap();
+    let agent = agent_exporting_to(&rx, &["--ring-buffer-bytes", "67108864"])
+        .await
+        .unwrap();
+
+    const GO_REQUESTS: usize = 5000;
+    const NODE_REQUESTS: usize = 2500;
+    const PY_GETS: usize = 999;
+    const CURL_URLS: usize = 500;
+    let go_run = {
+        let bin = go_client_bin.clone();
+        let port = go.port;
+        std::thread::spawn(move || {
+            let mut cmd = std::process::Command::new(bin);
+            cmd.args([
+                format!("http://127.0.0.1:{port}"),
+                GO_REQUESTS.to_string(),
+                "8".to_owned(),
+            ]);
+            run_client(cmd, "go client")
+        })
+    };
+    let node_port = node.port;
+    let node_run = std::thread::spawn(move || {
+        run_client(
+            node_client(node_port, NODE_REQUESTS, 4, 2000),
+            "node client",
+        )
+    });
+    let py_port = py.port;
+    let py_run = std::thread::spawn(move || {
+        run_client(
+            python_requests_client(py_port, PY_GETS, 10_000),
+            "python requests client",
+        )
+    });
+    // curl: one keep-alive connection with many URLs, static and proxied.
+    let base = format!("http://127.0.0.1:{}", nginx.port);
+    let curl_static = {
+        let mut args = vec!["-o".to_owned(), "/dev/null".to_owned()];
+        for i in 0..CURL_URLS {
+            args.push(format!("{base}/page.html?i={i}"));
+            args.push("-o".to_owned());
+            args.push("/dev/null".to_owned());
+        }
+        args.pop();
+        args.pop();
+        std::thread::spawn(move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            curl(&a)
+        })
+    };
+    let curl_proxied = {
+        let mut args = Vec::new();
+        for i in 0..CURL_URLS {
+            args.push(format!("{base}/api/p/{i}"));
+        }
+        std::thread::spawn(move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            curl(&a)
+        })
+    };
+    let (wrk_pid, wrk_responses) = wrk_pipelined(&dir, &format!("{base}/small.txt"), 2, 1).unwrap();
+
+    let (go_pid, go_out) = go_run.join().unwrap().unwrap();
+    let (node_pid, node_out) = node_run.join().unwrap().unwrap();
+    let (py_pid, py_out) = py_run.join().unwrap().unwrap();
+    let curl_static = curl_static.join().unwrap().unwrap();
+    let curl_proxied = curl_proxied.join().unwrap().unwrap();
+    let go_n = reported(&go_out, "requests").unwrap() as usize;
+    let node_n = reported(&node_out, "requests").unwrap() as usize;
+    let py_n = reported(&py_out, "requests").unwrap() as usize;
+    assert_eq!(
+        (go_n, node_n, py_n),
+        (GO_REQUESTS, NODE_REQUESTS, PY_GETS + 1)
+    );
+    let nginx_n = wait_for_stable(|| nginx.logged_requests()).await;
+    // nginx answered curl's static and proxied requests plus what wrk sent.
+    let wrk_served = nginx_n - 2 * CURL_URLS;
+    assert!(wrk_served as u64 >= wrk_responses);
+
+    // Requests answered, per server; requests completed, per traced client.
+    let server_requests = go_n + node_n + (py_n + CURL_URLS) + nginx_n;
+    let client_requests = go_n + node_n + py_n + 2 * CURL_URLS + CURL_URLS + wrk_responses as usize;
+    // Every request on the wire, nginx's upstream requests included.
+    let requests = server_requests;
+    assert!(requests >= 10_000, "only {requests} requests");
+
+    let mut pids = vec![
+        go.pid(),
+        node.pid(),
+        py.pid(),
+        go_pid,
+        node_pid,
+        py_pid,
+        curl_static.pid,
+        curl_proxied.pid,
+        wrk_pid,
+    ];
+    pids.extend(nginx.pids());
+    let (spans, metrics) = collect(
+        &rx,
+        agent,
+        &pids,
+        server_requests + client_requests,
+        Duration::from_secs(120),
+    )
+    .await
+    .unwrap();
+    let c = counts(&spans);
+    let n = |pid: u32, kind: &str| c.get(&(pid, kind.to_owned())).copied().unwrap_or(0);
+    let nginx_servers: usize = nginx.pids().iter().map(|&w| n(w, "SERVER")).sum();
+    let nginx_clients: usize = nginx.pids().iter().map(|&w| n(w, "CLIENT")).sum();
+    let server_spans =
+        n(go.pid(), "SERVER") + n(node.pid(), "SERVER") + n(py.pid(), "SERVER") + nginx_servers;
+    // wrk's CLIENT spans for requests still in flight when it stopped never complete (it
+    // exits without closing); the answered ones are exactly the responses it counted.
+    let wrk_answered = of_kind(&spans, wrk_pid, "CLIENT")
+        .iter()
+        .filter(|s| s.attr_int("http.response.status_code").is_some())
+        .count();
+    let client_spans = n(go_pid, "CLIENT")
+        + n(node_pid, "CLIENT")
+        + n(py_pid, "CLIENT")
+        + n(curl_static.pid, "CLIENT")
+        + n(curl_proxied.pid, "CLIENT")
+        + nginx_clients
+        + wrk_answered;
+    println!(
+        "mixed workload: {requests} requests, {server_spans} server spans, {client_spans} client spans"
+    );
+    println!(
+        "  client spans = the {client_requests} requests the traced clients completed: wrk stopped with {} answered requests unread",
+        wrk_served as u64 - wrk_responses
+    );
+    println!(
+        "  go {go_n}, node {node_n}, python requests {py_n}, curl {} (static {CURL_URLS}, proxied {CURL_URLS} + {CURL_URLS} upstream), wrk {wrk_served} answered by nginx / {wrk_responses} counted by wrk",
+        2 * CURL_URLS
+    );
+    let drops = metrics
+        .lines()
+        .filter(|l| l.starts_with("tracer_kernel_drops_total"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(server_spans, server_requests, "SERVER spans\n{drops}");
+    assert_eq!(client_spans, client_requests, "CLIENT spans\n{drops}");
+    assert_eq!((n(go.pid(), "SERVER"), n(go_pid, "CLIENT")), (go_n, go_n));
+    assert_eq!(
+        (n(node.pid(), "SERVER"), n(node_pid, "CLIENT")),
+        (node_n, node_n)
+    );
+    assert_eq!(n(py.pid(), "SERVER"), py_n + CURL_URLS);
+    assert_eq!(nginx_servers, nginx_n);
+    assert_eq!(nginx_clients, CURL_URLS);
+    assert_eq!(wrk_answered as u64, wrk_responses);
+    // Every traced pair is linked, none across connections.
+    assert_eq!(assert_linked(&spans, &[go_pid], &[go.pid()]), go_n);
+    assert_eq!(assert_linked(&spans, &[node_pid], &[node.pid()]), node_n);
+    assert_eq!(
+        assert_linked(
+            &spans,
+            &[py_pid, nginx.pids()[0], nginx.pids()[1]],
+            &[py.pid()]
+        ),
+        py_n + CURL_URLS
+    );
+    // Not a single span of another process slipped in under these pids.
+    assert_eq!(spans_of(&spans, &pids).len(), spans.len());
+}

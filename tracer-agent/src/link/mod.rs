@@ -1,0 +1,611 @@
+//! Links spans into traces without any help from the applications.
+//!
+//! Every request gets its span id when its head is seen (before its response), so the
+//! parent of a span is known early and trace ids propagate top-down. Rules, strongest
+//! first:
+//!
+//! 1. **SERVER span, peer match**: the CLIENT span of the same exchange is its parent. The
+//!    client's local address:port equals the server's peer address:port (DNAT rewrites the
+//!    destination, not the source), and the n-th request written on the client's connection
+//!    is the n-th request read on the server's. If the request also carries trace context
+//!    whose trace differs from the client span's trace, the application's own tracer made
+//!    that context (an SDK-instrumented client): the header wins, so the SDK's trace and
+//!    ours agree.
+//! 2. **SERVER span, header**: no traced client: a valid `traceparent` or B3 context in the
+//!    request makes the span a child of that context.
+//! 3. **CLIENT span, thread**: a request written by thread T while T is serving a SERVER
+//!    request (its request read by T, its response not yet written) is that request's child.
+//!    With several requests in flight on T (an event loop), the oldest one that has no
+//!    child yet is chosen: exact for one downstream call per request in arrival order,
+//!    a heuristic beyond that. With none on T, a process serving exactly one request is the
+//!    parent (runtimes that move work between threads, like Go); with several, none is
+//!    guessed.
+//! 4. **CLIENT span, header**: otherwise, context the application put in the outgoing
+//!    request.
+//! 5. Otherwise a new trace.
+//!
+//! A SERVER span whose client is not (yet) seen waits up to the link window for it, then
+//! falls back to rule 2 or 5. A span whose parent never resolves is exported as a root
+//! after twice the window and counted as an orphan. Context is read per request, so a
+//! `traceparent` on a keep-alive connection never carries over to the next request.
+
+pub mod context;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+
+use crate::spans::builder::IdGenerator;
+use crate::spans::{SpanId, SpanKind, SpanRecord, TraceId};
+pub use context::SpanContext;
+
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// How long a SERVER span waits for its client to be seen.
+    pub window_ns: u64,
+    /// Requests tracked at once; the oldest are given up beyond it.
+    pub max_spans: usize,
+    /// Trace ids of exported spans remembered for late children.
+    pub remembered_traces: usize,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            window_ns: 200_000_000,
+            max_spans: 200_000,
+            remembered_traces: 100_000,
+        }
+    }
+}
+
+/// A request head seen on a traced connection.
+#[derive(Debug, Clone)]
+pub struct StartedRequest {
+    pub conn_id: u64,
+    /// Position of the request on its connection (0-based).
+    pub seq: u64,
+    pub kind: SpanKind,
+    pub tgid: u32,
+    /// The thread that read (server) or wrote (client) the request head.
+    pub tid: u32,
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+    /// Valid trace context the request carried.
+    pub context: Option<SpanContext>,
+}
+
+/// How spans were linked, for `/metrics`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LinkStats {
+    pub by_peer: u64,
+    pub by_header: u64,
+    pub by_thread: u64,
+    pub roots: u64,
+    pub orphans: u64,
+    pub evicted: u64,
+    pub waiting: u64,
+}
+
+/// Client source address and request position: identifies one exchange on both sides.
+type PeerKey = (SocketAddr, u64);
+
+#[derive(Debug, Clone)]
+enum Parent {
+    Root,
+    Remote(SpanContext),
+    Local(SpanId),
+    Peer {
+        client: SpanId,
+        header: Option<SpanContext>,
+    },
+    AwaitPeer {
+        header: Option<SpanContext>,
+        deadline_ns: u64,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Resolved {
+    trace_id: TraceId,
+    parent: Option<SpanId>,
+    trace_state: String,
+}
+
+struct Node {
+    parent: Parent,
+    own_trace: TraceId,
+    resolved: Option<Resolved>,
+    span: Option<SpanRecord>,
+    finished_ns: u64,
+    kind: SpanKind,
+    tgid: u32,
+    tid: u32,
+    request: (u64, u64),
+    client_key: Option<PeerKey>,
+    server_key: Option<PeerKey>,
+}
+
+struct Serving {
+    span: SpanId,
+    children: u32,
+}
+
+pub struct Linker {
+    cfg: LinkConfig,
+    ids: IdGenerator,
+    nodes: HashMap<SpanId, Node>,
+    order: VecDeque<SpanId>,
+    /// Started requests by connection, then position: closing a connection touches only
+    /// its own (usually one) requests.
+    by_request: HashMap<u64, Vec<(u64, SpanId)>>,
+    clients_by_source: HashMap<PeerKey, SpanId>,
+    servers_awaiting: HashMap<PeerKey, SpanId>,
+    serving_by_thread: HashMap<(u32, u32), Vec<Serving>>,
+    serving_by_process: HashMap<u32, Vec<SpanId>>,
+    exported: HashMap<SpanId, TraceId>,
+    exported_order: VecDeque<SpanId>,
+    /// Finished spans not yet released, in finishing order.
+    finished: VecDeque<SpanId>,
+    /// Spans decided since the last poll.
+    released: Vec<SpanRecord>,
+    stats: LinkStats,
+}
+
+impl Linker {
+    pub fn new(cfg: LinkConfig) -> Self {
+        Linker {
+            cfg,
+            ids: IdGenerator::default(),
+            nodes: HashMap::new(),
+            order: VecDeque::new(),
+            by_request: HashMap::new(),
+            clients_by_source: HashMap::new(),
+            servers_awaiting: HashMap::new(),
+            serving_by_thread: HashMap::new(),
+            serving_by_process: HashMap::new(),
+            exported: HashMap::new(),
+            exported_order: VecDeque::new(),
+            finished: VecDeque::new(),
+            released: Vec::new(),
+            stats: LinkStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> LinkStats {
+        LinkStats {
+            waiting: self.nodes.len() as u64,
+            ..self.stats
+        }
+    }
+
+    /// Registers a request whose head was just seen; returns its span id.
+    pub fn request_started(&mut self, r: StartedRequest, now_ns: u64) -> SpanId {
+        while self.nodes.len() >= self.cfg.max_spans {
+            self.evict_oldest();
+        }
+        let span_id = self.ids.span_id();
+        let mut client_key = None;
+        let mut server_key = None;
+        let parent = match r.kind {
+            SpanKind::Server => match r.peer {
+                Some(source) => {
+                    let key = (source, r.seq);
+                    match self.clients_by_source.remove(&key) {
+                        Some(client) => Parent::Peer {
+                            client,
+                            header: r.context.clone(),
+                        },
+                        None => {
+                            self.servers_awaiting.insert(key, span_id);
+                            server_key = Some(key);
+                            Parent::AwaitPeer {
+                                header: r.context.clone(),
+                                deadline_ns: now_ns + self.cfg.window_ns,
+                            }
+                        }
+                    }
+                }
+                None => match &r.context {
+                    Some(ctx) => Parent::Remote(ctx.clone()),
+                    None => Parent::Root,
+                },
+            },
+            SpanKind::Client => {
+                let parent = match self.serving_parent(r.tgid, r.tid) {
+                    Some(p) => Parent::Local(p),
+                    None => match &r.context {
+                        Some(ctx) => Parent::Remote(ctx.clone()),
+                        None => Parent::Root,
+                    },
+                };
+                if let Some(source) = r.local {
+                    let key = (source, r.seq);
+                    match self.servers_awaiting.remove(&key) {
+                        // The server's read was delivered before our write: link it now.
+                        Some(server) => {
+                            if let Some(node) = self.nodes.get_mut(&server)
+                                && let Parent::AwaitPeer { header, .. } = &node.parent
+                            {
+                                node.parent = Parent::Peer {
+                                    client: span_id,
+                                    header: header.clone(),
+                                };
+                                node.server_key = None;
+                            }
+                        }
+                        None => {
+                            self.clients_by_source.insert(key, span_id);
+                            client_key = Some(key);
+                        }
+                    }
+                }
+                parent
+            }
+        };
+        if r.kind == SpanKind::Server {
+            self.serving_by_thread
+                .entry((r.tgid, r.tid))
+                .or_default()
+                .push(Serving {
+                    span: span_id,
+                    children: 0,
+                });
+            self.serving_by_process
+                .entry(r.tgid)
+                .or_default()
+                .push(span_id);
+        }
+        let own_trace = self.ids.trace_id();
+        self.nodes.insert(
+            span_id,
+            Node {
+                parent,
+                own_trace,
+                resolved: None,
+                span: None,
+                finished_ns: 0,
+                kind: r.kind,
+                tgid: r.tgid,
+                tid: r.tid,
+                request: (r.conn_id, r.seq),
+                client_key,
+                server_key,
+            },
+        );
+        self.order.push_back(span_id);
+        self.by_request
+            .entry(r.conn_id)
+            .or_default()
+            .push((r.seq, span_id));
+        span_id
+    }
+
+    /// A started request will produce no span (the agent's own export): drop it.
+    pub fn forget(&mut self, conn_id: u64, seq: u64) {
+        let Some(span_id) = self.take_request(conn_id, seq) else {
+            return;
+        };
+        if let Some(node) = self.nodes.remove(&span_id) {
+            if node.kind == SpanKind::Server {
+                self.stop_serving(span_id, node.tgid, node.tid);
+            }
+            if let Some(key) = node.client_key {
+                self.clients_by_source.remove(&key);
+            }
+            if let Some(key) = node.server_key {
+                self.servers_awaiting.remove(&key);
+            }
+        }
+    }
+
+    /// The span id given to a started request, if it is still tracked.
+    pub fn span_id_of(&self, conn_id: u64, seq: u64) -> Option<SpanId> {
+        self.by_request
+            .get(&conn_id)?
+            .iter()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, id)| *id)
+    }
+
+    fn take_request(&mut self, conn_id: u64, seq: u64) -> Option<SpanId> {
+        let list = self.by_request.get_mut(&conn_id)?;
+        let at = list.iter().position(|(s, _)| *s == seq)?;
+        let (_, span_id) = list.swap_remove(at);
+        if list.is_empty() {
+            self.by_request.remove(&conn_id);
+        }
+        Some(span_id)
+    }
+
+    fn serving_parent(&mut self, tgid: u32, tid: u32) -> Option<SpanId> {
+        if let Some(on_thread) = self.serving_by_thread.get_mut(&(tgid, tid))
+            && !on_thread.is_empty()
+        {
+            let pick = on_thread
+                .iter()
+                .position(|s| s.children == 0)
+                .unwrap_or(on_thread.len() - 1);
+            on_thread[pick].children += 1;
+            self.stats.by_thread += 1;
+            return Some(on_thread[pick].span);
+        }
+        match self.serving_by_process.get(&tgid).map(Vec::as_slice) {
+            Some([only]) => {
+                self.stats.by_thread += 1;
+                Some(*only)
+            }
+            _ => None,
+        }
+    }
+
+    fn stop_serving(&mut self, span: SpanId, tgid: u32, tid: u32) {
+        if let Some(list) = self.serving_by_thread.get_mut(&(tgid, tid)) {
+            list.retain(|s| s.span != span);
+            if list.is_empty() {
+                self.serving_by_thread.remove(&(tgid, tid));
+            }
+        }
+        if let Some(list) = self.serving_by_process.get_mut(&tgid) {
+            list.retain(|s| *s != span);
+            if list.is_empty() {
+                self.serving_by_process.remove(&tgid);
+            }
+        }
+    }
+
+    /// The exchange of a started request is complete. `span` carries everything but its
+    /// trace id and parent, which [`Linker::poll`] fills in.
+    pub fn span_finished(&mut self, conn_id: u64, seq: u64, mut span: SpanRecord, now_ns: u64) {
+        let span_id = match self.take_request(conn_id, seq) {
+            Some(id) => id,
+            None => {
+                // Its start was given up (evicted): still export it, as a root.
+                span.span_id = self.ids.span_id();
+                span.trace_id = self.ids.trace_id();
+                self.stats.orphans += 1;
+                self.stats.roots += 1;
+                self.remember(span.span_id, span.trace_id);
+                self.released.push(span);
+                return;
+            }
+        };
+        let Some(node) = self.nodes.get_mut(&span_id) else {
+            return;
+        };
+        span.span_id = span_id;
+        node.span = Some(span);
+        node.finished_ns = now_ns;
+        self.finished.push_back(span_id);
+        let (kind, tgid, tid, client_key) = (node.kind, node.tgid, node.tid, node.client_key);
+        if kind == SpanKind::Server {
+            self.stop_serving(span_id, tgid, tid);
+        }
+        // Its server, if traced, has read the request by now (it answered it).
+        if let Some(key) = client_key
+            && self.clients_by_source.get(&key) == Some(&span_id)
+        {
+            self.clients_by_source.remove(&key);
+        }
+    }
+
+    /// A connection closed: requests on it that never finished are given up.
+    pub fn connection_closed(&mut self, conn_id: u64, now_ns: u64) {
+        let leftover = self.by_request.remove(&conn_id).unwrap_or_default();
+        for (_, span) in leftover {
+            self.give_up(span, now_ns);
+        }
+    }
+
+    /// Removes a node that will never have a span, keeping its trace for its children.
+    fn give_up(&mut self, span_id: SpanId, now_ns: u64) {
+        let trace = self.resolve(span_id, now_ns, true, 0).map(|r| r.trace_id);
+        if let Some(node) = self.nodes.remove(&span_id) {
+            self.take_request(node.request.0, node.request.1);
+            if node.kind == SpanKind::Server {
+                self.stop_serving(span_id, node.tgid, node.tid);
+            }
+            if let Some(key) = node.client_key {
+                self.clients_by_source.remove(&key);
+            }
+            if let Some(key) = node.server_key {
+                self.servers_awaiting.remove(&key);
+            }
+            if let Some(span) = node.span {
+                // Finished but unresolvable: export as a root.
+                self.release(span_id, span, None, now_ns);
+                return;
+            }
+        }
+        if let Some(trace) = trace {
+            self.remember(span_id, trace);
+        }
+    }
+
+    fn evict_oldest(&mut self) {
+        while let Some(id) = self.order.pop_front() {
+            if self.nodes.contains_key(&id) {
+                self.stats.evicted += 1;
+                self.give_up(id, u64::MAX);
+                return;
+            }
+        }
+    }
+
+    fn remember(&mut self, span: SpanId, trace: TraceId) {
+        if self.exported.insert(span, trace).is_none() {
+            self.exported_order.push_back(span);
+        }
+        while self.exported_order.len() > self.cfg.remembered_traces {
+            if let Some(old) = self.exported_order.pop_front() {
+                self.exported.remove(&old);
+            }
+        }
+    }
+
+    /// The trace (and parent) of a span, if decidable now. `force` applies the fallbacks
+    /// instead of waiting.
+    fn resolve(
+        &mut self,
+        span_id: SpanId,
+        now_ns: u64,
+        force: bool,
+        depth: u32,
+    ) -> Option<Resolved> {
+        if let Some(trace_id) = self.exported.get(&span_id) {
+            return Some(Resolved {
+                trace_id: *trace_id,
+                parent: None,
+                trace_state: String::new(),
+            });
+        }
+        let node = self.nodes.get(&span_id)?;
+        if let Some(r) = &node.resolved {
+            return Some(r.clone());
+        }
+        let own_trace = node.own_trace;
+        let root = Resolved {
+            trace_id: own_trace,
+            parent: None,
+            trace_state: String::new(),
+        };
+        let remote = |ctx: &SpanContext| Resolved {
+            trace_id: ctx.trace_id,
+            parent: Some(ctx.span_id),
+            trace_state: ctx.trace_state.clone(),
+        };
+        // Deep chains are legitimate but bounded; beyond the bound (or a cycle forged
+        // through headers) the span becomes a root.
+        if depth > 64 {
+            return force.then_some(root);
+        }
+        let (resolved, how) = match node.parent.clone() {
+            Parent::Root => (Some(root), Some(Link::Root)),
+            Parent::Remote(ctx) => (Some(remote(&ctx)), Some(Link::Header)),
+            Parent::Local(p) => match self.resolve(p, now_ns, force, depth + 1) {
+                Some(r) => (
+                    Some(Resolved {
+                        trace_id: r.trace_id,
+                        parent: Some(p),
+                        trace_state: r.trace_state,
+                    }),
+                    None,
+                ),
+                None if force => (Some(root), Some(Link::Orphan)),
+                None => (None, None),
+            },
+            Parent::Peer { client, header } => match self.resolve(client, now_ns, force, depth + 1)
+            {
+                Some(r) => match header {
+                    Some(h) if h.trace_id != r.trace_id => (Some(remote(&h)), Some(Link::Header)),
+                    _ => (
+                        Some(Resolved {
+                            trace_id: r.trace_id,
+                            parent: Some(client),
+                            trace_state: r.trace_state,
+                        }),
+                        Some(Link::Peer),
+                    ),
+                },
+                None if force => match header {
+                    Some(h) => (Some(remote(&h)), Some(Link::Header)),
+                    None => (Some(root), Some(Link::Orphan)),
+                },
+                None => (None, None),
+            },
+            Parent::AwaitPeer {
+                header,
+                deadline_ns,
+            } => {
+                if force || now_ns >= deadline_ns {
+                    match header {
+                        Some(h) => (Some(remote(&h)), Some(Link::Header)),
+                        None => (Some(root), Some(Link::Root)),
+                    }
+                } else {
+                    (None, None)
+                }
+            }
+        };
+        let resolved = resolved?;
+        match how {
+            Some(Link::Root) => self.stats.roots += 1,
+            Some(Link::Header) => self.stats.by_header += 1,
+            Some(Link::Peer) => self.stats.by_peer += 1,
+            Some(Link::Orphan) => {
+                self.stats.orphans += 1;
+                self.stats.roots += 1;
+            }
+            None => {}
+        }
+        if let Some(node) = self.nodes.get_mut(&span_id) {
+            if let Some(key) = node.server_key.take() {
+                self.servers_awaiting.remove(&key);
+            }
+            node.resolved = Some(resolved.clone());
+        }
+        Some(resolved)
+    }
+
+    fn release(
+        &mut self,
+        span_id: SpanId,
+        mut span: SpanRecord,
+        resolved: Option<Resolved>,
+        _now_ns: u64,
+    ) {
+        match resolved {
+            Some(r) => {
+                span.trace_id = r.trace_id;
+                span.parent_span_id = r.parent;
+                span.trace_state = r.trace_state;
+            }
+            None => {
+                span.trace_id = self.ids.trace_id();
+                span.parent_span_id = None;
+                self.stats.orphans += 1;
+                self.stats.roots += 1;
+            }
+        }
+        self.remember(span_id, span.trace_id);
+        self.released.push(span);
+    }
+
+    /// Spans whose trace is decided, ready to export. `force` decides everything now
+    /// (shutdown).
+    pub fn poll(&mut self, now_ns: u64, force: bool) -> Vec<SpanRecord> {
+        for _ in 0..self.finished.len() {
+            let Some(span_id) = self.finished.pop_front() else {
+                break;
+            };
+            let Some(finished_ns) = self.nodes.get(&span_id).map(|n| n.finished_ns) else {
+                continue; // given up meanwhile
+            };
+            let overdue = force || now_ns >= finished_ns.saturating_add(2 * self.cfg.window_ns);
+            match self.resolve(span_id, now_ns, overdue, 0) {
+                Some(resolved) => {
+                    if let Some(span) = self.nodes.remove(&span_id).and_then(|n| n.span) {
+                        self.release(span_id, span, Some(resolved), now_ns);
+                    }
+                }
+                None => self.finished.push_back(span_id),
+            }
+        }
+        if force {
+            let started: Vec<SpanId> = self.nodes.keys().copied().collect();
+            for id in started {
+                self.give_up(id, now_ns);
+            }
+        }
+        std::mem::take(&mut self.released)
+    }
+}
+
+enum Link {
+    Root,
+    Header,
+    Peer,
+    Orphan,
+}
+
+#[cfg(test)]
+mod tests;

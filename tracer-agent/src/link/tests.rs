@@ -1,0 +1,368 @@
+//! Linker scenarios: the lesson's chain, races between the two sides of an exchange,
+//! headers, event loops, orphans.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::*;
+use crate::spans::{Resource, SpanStatus};
+
+const WINDOW: u64 = 1_000;
+
+fn linker() -> Linker {
+    Linker::new(LinkConfig {
+        window_ns: WINDOW,
+        ..Default::default()
+    })
+}
+
+fn addr(s: &str) -> Option<SocketAddr> {
+    Some(s.parse().unwrap())
+}
+
+fn span(kind: SpanKind, name: &str) -> SpanRecord {
+    SpanRecord {
+        trace_id: [0; 16],
+        span_id: [0; 8],
+        parent_span_id: None,
+        trace_state: String::new(),
+        name: name.into(),
+        kind,
+        start_unix_nanos: 0,
+        end_unix_nanos: 0,
+        attributes: Vec::new(),
+        status: SpanStatus::Unset,
+        resource: Arc::new(Resource {
+            attributes: Vec::new(),
+        }),
+    }
+}
+
+struct Req {
+    conn: u64,
+    seq: u64,
+    kind: SpanKind,
+    tgid: u32,
+    tid: u32,
+    local: &'static str,
+    peer: &'static str,
+    context: Option<SpanContext>,
+}
+
+impl Req {
+    fn server(conn: u64, tgid: u32, tid: u32, local: &'static str, peer: &'static str) -> Req {
+        Req {
+            conn,
+            seq: 0,
+            kind: SpanKind::Server,
+            tgid,
+            tid,
+            local,
+            peer,
+            context: None,
+        }
+    }
+    fn client(conn: u64, tgid: u32, tid: u32, local: &'static str, peer: &'static str) -> Req {
+        Req {
+            kind: SpanKind::Client,
+            ..Req::server(conn, tgid, tid, local, peer)
+        }
+    }
+    fn seq(self, seq: u64) -> Req {
+        Req { seq, ..self }
+    }
+    fn ctx(self, context: SpanContext) -> Req {
+        Req {
+            context: Some(context),
+            ..self
+        }
+    }
+    fn start(&self, l: &mut Linker, now: u64) -> SpanId {
+        l.request_started(
+            StartedRequest {
+                conn_id: self.conn,
+                seq: self.seq,
+                kind: self.kind,
+                tgid: self.tgid,
+                tid: self.tid,
+                local: addr(self.local),
+                peer: addr(self.peer),
+                context: self.context.clone(),
+            },
+            now,
+        )
+    }
+    fn finish(&self, l: &mut Linker, now: u64) {
+        l.span_finished(self.conn, self.seq, span(self.kind, "x"), now);
+    }
+}
+
+fn find(spans: &[SpanRecord], id: SpanId) -> &SpanRecord {
+    spans
+        .iter()
+        .find(|s| s.span_id == id)
+        .unwrap_or_else(|| panic!("span {id:?} not released: {spans:#?}"))
+}
+
+fn header(trace: u8, span: u8) -> SpanContext {
+    SpanContext {
+        trace_id: [trace; 16],
+        span_id: [span; 8],
+        sampled: true,
+        trace_state: String::new(),
+    }
+}
+
+/// The lesson: user → frontend → backend → database, each hop on its own connection,
+/// frontend and backend calling out from the thread serving the request.
+#[test]
+fn lesson_chain_is_one_trace_with_correct_parents() {
+    let mut l = linker();
+    let user = Req::client(1, 10, 10, "10.0.0.9:40000", "10.0.0.1:3000");
+    let fe_srv = Req::server(2, 20, 21, "10.0.0.1:3000", "10.0.0.9:40000");
+    let fe_cli = Req::client(3, 20, 21, "10.0.0.1:41000", "10.96.0.2:8080");
+    // The backend sees the frontend's pod address as peer: DNAT changed only the destination.
+    let be_srv = Req::server(4, 30, 31, "10.0.0.2:8080", "10.0.0.1:41000");
+    let be_cli = Req::client(5, 30, 31, "10.0.0.2:42000", "10.0.0.3:8080");
+    let db_srv = Req::server(6, 40, 45, "10.0.0.3:8080", "10.0.0.2:42000");
+
+    let ids: Vec<SpanId> = [&user, &fe_srv, &fe_cli, &be_srv, &be_cli, &db_srv]
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r.start(&mut l, i as u64))
+        .collect();
+    for (i, r) in [&db_srv, &be_cli, &be_srv, &fe_cli, &fe_srv, &user]
+        .iter()
+        .enumerate()
+    {
+        r.finish(&mut l, 10 + i as u64);
+    }
+    let spans = l.poll(20, false);
+    assert_eq!(
+        spans.len(),
+        6,
+        "all resolvable at once: the user's client is traced"
+    );
+    let trace = find(&spans, ids[0]).trace_id;
+    assert!(spans.iter().all(|s| s.trace_id == trace));
+    assert_eq!(find(&spans, ids[0]).parent_span_id, None);
+    for child in 1..6 {
+        assert_eq!(
+            find(&spans, ids[child]).parent_span_id,
+            Some(ids[child - 1]),
+            "hop {child}"
+        );
+    }
+    let stats = l.stats();
+    assert_eq!((stats.by_peer, stats.by_thread, stats.roots), (3, 2, 1));
+    assert_eq!(stats.waiting, 0);
+}
+
+#[test]
+fn server_without_traced_client_waits_for_the_window_then_becomes_root() {
+    let mut l = linker();
+    let srv = Req::server(1, 20, 21, "10.0.0.1:3000", "192.0.2.7:5555");
+    let cli = Req::client(2, 20, 21, "10.0.0.1:41000", "10.0.0.2:8080");
+    let s = srv.start(&mut l, 0);
+    let c = cli.start(&mut l, 5);
+    cli.finish(&mut l, 10);
+    srv.finish(&mut l, 20);
+    assert!(
+        l.poll(WINDOW - 1, false).is_empty(),
+        "still waiting for a caller"
+    );
+    let spans = l.poll(WINDOW, false);
+    assert_eq!(spans.len(), 2);
+    assert_eq!(find(&spans, s).parent_span_id, None);
+    assert_eq!(find(&spans, c).parent_span_id, Some(s));
+    assert_eq!(find(&spans, c).trace_id, find(&spans, s).trace_id);
+}
+
+/// The server's read can be delivered before the client's write event.
+#[test]
+fn server_head_seen_before_client_head_still_links() {
+    let mut l = linker();
+    let srv = Req::server(1, 2, 2, "127.0.0.1:8080", "127.0.0.1:50000");
+    let cli = Req::client(2, 1, 1, "127.0.0.1:50000", "127.0.0.1:8080");
+    let s = srv.start(&mut l, 0);
+    let c = cli.start(&mut l, 1);
+    srv.finish(&mut l, 2);
+    cli.finish(&mut l, 3);
+    let spans = l.poll(4, false);
+    assert_eq!(find(&spans, s).parent_span_id, Some(c));
+    assert_eq!(find(&spans, s).trace_id, find(&spans, c).trace_id);
+}
+
+#[test]
+fn keep_alive_requests_pair_by_position() {
+    let mut l = linker();
+    let mut pairs = Vec::new();
+    for seq in 0..3 {
+        let cli = Req::client(1, 1, 1, "127.0.0.1:50000", "127.0.0.1:8080").seq(seq);
+        let srv = Req::server(2, 2, 2, "127.0.0.1:8080", "127.0.0.1:50000").seq(seq);
+        let c = cli.start(&mut l, seq * 10);
+        let s = srv.start(&mut l, seq * 10 + 1);
+        srv.finish(&mut l, seq * 10 + 2);
+        cli.finish(&mut l, seq * 10 + 3);
+        pairs.push((c, s));
+    }
+    let spans = l.poll(100, false);
+    assert_eq!(spans.len(), 6);
+    for (c, s) in pairs {
+        assert_eq!(find(&spans, s).parent_span_id, Some(c));
+    }
+}
+
+#[test]
+fn incoming_header_makes_server_a_child_of_remote_context() {
+    let mut l = linker();
+    let srv = Req::server(1, 2, 2, "10.0.0.1:80", "192.0.2.1:1000").ctx(header(7, 8));
+    let s = srv.start(&mut l, 0);
+    srv.finish(&mut l, 1);
+    let spans = l.poll(WINDOW, false);
+    assert_eq!(find(&spans, s).trace_id, [7; 16]);
+    assert_eq!(find(&spans, s).parent_span_id, Some([8; 8]));
+    assert_eq!(l.stats().by_header, 1);
+}
+
+/// The lesson's "Problem 2" fix: frontend forwards its incoming traceparent. The backend's
+/// caller is still the frontend's CLIENT span, and the trace stays the header's.
+#[test]
+fn forwarded_header_of_the_same_trace_keeps_the_precise_parent() {
+    let mut l = linker();
+    let fe_srv = Req::server(1, 20, 21, "10.0.0.1:3000", "192.0.2.1:1000").ctx(header(7, 8));
+    let fe_cli = Req::client(2, 20, 21, "10.0.0.1:41000", "10.0.0.2:8080").ctx(header(7, 8));
+    let be_srv = Req::server(3, 30, 31, "10.0.0.2:8080", "10.0.0.1:41000").ctx(header(7, 8));
+    let ids = [&fe_srv, &fe_cli, &be_srv].map(|r| r.start(&mut l, 0));
+    for r in [&be_srv, &fe_cli, &fe_srv] {
+        r.finish(&mut l, 1);
+    }
+    let spans = l.poll(WINDOW, false);
+    assert!(spans.iter().all(|s| s.trace_id == [7; 16]));
+    assert_eq!(find(&spans, ids[0]).parent_span_id, Some([8; 8]));
+    assert_eq!(find(&spans, ids[1]).parent_span_id, Some(ids[0]));
+    assert_eq!(find(&spans, ids[2]).parent_span_id, Some(ids[1]));
+}
+
+/// An SDK-instrumented caller wrote its own context (another trace): the server follows the
+/// header so the SDK's trace and ours agree.
+#[test]
+fn header_from_another_trace_wins_over_the_peer_match() {
+    let mut l = linker();
+    let cli = Req::client(1, 30, 31, "10.0.0.2:42000", "10.0.0.3:8080").ctx(header(9, 3));
+    let srv = Req::server(2, 40, 41, "10.0.0.3:8080", "10.0.0.2:42000").ctx(header(9, 3));
+    let outer = Req::server(3, 30, 31, "10.0.0.2:8080", "192.0.2.1:1").seq(0);
+    let o = outer.start(&mut l, 0);
+    let c = cli.start(&mut l, 1);
+    let s = srv.start(&mut l, 2);
+    for r in [&srv, &cli, &outer] {
+        r.finish(&mut l, 3);
+    }
+    let spans = l.poll(WINDOW + 10, false);
+    // Our client span follows its thread (trace of `outer`), the server follows the SDK.
+    assert_eq!(find(&spans, c).parent_span_id, Some(o));
+    assert_eq!(find(&spans, s).trace_id, [9; 16]);
+    assert_eq!(find(&spans, s).parent_span_id, Some([3; 8]));
+}
+
+#[test]
+fn event_loop_assigns_calls_to_requests_in_arrival_order() {
+    let mut l = linker();
+    let a = Req::server(1, 5, 5, "10.0.0.1:3000", "192.0.2.1:1");
+    let b = Req::server(2, 5, 5, "10.0.0.1:3000", "192.0.2.1:2");
+    let call_a = Req::client(3, 5, 5, "10.0.0.1:41000", "10.0.0.2:8080");
+    let call_b = Req::client(4, 5, 5, "10.0.0.1:41001", "10.0.0.2:8080");
+    let sa = a.start(&mut l, 0);
+    let sb = b.start(&mut l, 1);
+    let ca = call_a.start(&mut l, 2);
+    let cb = call_b.start(&mut l, 3);
+    for r in [&call_a, &call_b, &a, &b] {
+        r.finish(&mut l, 4);
+    }
+    let spans = l.poll(WINDOW + 10, false);
+    assert_eq!(find(&spans, ca).parent_span_id, Some(sa));
+    assert_eq!(find(&spans, cb).parent_span_id, Some(sb));
+}
+
+#[test]
+fn process_with_one_request_in_flight_adopts_calls_from_other_threads() {
+    let mut l = linker();
+    let srv = Req::server(1, 7, 70, "10.0.0.1:8080", "192.0.2.1:1");
+    let cli = Req::client(2, 7, 71, "10.0.0.1:41000", "10.0.0.2:80");
+    let s = srv.start(&mut l, 0);
+    let c = cli.start(&mut l, 1);
+    // With two requests in flight, a call from a third thread is not guessed.
+    let srv2 = Req::server(3, 7, 72, "10.0.0.1:8080", "192.0.2.1:2");
+    srv2.start(&mut l, 2);
+    let cli2 = Req::client(4, 7, 73, "10.0.0.1:41001", "10.0.0.2:80");
+    let c2 = cli2.start(&mut l, 3);
+    for r in [&cli, &cli2, &srv, &srv2] {
+        r.finish(&mut l, 4);
+    }
+    let spans = l.poll(WINDOW + 10, false);
+    assert_eq!(find(&spans, c).parent_span_id, Some(s));
+    assert_eq!(find(&spans, c2).parent_span_id, None);
+}
+
+#[test]
+fn never_reuses_context_across_keep_alive_requests() {
+    let mut l = linker();
+    let first = Req::server(1, 2, 2, "10.0.0.1:80", "192.0.2.1:1000").ctx(header(7, 8));
+    let second = Req::server(1, 2, 2, "10.0.0.1:80", "192.0.2.1:1000").seq(1);
+    let a = first.start(&mut l, 0);
+    first.finish(&mut l, 1);
+    let b = second.start(&mut l, 2);
+    second.finish(&mut l, 3);
+    let spans = l.poll(WINDOW + 10, false);
+    assert_eq!(find(&spans, a).trace_id, [7; 16]);
+    assert_ne!(find(&spans, b).trace_id, [7; 16]);
+    assert_eq!(find(&spans, b).parent_span_id, None);
+}
+
+#[test]
+fn parent_that_never_finishes_leaves_a_valid_trace() {
+    let mut l = linker();
+    let srv = Req::server(1, 2, 2, "10.0.0.1:80", "192.0.2.1:1000");
+    let cli = Req::client(2, 2, 2, "10.0.0.1:41000", "10.0.0.2:80");
+    let s = srv.start(&mut l, 0);
+    let c = cli.start(&mut l, 1);
+    cli.finish(&mut l, 2);
+    // The server's connection dies without an exchange.
+    l.connection_closed(1, 3);
+    let spans = l.poll(4, false);
+    let child = find(&spans, c);
+    assert_eq!(
+        child.parent_span_id,
+        Some(s),
+        "still points at the real parent"
+    );
+    assert_ne!(child.trace_id, [0; 16]);
+}
+
+#[test]
+fn shutdown_flush_releases_everything_once() {
+    let mut l = linker();
+    let srv = Req::server(1, 2, 2, "10.0.0.1:80", "192.0.2.1:1000");
+    srv.start(&mut l, 0);
+    srv.finish(&mut l, 1);
+    Req::server(3, 2, 3, "10.0.0.1:80", "192.0.2.1:1001").start(&mut l, 1);
+    let spans = l.poll(2, true);
+    assert_eq!(spans.len(), 1);
+    assert!(l.poll(u64::MAX, true).is_empty(), "nothing exported twice");
+    assert_eq!(l.stats().waiting, 0);
+}
+
+#[test]
+fn bounded_under_a_flood_of_unanswered_requests() {
+    let mut l = Linker::new(LinkConfig {
+        window_ns: WINDOW,
+        max_spans: 100,
+        remembered_traces: 50,
+    });
+    for i in 0..10_000u64 {
+        Req::server(i, 2, 2, "10.0.0.1:80", "192.0.2.1:1000").start(&mut l, i);
+    }
+    assert!(l.stats().waiting <= 100);
+    assert_eq!(l.stats().evicted, 9_900);
+    assert!(l.exported.len() <= 50);
+}
