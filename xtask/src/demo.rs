@@ -1,7 +1,6 @@
 //! `cargo xtask demo`: the lesson's three services, each in its own pod, traced by the agent
 //! into one trace per request, printed as trees. The product's promise in one command.
 
-use std::io::{BufRead as _, BufReader, Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -184,21 +183,14 @@ impl ConsoleAgent {
 
     /// The trees printed so far: each starts with a `trace <id> (…)` line.
     fn printed(&self) -> Vec<String> {
-        let mut text = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.stdout) {
-            let _ = f.seek(SeekFrom::Start(0));
-            let _ = f.read_to_string(&mut text);
-        }
+        let text = std::fs::read_to_string(&self.stdout).unwrap_or_default();
         let mut traces: Vec<String> = Vec::new();
-        for line in BufReader::new(text.as_bytes())
-            .lines()
-            .map_while(Result::ok)
-        {
+        for line in text.lines() {
             if line.starts_with("trace ") {
                 traces.push(String::new());
             }
             if let Some(t) = traces.last_mut() {
-                t.push_str(&line);
+                t.push_str(line);
                 t.push('\n');
             }
         }

@@ -22,9 +22,14 @@ pub struct ImageArgs {
     pub save: Option<PathBuf>,
 }
 
-/// (command, Debian package): podman builds and runs the image, musl-gcc compiles the C
-/// parts of dependencies (ring) for the musl target.
-const IMAGE_TOOLS: &[(&str, &str)] = &[("podman", "podman"), ("musl-gcc", "musl-tools")];
+/// (command, Debian package): podman builds and runs the image (with runc), musl-gcc compiles
+/// the C parts of dependencies (ring) for the musl target.
+const IMAGE_TOOLS: &[(&str, &str)] = &[
+    ("podman", "podman"),
+    // crun fails on hybrid-cgroup hosts; every container here runs with `--runtime runc`.
+    ("runc", "runc"),
+    ("musl-gcc", "musl-tools"),
+];
 
 /// Installs podman and the musl toolchain when missing, and the Rust musl target.
 pub fn ensure_image_tools() -> Result<()> {

@@ -495,12 +495,12 @@ impl Enricher {
         span
     }
 
-    /// Periodic housekeeping: forget processes that exited (unless spans wait for them).
     /// The process still exists (under the configured `/proc`).
     pub fn process_alive(&self, pid: u32) -> bool {
         self.host.alive(pid)
     }
 
+    /// Periodic housekeeping: forget processes that exited (unless spans wait for them).
     pub fn prune(&mut self) {
         let referenced: std::collections::HashSet<u32> =
             self.pending.values().map(|(_, pid, _)| *pid).collect();

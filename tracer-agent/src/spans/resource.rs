@@ -1,8 +1,6 @@
-//! The OpenTelemetry resource of each traced process, cached by pid.
+//! The OpenTelemetry resource of a traced process, from what /proc says about it.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 
 use super::model::{AttrValue, Resource};
 
@@ -111,52 +109,6 @@ pub fn process_resource(info: &ProcessInfo, host_name: &str) -> Resource {
         env!("CARGO_PKG_VERSION").into(),
     ));
     Resource { attributes }
-}
-
-pub struct ResourceCache {
-    host_name: String,
-    by_pid: HashMap<u32, Arc<Resource>>,
-    max_entries: usize,
-}
-
-impl ResourceCache {
-    pub fn new(max_entries: usize) -> Self {
-        ResourceCache {
-            host_name: host_name(),
-            by_pid: HashMap::new(),
-            max_entries,
-        }
-    }
-
-    pub fn get(&mut self, pid: u32, comm: &str) -> Arc<Resource> {
-        if let Some(r) = self.by_pid.get(&pid) {
-            return r.clone();
-        }
-        if self.by_pid.len() >= self.max_entries {
-            self.by_pid.clear();
-        }
-        let info = ProcessInfo::read(Path::new("/proc"), pid, comm);
-        let resource = Arc::new(process_resource(&info, &self.host_name));
-        self.by_pid.insert(pid, resource.clone());
-        resource
-    }
-
-    /// A pid was reused or its process exited: forget it.
-    pub fn forget(&mut self, pid: u32) {
-        self.by_pid.remove(&pid);
-    }
-
-    /// Drop entries of processes that no longer exist.
-    pub fn prune(&mut self) {
-        self.by_pid
-            .retain(|pid, _| Path::new("/proc").join(pid.to_string()).exists());
-    }
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 #[cfg(test)]
