@@ -425,11 +425,12 @@ async fn go_net_http_server_and_keep_alive_pool() {
     }
 }
 
-/// wrk with its pipelining script against nginx: three requests per write on each
-/// connection. nginx's access log counts the requests it answered; the agent must report
-/// exactly that many SERVER spans, and one CLIENT span per response wrk counted.
+/// wrk with its pipelining script against nginx: three requests per write, 3,000 in all,
+/// stopping on a batch boundary. wrk's count, nginx's access log, the SERVER spans and the
+/// CLIENT spans must all agree exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrk_pipelined_requests_against_nginx() {
+    const REQUESTS: u64 = 3000;
     let dir = TempDir::new("wrk").unwrap();
     let nginx = Nginx::start("location / { }").unwrap();
     nginx.html("small.txt", "pipelined\n").unwrap();
@@ -437,25 +438,15 @@ async fn wrk_pipelined_requests_against_nginx() {
     let agent = agent_exporting_to(&rx, &["--ring-buffer-bytes", "67108864"])
         .await
         .unwrap();
-    let (wrk_pid, responses) = wrk_pipelined(
-        &dir,
-        &format!("http://127.0.0.1:{}/small.txt", nginx.port),
-        2,
-        1,
-    )
-    .unwrap();
-    assert!(responses > 0);
-    // nginx logs a request when it has answered it; wrk has exited, so the count is final
-    // once nginx has seen both connections close.
+    let base = format!("http://127.0.0.1:{}", nginx.port);
+    let (wrk_pid, responses) = wrk_pipelined(&dir, &base, REQUESTS).unwrap();
+    assert_eq!(responses, REQUESTS, "wrk's own count");
+    // nginx logs a request once it has answered it; wrk has exited with nothing in flight.
     let logged = wait_for_stable(|| nginx.logged_requests()).await;
-    assert!(
-        logged as u64 >= responses,
-        "nginx answered {logged}, wrk counted {responses}"
-    );
+    assert_eq!(logged as u64, REQUESTS, "nginx's access log");
     let mut pids = nginx.pids();
     pids.push(wrk_pid);
-    let servers_and_clients = logged + responses as usize;
-    let (spans, metrics) = collect(&rx, agent, &pids, servers_and_clients, WAIT)
+    let (spans, metrics) = collect(&rx, agent, &pids, 2 * REQUESTS as usize, WAIT)
         .await
         .unwrap();
     println!("wrk: {responses} responses, nginx logged {logged} requests");
@@ -464,23 +455,32 @@ async fn wrk_pipelined_requests_against_nginx() {
         .iter()
         .map(|&w| of_kind(&spans, w, "SERVER").len())
         .sum();
-    assert_eq!(served, logged, "one SERVER span per request nginx answered");
-    let answered: Vec<_> = of_kind(&spans, wrk_pid, "CLIENT")
-        .into_iter()
-        .filter(|s| s.attr_int("http.response.status_code") == Some(200))
-        .collect();
+    assert_eq!(served as u64, REQUESTS, "one SERVER span per request");
+    let clients = of_kind(&spans, wrk_pid, "CLIENT");
     assert_eq!(
-        answered.len() as u64,
-        responses,
-        "one CLIENT span per response wrk counted"
+        clients.len() as u64,
+        REQUESTS,
+        "one CLIENT span per request"
+    );
+    assert_eq!(spans.len() as u64, 2 * REQUESTS);
+    assert_eq!(
+        assert_linked(&spans, &[wrk_pid], &nginx.pids()) as u64,
+        REQUESTS
     );
     assert!(
         metrics.contains("tracer_kernel_drops_total{reason=\"ring_buffer_full\"} 0"),
         "{metrics}"
     );
-    for s in &answered {
+    for s in &clients {
+        assert_eq!(s.attr_int("http.response.status_code"), Some(200));
         assert_eq!(s.attr_int("http.response.body.size"), Some(10));
     }
+    // All on one connection, pipelined: one local port.
+    let ports: BTreeSet<_> = clients
+        .iter()
+        .map(|s| s.attr_int("network.local.port"))
+        .collect();
+    assert_eq!(ports.len(), 1);
 }
 
 /// Polls `f` until it returns the same value twice 200 ms apart (bounded): for counts
@@ -603,7 +603,7 @@ async fn forking_server_child_serves_inherited_socket() {
 /// Every program at once: Go, Node.js and Python clients against their servers, curl and
 /// wrk against nginx (static and proxied to Python). At least 10,000 requests, counted from
 /// the clients' own reports and nginx's access log; the agent must give exactly one SERVER
-/// span per request answered and one CLIENT span per request a client completed.
+/// span and one CLIENT span per request, nginx's upstream requests included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_workload_spans_equal_requests() {
     require_python_requests().unwrap();
@@ -630,6 +630,7 @@ async fn mixed_workload_spans_equal_requests() {
     const NODE_REQUESTS: usize = 2500;
     const PY_GETS: usize = 999;
     const CURL_URLS: usize = 500;
+    const WRK_REQUESTS: u64 = 3000;
     let go_run = {
         let bin = go_client_bin.clone();
         let port = go.port;
@@ -683,7 +684,8 @@ async fn mixed_workload_spans_equal_requests() {
             curl(&a)
         })
     };
-    let (wrk_pid, wrk_responses) = wrk_pipelined(&dir, &format!("{base}/small.txt"), 2, 1).unwrap();
+    let (wrk_pid, wrk_responses) = wrk_pipelined(&dir, &base, WRK_REQUESTS).unwrap();
+    assert_eq!(wrk_responses, WRK_REQUESTS);
 
     let (go_pid, go_out) = go_run.join().unwrap().unwrap();
     let (node_pid, node_out) = node_run.join().unwrap().unwrap();
@@ -698,14 +700,15 @@ async fn mixed_workload_spans_equal_requests() {
         (GO_REQUESTS, NODE_REQUESTS, PY_GETS + 1)
     );
     let nginx_n = wait_for_stable(|| nginx.logged_requests()).await;
-    // nginx answered curl's static and proxied requests plus what wrk sent.
-    let wrk_served = nginx_n - 2 * CURL_URLS;
-    assert!(wrk_served as u64 >= wrk_responses);
+    // nginx answered curl's static and proxied requests plus wrk's.
+    assert_eq!(nginx_n, 2 * CURL_URLS + WRK_REQUESTS as usize);
 
     // Requests answered, per server; requests completed, per traced client.
     let server_requests = go_n + node_n + (py_n + CURL_URLS) + nginx_n;
     let client_requests = go_n + node_n + py_n + 2 * CURL_URLS + CURL_URLS + wrk_responses as usize;
-    // Every request on the wire, nginx's upstream requests included.
+    // Every request on the wire, nginx's upstream requests included: as many made as
+    // answered.
+    assert_eq!(client_requests, server_requests);
     let requests = server_requests;
     assert!(requests >= 10_000, "only {requests} requests");
 
@@ -736,28 +739,18 @@ async fn mixed_workload_spans_equal_requests() {
     let nginx_clients: usize = nginx.pids().iter().map(|&w| n(w, "CLIENT")).sum();
     let server_spans =
         n(go.pid(), "SERVER") + n(node.pid(), "SERVER") + n(py.pid(), "SERVER") + nginx_servers;
-    // wrk's CLIENT spans for requests still in flight when it stopped never complete (it
-    // exits without closing); the answered ones are exactly the responses it counted.
-    let wrk_answered = of_kind(&spans, wrk_pid, "CLIENT")
-        .iter()
-        .filter(|s| s.attr_int("http.response.status_code").is_some())
-        .count();
     let client_spans = n(go_pid, "CLIENT")
         + n(node_pid, "CLIENT")
         + n(py_pid, "CLIENT")
         + n(curl_static.pid, "CLIENT")
         + n(curl_proxied.pid, "CLIENT")
         + nginx_clients
-        + wrk_answered;
+        + n(wrk_pid, "CLIENT");
     println!(
         "mixed workload: {requests} requests, {server_spans} server spans, {client_spans} client spans"
     );
     println!(
-        "  client spans = the {client_requests} requests the traced clients completed: wrk stopped with {} answered requests unread",
-        wrk_served as u64 - wrk_responses
-    );
-    println!(
-        "  go {go_n}, node {node_n}, python requests {py_n}, curl {} (static {CURL_URLS}, proxied {CURL_URLS} + {CURL_URLS} upstream), wrk {wrk_served} answered by nginx / {wrk_responses} counted by wrk",
+        "  go {go_n}, node {node_n}, python requests {py_n}, curl {} (static {CURL_URLS}, proxied {CURL_URLS} + {CURL_URLS} upstream by nginx), wrk {wrk_responses} pipelined",
         2 * CURL_URLS
     );
     let drops = metrics
@@ -775,7 +768,7 @@ async fn mixed_workload_spans_equal_requests() {
     assert_eq!(n(py.pid(), "SERVER"), py_n + CURL_URLS);
     assert_eq!(nginx_servers, nginx_n);
     assert_eq!(nginx_clients, CURL_URLS);
-    assert_eq!(wrk_answered as u64, wrk_responses);
+    assert_eq!(n(wrk_pid, "CLIENT") as u64, wrk_responses);
     // Every traced pair is linked, none across connections.
     assert_eq!(assert_linked(&spans, &[go_pid], &[go.pid()]), go_n);
     assert_eq!(assert_linked(&spans, &[node_pid], &[node.pid()]), node_n);
