@@ -625,7 +625,7 @@ end
 /// Runs wrk on one connection with the pipelining script until it has `requests`
 /// responses (at most 60 s); returns its pid and the requests it reports.
 pub fn wrk_pipelined(dir: &TempDir, base_url: &str, requests: u64) -> Result<(u32, u64)> {
-    ensure!(requests % 3 == 0, "wrk pipelines by three");
+    ensure!(requests.is_multiple_of(3), "wrk pipelines by three");
     let script = dir.write("pipeline.lua", WRK_PIPELINE_LUA)?;
     let mut cmd = Command::new("wrk");
     cmd.args(["-t1", "-c1", "-d60s", "--timeout", "10s", "-s"])

@@ -195,7 +195,7 @@ async fn nginx_static_files_with_sendfile_and_prefork_workers() {
     pids.extend(runs.iter().map(|r| r.pid));
     let (spans, _) = collect(&rx, agent, &pids, 18, WAIT).await.unwrap();
     assert_eq!(spans.len(), 18, "9 requests, 9 pairs:\n{}", summary(&spans));
-    assert_eq!(nginx.logged_requests(), 9);
+    assert_eq!(wait_for_count(|| nginx.logged_requests(), 9).await, 9);
     let client_pids: Vec<u32> = runs.iter().map(|r| r.pid).collect();
     assert_eq!(assert_linked(&spans, &client_pids, &nginx.pids()), 9);
     let served: usize = nginx
@@ -442,7 +442,7 @@ async fn wrk_pipelined_requests_against_nginx() {
     let (wrk_pid, responses) = wrk_pipelined(&dir, &base, REQUESTS).unwrap();
     assert_eq!(responses, REQUESTS, "wrk's own count");
     // nginx logs a request once it has answered it; wrk has exited with nothing in flight.
-    let logged = wait_for_stable(|| nginx.logged_requests()).await;
+    let logged = wait_for_count(|| nginx.logged_requests(), REQUESTS as usize).await;
     assert_eq!(logged as u64, REQUESTS, "nginx's access log");
     let mut pids = nginx.pids();
     pids.push(wrk_pid);
@@ -483,19 +483,15 @@ async fn wrk_pipelined_requests_against_nginx() {
     assert_eq!(ports.len(), 1);
 }
 
-/// Polls `f` until it returns the same value twice 200 ms apart (bounded): for counts
-/// that a server updates after its clients are gone.
-async fn wait_for_stable(f: impl Fn() -> usize) -> usize {
-    let mut last = f();
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = f();
-        if now == last {
-            return now;
-        }
-        last = now;
+/// Polls `f` (bounded) until it reaches `want`, for counts a server updates just after its
+/// clients have their answers (nginx writes its access-log line after the response), then
+/// returns it: a count past `want` shows in the caller's equality check.
+async fn wait_for_count(f: impl Fn() -> usize, want: usize) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while f() < want && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("count never settled: {last}")
+    f()
 }
 
 /// IPv6 on [::1], and IPv4 clients of a dual-stack server (v4-mapped addresses, reported
@@ -699,7 +695,11 @@ async fn mixed_workload_spans_equal_requests() {
         (go_n, node_n, py_n),
         (GO_REQUESTS, NODE_REQUESTS, PY_GETS + 1)
     );
-    let nginx_n = wait_for_stable(|| nginx.logged_requests()).await;
+    let nginx_n = wait_for_count(
+        || nginx.logged_requests(),
+        2 * CURL_URLS + WRK_REQUESTS as usize,
+    )
+    .await;
     // nginx answered curl's static and proxied requests plus wrk's.
     assert_eq!(nginx_n, 2 * CURL_URLS + WRK_REQUESTS as usize);
 
