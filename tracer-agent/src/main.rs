@@ -67,6 +67,11 @@ struct Args {
     #[arg(long, env = "TRACER_LINK_WINDOW_MS", default_value_t = 200)]
     link_window_ms: u64,
 
+    /// Fraction of traces exported, 0 to 1, decided per trace id (like
+    /// OTEL_TRACES_SAMPLER=traceidratio with OTEL_TRACES_SAMPLER_ARG). Default: all.
+    #[arg(long, value_name = "RATIO")]
+    sample_ratio: Option<f64>,
+
     #[command(flatten)]
     enrich: tracer_agent::enrich::cli::EnrichArgs,
 }
@@ -127,6 +132,10 @@ async fn run(args: Args) -> Result<()> {
         },
         |k| std::env::var(k).ok(),
     )?;
+    let sampler = export::Sampler::resolve(args.sample_ratio, |k| std::env::var(k).ok())?;
+    if sampler != export::Sampler::ALWAYS_ON {
+        tracing::info!("sampling: exporting {}", sampler.describe());
+    }
     match &export_cfg {
         Some(cfg) => tracing::info!("exporting OTLP to {}", cfg.describe()),
         None => tracing::info!("no OTLP endpoint configured: printing traces to stdout"),
@@ -172,9 +181,10 @@ async fn run(args: Args) -> Result<()> {
     let mut ring = unsafe { AsyncFd::register(ring) }.context("cannot poll the ring buffer")?;
     let mut housekeeping = tokio::time::interval(Duration::from_secs(10));
     let mut drops_refresh = tokio::time::interval(Duration::from_millis(500));
-    // Releases linked spans (not after every drain: deciding is cheap per span, but not
-    // free per call under load).
+    // Drains the ring buffer and releases linked spans. The programs wake the agent only
+    // once a batch of events has accumulated, so a trickle of events is read here.
     let mut link_tick = tokio::time::interval(Duration::from_millis(20));
+    link_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         tokio::select! {
@@ -189,8 +199,9 @@ async fn run(args: Args) -> Result<()> {
                 }
             }
             _ = link_tick.tick() => {
+                drain(ring.get_mut(), &mut pipeline, &metrics);
                 for span in pipeline.take_spans(Clock::monotonic_now_ns()) {
-                    sink.submit(span);
+                    submit_sampled(&sink, &sampler, &metrics, span);
                 }
             }
             _ = housekeeping.tick() => pipeline.tick(),
@@ -202,7 +213,7 @@ async fn run(args: Args) -> Result<()> {
     tracing::info!("shutting down: draining events and flushing spans");
     drain(ring.get_mut(), &mut pipeline, &metrics);
     for span in pipeline.flush() {
-        sink.submit(span);
+        submit_sampled(&sink, &sampler, &metrics, span);
     }
     metrics.ready.store(false, Ordering::Relaxed);
     // Detach before the flush so no new events arrive while exporting.
@@ -211,6 +222,19 @@ async fn run(args: Args) -> Result<()> {
     sink.shutdown(tokio::time::Instant::now() + Duration::from_secs(5))
         .await;
     Ok(())
+}
+
+fn submit_sampled(
+    sink: &export::Sink,
+    sampler: &export::Sampler,
+    metrics: &Metrics,
+    span: tracer_agent::spans::SpanRecord,
+) {
+    if sampler.keeps(&span.trace_id) {
+        sink.submit(span);
+    } else {
+        Metrics::inc(&metrics.spans_unsampled);
+    }
 }
 
 fn drain(

@@ -61,6 +61,7 @@ counters! {
     kube_watch_errors => ("tracer_kube_watch_errors_total", "counter", "Kubernetes list/watch failures (each is retried)."),
     kube_pods => ("tracer_kube_pods", "gauge", "Pods on this node known from the Kubernetes API."),
     spans_created => ("tracer_spans_created_total", "counter", "Spans built from exchanges."),
+    spans_unsampled => ("tracer_spans_unsampled_total", "counter", "Spans not exported because their trace was not sampled."),
     spans_exported => ("tracer_spans_exported_total", "counter", "Spans accepted by the exporter's destination."),
     spans_dropped_queue_full => ("tracer_spans_dropped_queue_full_total", "counter", "Spans dropped because the export queue was full."),
     spans_dropped_export_failed => ("tracer_spans_dropped_export_failed_total", "counter", "Spans dropped after export retries were exhausted."),

@@ -22,6 +22,14 @@ pub const GLOBAL_FILTER_PIDS: &str = "FILTER_PIDS";
 pub const GLOBAL_CAPTURE_BYTES: &str = "CAPTURE_BYTES";
 pub const GLOBAL_OFFSETS: &str = "KERNEL_OFFSETS";
 pub const GLOBAL_FORK_CHILD_PID_OFFSET: &str = "FORK_CHILD_PID_OFFSET";
+pub const GLOBAL_WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+
+/// Bytes waiting in the ring buffer before the programs wake the agent: one wakeup per
+/// batch of events rather than per event; the agent also drains on a short timer.
+pub const fn wakeup_bytes(ring_buffer_bytes: u32) -> u32 {
+    let b = ring_buffer_bytes / 16;
+    if b > 128 * 1024 { 128 * 1024 } else { b }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]

@@ -32,6 +32,10 @@ static KERNEL_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets::UNKNOW
 #[unsafe(no_mangle)]
 static FORK_CHILD_PID_OFFSET: Global<u32> = Global::new(0);
 
+/// See `tracer_common::wakeup_bytes`; set by the loader from the ring buffer's size.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: Global<u32> = Global::new(64 * 1024);
+
 /// Size is set by the loader (`--ring-buffer-bytes`).
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
@@ -107,6 +111,20 @@ const ARG0: usize = 16;
 const ARG1: usize = 24;
 const ARG2: usize = 32;
 const RET: usize = 16;
+
+/// Ring buffer output flags: no wakeup until a batch has accumulated, so a busy machine
+/// costs the agent one wakeup per batch rather than per event.
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    const BPF_RB_NO_WAKEUP: u64 = 1;
+    const BPF_RB_FORCE_WAKEUP: u64 = 2;
+    const BPF_RB_AVAIL_DATA: u64 = 0;
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES.load() as u64 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
 
 #[inline(always)]
 fn count_drop(reason: DropReason) {
@@ -233,7 +251,10 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         ts_enter_ns: event.ts_exit_ns,
         ..event
     };
-    if EVENTS.output::<EventHeader>(&event, 0).is_err() {
+    if EVENTS
+        .output::<EventHeader>(&event, wakeup_flags())
+        .is_err()
+    {
         count_drop(DropReason::RingBufferFull);
     }
     0
@@ -291,7 +312,7 @@ fn register_connection(pid_tgid: u64, fd: u32, role: Role, ts_enter: u64) {
         count_drop(DropReason::ConnTableFull);
         return;
     }
-    if EVENTS.output::<ConnEvent>(&event, 0).is_err() {
+    if EVENTS.output::<ConnEvent>(&event, wakeup_flags()).is_err() {
         count_drop(DropReason::RingBufferFull);
         // Without its open event user space cannot place the data; do not trace it.
         let _ = CONNS.remove(key);
@@ -721,7 +742,10 @@ fn emit_data(
     if total > bytes.len() {
         return;
     }
-    if EVENTS.output::<[u8]>(&bytes[..total], 0).is_err() {
+    if EVENTS
+        .output::<[u8]>(&bytes[..total], wakeup_flags())
+        .is_err()
+    {
         count_drop(DropReason::RingBufferFull);
         state.lost |= bit;
     } else {

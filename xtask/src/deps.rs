@@ -112,6 +112,20 @@ pub fn ensure_manifest_validator() -> Result<()> {
     Ok(())
 }
 
+/// `python3 -m pip` (the pip of that python3), from the distribution when missing.
+pub fn ensure_pip() -> Result<()> {
+    let pip_works = Command::new("python3")
+        .args(["-m", "pip", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !pip_works {
+        ensure_packages(&[("pip3", "python3-pip")])?;
+    }
+    Ok(())
+}
+
 /// System packages the lesson's demo needs (`cargo xtask demo`, tests/tests/demo.rs): its
 /// three runtimes, pip for the backend's packages and iproute2 for the pods' namespaces.
 const DEMO_TOOLS: &[(&str, &str)] = &[
@@ -129,16 +143,7 @@ const DEMO_TOOLS: &[(&str, &str)] = &[
 /// offline). npm and pip run again only when the pinned versions change.
 pub fn ensure_demo_apps(sources: &std::path::Path, deps: &std::path::Path) -> Result<()> {
     ensure_packages(DEMO_TOOLS)?;
-    // `python3 -m pip` is what runs below: the pip of that python3.
-    let pip_works = Command::new("python3")
-        .args(["-m", "pip", "--version"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !pip_works {
-        ensure_packages(&[("pip3", "python3-pip")])?;
-    }
+    ensure_pip()?;
 
     // Each installer runs when the file pinning its versions differs from the copy kept
     // beside its last successful install.

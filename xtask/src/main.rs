@@ -1,5 +1,6 @@
 //! `cargo xtask <command>`: everything a developer runs, with the toolchain bootstrap built in.
 
+mod bench;
 mod demo;
 mod deps;
 mod image;
@@ -47,6 +48,9 @@ enum Cmd {
     VmTest(vm::VmTestArgs),
     /// The agent's container image (`FROM scratch` + a static musl binary), built with podman.
     Image(image::ImageArgs),
+    /// What tracing costs: nginx and Flask, untraced vs the agent vs the alternatives,
+    /// measured side by side; writes BENCHMARKS.md (as root).
+    Bench(bench::BenchArgs),
     /// The lesson's demo: frontend (Node.js) → backend (Python) → database (Go), each in
     /// its own pod, traced by the agent; prints the trace trees, then cleans up (as root).
     Demo(demo::DemoArgs),
@@ -148,6 +152,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::VmTest(args) => vm::run(args)?,
         Cmd::Image(args) => image::run(args)?,
         Cmd::Demo(args) => demo::run(args)?,
+        Cmd::Bench(args) => bench::run(args)?,
     }
     Ok(())
 }

@@ -9,8 +9,8 @@ use aya::{
 };
 use tracer_common::{
     DROP_REASON_COUNT, GLOBAL_AGENT_TGID, GLOBAL_CAPTURE_BYTES, GLOBAL_FILTER_PIDS,
-    GLOBAL_FORK_CHILD_PID_OFFSET, GLOBAL_OFFSETS, KernelOffsets, MAP_DROPS, MAP_EVENTS,
-    MAP_TRACED_PIDS, MAX_CAPTURE_BYTES,
+    GLOBAL_FORK_CHILD_PID_OFFSET, GLOBAL_OFFSETS, GLOBAL_WAKEUP_BYTES, KernelOffsets, MAP_DROPS,
+    MAP_EVENTS, MAP_TRACED_PIDS, MAX_CAPTURE_BYTES,
 };
 
 /// The compiled eBPF object, built by build.rs.
@@ -84,6 +84,11 @@ impl Capture {
             .override_global(GLOBAL_CAPTURE_BYTES, &cfg.capture_bytes, true)
             .override_global(GLOBAL_OFFSETS, &cfg.offsets, true)
             .override_global(GLOBAL_FORK_CHILD_PID_OFFSET, &fork_offset, true)
+            .override_global(
+                GLOBAL_WAKEUP_BYTES,
+                &tracer_common::wakeup_bytes(cfg.ring_buffer_bytes),
+                true,
+            )
             .map_max_entries(MAP_EVENTS, cfg.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow!("loading the eBPF object failed: {e}"))?;

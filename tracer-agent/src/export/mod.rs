@@ -8,6 +8,7 @@ pub mod batcher;
 pub mod config;
 pub mod console;
 pub mod otlp;
+pub mod sampler;
 pub mod transport;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 pub use batcher::SpanExporter;
 pub use config::{ConfigError, ExportConfig, ExportOverrides, Protocol};
 pub use console::{ConsoleConfig, ConsoleSink};
+pub use sampler::{Sampler, SamplerError};
 pub use transport::TransportError;
 
 use crate::metrics::Metrics;

@@ -1,0 +1,895 @@
+//! `cargo xtask bench`: what tracing costs, measured side by side in one run.
+//!
+//! Two scenarios, each a set of configurations run in interleaved rounds (the order rotates
+//! every round, so a slow minute of a shared machine hits every configuration alike):
+//!
+//! * fast server: nginx serving 1 KiB over keep-alive — untraced; the agent exporting
+//!   every span over OTLP/gRPC; the agent sampling 10%; an nginx reverse-proxy hop in front
+//!   (what a sidecar costs before it traces anything);
+//! * typical service: a Flask app calling a second Flask app — untraced; the agent; the
+//!   OpenTelemetry Python SDK with Flask and requests instrumentation.
+//!
+//! Each round of a configuration measures throughput at saturation (`wrk`), then latency at
+//! a fixed rate of half the untraced maximum (`oha`), and over that fixed-rate window the
+//! CPU of the agent and of the servers (`/proc`), the eBPF programs' run time
+//! (`kernel.bpf_stats_enabled`, on only then), the agent's peak RSS, kernel drops, and the
+//! spans that reached the OTLP receiver. Then the criterion microbenchmarks of the agent's
+//! hot path. Everything lands in BENCHMARKS.md. No figure is asserted: this measures.
+
+mod load;
+mod procs;
+mod report;
+mod setup;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use procs::{BpfRunStats, BpfStatsEnabled, Service};
+use report::{Summary, cell, summarize, table};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Rounds per configuration.
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
+    /// Seconds of each load run (one saturation run and one fixed-rate run per round).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Check that the benchmark works: one round of 2-second runs and a short criterion
+    /// pass; the report goes to target/bench/BENCHMARKS.md unless --output is given.
+    #[arg(long)]
+    smoke: bool,
+    /// Where to write the report [default: BENCHMARKS.md in the workspace].
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Run only these parts (repeatable): fast, typical, micro.
+    #[arg(long = "only", value_enum)]
+    only: Vec<Part>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    Fast,
+    Typical,
+    Micro,
+}
+
+/// What each configuration starts besides the servers.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Config {
+    Untraced,
+    Agent,
+    AgentSampled,
+    ProxyHop,
+    OtelSdk,
+}
+
+impl Config {
+    fn label(self) -> &'static str {
+        match self {
+            Config::Untraced => "no tracing",
+            Config::Agent => "tracer-agent, 100% exported",
+            Config::AgentSampled => "tracer-agent, 10% sampled",
+            Config::ProxyHop => "nginx proxy hop (sidecar stand-in, no tracing)",
+            Config::OtelSdk => "OpenTelemetry Python SDK (Flask + requests)",
+        }
+    }
+    fn agent_args(self) -> Option<&'static [&'static str]> {
+        match self {
+            Config::Agent => Some(&[]),
+            Config::AgentSampled => Some(&["--sample-ratio", "0.1"]),
+            _ => None,
+        }
+    }
+}
+
+/// One configuration's measurements in one round.
+#[derive(Debug, Clone, Default)]
+struct Round {
+    saturation_rps: f64,
+    saturation_errors: u64,
+    fixed: Option<load::FixedRate>,
+    /// Over the fixed-rate window.
+    servers_cpu_ns: u64,
+    agent_cpu_ns: Option<u64>,
+    bpf: Option<BpfRunStats>,
+    /// Over the whole round (saturation included).
+    drops: Option<Drops>,
+    agent_peak_rss: Option<u64>,
+    /// At the end of the round.
+    agent_rss_anon: Option<u64>,
+    /// Spans the receiver got from the round, and the requests the round sent.
+    spans: u64,
+    requests: u64,
+}
+
+struct Tools {
+    wrk: PathBuf,
+    oha: PathBuf,
+    agent: PathBuf,
+    sink: PathBuf,
+    python_path: PathBuf,
+    nginx: PathBuf,
+}
+
+struct Plan {
+    rounds: u32,
+    seconds: u64,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if !crate::is_root() {
+        bail!(
+            "the benchmark loads eBPF programs and reads kernel counters: rerun as root (sudo -E cargo xtask bench)"
+        );
+    }
+    let plan = if args.smoke {
+        Plan {
+            rounds: 1,
+            seconds: 2,
+        }
+    } else {
+        Plan {
+            rounds: args.rounds.max(1),
+            seconds: args.seconds.max(1),
+        }
+    };
+    let wants = |p: Part| args.only.is_empty() || args.only.contains(&p);
+    let output = args.output.clone().unwrap_or_else(|| {
+        if args.smoke {
+            crate::target_dir().join("bench/BENCHMARKS.md")
+        } else {
+            crate::workspace_root().join("BENCHMARKS.md")
+        }
+    });
+    let work = crate::target_dir().join("bench/run");
+    std::fs::create_dir_all(&work)?;
+
+    let mut sections = Vec::new();
+    if wants(Part::Fast) || wants(Part::Typical) {
+        let tools = setup::tools(wants(Part::Typical))?;
+        let sink_log = work.join("otlp-sink.log");
+        let (sink, sink_addrs) = start_sink(&tools, &sink_log)?;
+        if wants(Part::Fast) {
+            sections.push(fast_server(&tools, &plan, &work, &sink_addrs)?);
+        }
+        if wants(Part::Typical) {
+            sections.push(typical_service(&tools, &plan, &work, &sink_addrs)?);
+        }
+        drop(sink);
+    }
+    if wants(Part::Micro) {
+        sections.push(microbenchmarks(args.smoke)?);
+    }
+    let doc = document(&plan, args.smoke, &sections);
+    if let Some(dir) = output.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&output, doc).with_context(|| format!("cannot write {}", output.display()))?;
+    eprintln!("==> wrote {}", output.display());
+    Ok(())
+}
+
+// ---- the OTLP receiver -----------------------------------------------------------------
+
+struct SinkAddrs {
+    grpc: SocketAddr,
+    http: SocketAddr,
+}
+
+impl SinkAddrs {
+    /// Spans received so far.
+    fn spans(&self) -> Result<u64> {
+        let body = http_get(self.http, "/stats")?;
+        let v: serde_json::Value =
+            serde_json::from_str(&body).with_context(|| format!("bad /stats answer {body}"))?;
+        v["spans"].as_u64().context("no span count in /stats")
+    }
+}
+
+fn start_sink(tools: &Tools, log: &Path) -> Result<(Service, SinkAddrs)> {
+    let mut sink = Service::spawn(
+        "OTLP receiver",
+        Command::new(&tools.sink).args(["--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"]),
+        log,
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.starts_with("ready ")) {
+            let addr = |key: &str| -> Result<SocketAddr> {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(key))
+                    .context("malformed ready line")?
+                    .parse()
+                    .context("malformed address in ready line")
+            };
+            let addrs = SinkAddrs {
+                grpc: addr("grpc=")?,
+                http: addr("http=")?,
+            };
+            return Ok((sink, addrs));
+        }
+        sink.ensure_running(log)?;
+        if Instant::now() > deadline {
+            bail!(
+                "the OTLP receiver did not start: {}",
+                procs::log_tail(log, 400)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---- the agent ---------------------------------------------------------------------------
+
+struct RunningAgent {
+    service: Service,
+    metrics: SocketAddr,
+    log: PathBuf,
+}
+
+fn start_agent(
+    tools: &Tools,
+    extra: &[&str],
+    sink: &SinkAddrs,
+    log: &Path,
+) -> Result<RunningAgent> {
+    let metrics = free_addr()?;
+    let mut cmd = Command::new(&tools.agent);
+    cmd.args([
+        "--otlp-endpoint",
+        &format!("http://{}", sink.grpc),
+        "--otlp-protocol",
+        "grpc",
+        "--metrics-addr",
+        &metrics.to_string(),
+    ])
+    .args(extra)
+    .env("RUST_LOG", "warn");
+    let mut service = Service::spawn("tracer-agent", &mut cmd, log)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // /readyz turns 200 once every program is attached.
+    while http_status(metrics, "/readyz") != Some(200) {
+        service.ensure_running(log)?;
+        if Instant::now() > deadline {
+            bail!(
+                "the agent was not ready within 60 s: {}",
+                procs::log_tail(log, 600)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(RunningAgent {
+        service,
+        metrics,
+        log: log.to_owned(),
+    })
+}
+
+impl RunningAgent {
+    fn pid(&self) -> u32 {
+        self.service.pid()
+    }
+
+    /// Events lost in the kernel and spans lost on the way out, so far.
+    fn drops(&self) -> Result<Drops> {
+        let text = http_get(self.metrics, "/metrics")?;
+        Ok(Drops {
+            kernel: metric_sum(&text, "tracer_kernel_drops_total{"),
+            export: metric_sum(&text, "tracer_spans_dropped_queue_full_total ")
+                + metric_sum(&text, "tracer_spans_dropped_export_failed_total "),
+        })
+    }
+
+    fn stop(self) -> Result<()> {
+        let status = self.service.stop(Duration::from_secs(15))?;
+        if !status.success() {
+            bail!(
+                "the agent exited with {status}: {}",
+                procs::log_tail(&self.log, 600)
+            );
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Drops {
+    kernel: u64,
+    export: u64,
+}
+
+impl Drops {
+    fn since(self, earlier: Drops) -> Drops {
+        Drops {
+            kernel: self.kernel.saturating_sub(earlier.kernel),
+            export: self.export.saturating_sub(earlier.export),
+        }
+    }
+}
+
+/// Sum of the samples whose line starts with `prefix` (a name and `{` or a space).
+fn metric_sum(metrics: &str, prefix: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+// ---- one configuration, one round ----------------------------------------------------------
+
+/// The servers of a scenario as the measurement sees them.
+struct Target<'a> {
+    url: String,
+    /// Roots of the process trees whose CPU counts as the service's.
+    server_pids: Vec<u32>,
+    saturation_connections: u32,
+    fixed_connections: u32,
+    tools: &'a Tools,
+}
+
+fn measure_round(
+    target: &Target,
+    config: Config,
+    rate: u64,
+    plan: &Plan,
+    sink: &SinkAddrs,
+    log: &Path,
+    stop_servers: impl FnOnce() -> Result<()>,
+) -> Result<Round> {
+    let spans_before = sink.spans()?;
+    let agent = match config.agent_args() {
+        Some(extra) => Some(start_agent(target.tools, extra, sink, log)?),
+        None => None,
+    };
+    let drops_before = agent.as_ref().map(|a| a.drops()).transpose()?;
+
+    let sat = load::wrk(
+        &target.tools.wrk,
+        &target.url,
+        target.saturation_connections,
+        plan.seconds,
+    )?;
+
+    let bpf_stats = agent
+        .as_ref()
+        .map(|_| BpfStatsEnabled::enable())
+        .transpose()?;
+    let cpu = |pids: &[u32]| pids.iter().map(|&p| procs::tree_cpu_ns(p)).sum::<u64>();
+    let servers_before = cpu(&target.server_pids);
+    let agent_before = agent.as_ref().map(|a| procs::tree_cpu_ns(a.pid()));
+    let bpf_before = agent.as_ref().map(|a| procs::bpf_run_stats(a.pid()));
+    let fixed = load::oha(
+        &target.tools.oha,
+        &target.url,
+        rate,
+        target.fixed_connections,
+        plan.seconds,
+    )?;
+    let servers_cpu_ns = cpu(&target.server_pids).saturating_sub(servers_before);
+    let agent_cpu_ns = agent
+        .as_ref()
+        .zip(agent_before)
+        .map(|(a, before)| procs::tree_cpu_ns(a.pid()).saturating_sub(before));
+    let bpf = agent
+        .as_ref()
+        .zip(bpf_before)
+        .map(|(a, before)| procs::bpf_run_stats(a.pid()).since(before));
+    drop(bpf_stats);
+
+    let mut drops = None;
+    let mut agent_peak_rss = None;
+    let mut agent_rss_anon = None;
+    if let Some(agent) = agent {
+        agent_rss_anon = procs::rss_anon_bytes(agent.pid());
+        drops = Some(agent.drops()?.since(drops_before.unwrap_or_default()));
+        agent_peak_rss = procs::peak_rss_bytes(agent.pid());
+        // SIGTERM: the agent flushes what it holds before it exits.
+        agent.stop()?;
+    }
+    // In-process SDKs flush on a clean exit too.
+    stop_servers()?;
+    let spans = sink.spans()?.saturating_sub(spans_before);
+    Ok(Round {
+        saturation_rps: sat.requests_per_sec,
+        saturation_errors: sat.errors,
+        fixed: Some(fixed),
+        servers_cpu_ns,
+        agent_cpu_ns,
+        bpf,
+        drops,
+        agent_peak_rss,
+        agent_rss_anon,
+        spans,
+        requests: sat.requests + fixed.responses,
+    })
+}
+
+/// Runs `configs` for `plan.rounds` rounds, rotating the order each round. `start` brings
+/// the servers up for a configuration and returns the target and a closure that stops them.
+fn rounds<'t>(
+    name: &str,
+    configs: &[Config],
+    plan: &Plan,
+    rate: u64,
+    work: &Path,
+    sink: &SinkAddrs,
+    mut start: impl FnMut(Config) -> Result<(Target<'t>, Box<dyn FnOnce() -> Result<()> + 't>)>,
+) -> Result<Vec<(Config, Vec<Round>)>> {
+    let mut results: Vec<(Config, Vec<Round>)> = configs.iter().map(|&c| (c, vec![])).collect();
+    for r in 0..plan.rounds {
+        for i in 0..configs.len() {
+            let idx = (i + r as usize) % configs.len();
+            let config = configs[idx];
+            eprintln!(
+                "==> {name}: round {}/{}: {}",
+                r + 1,
+                plan.rounds,
+                config.label()
+            );
+            let (target, stop) = start(config)?;
+            let log = work.join(format!("agent-{name}-{r}-{idx}.log"));
+            let round = measure_round(&target, config, rate, plan, sink, &log, stop)?;
+            eprintln!(
+                "    saturation {:.0} req/s; at {rate} req/s p50 {:.0} µs p99 {:.0} µs; {} spans for {} requests",
+                round.saturation_rps,
+                round.fixed.map_or(f64::NAN, |f| f.p50_us),
+                round.fixed.map_or(f64::NAN, |f| f.p99_us),
+                round.spans,
+                round.requests
+            );
+            results[idx].1.push(round);
+        }
+    }
+    Ok(results)
+}
+
+// ---- scenario 1: the fast server -----------------------------------------------------------
+
+fn fast_server(tools: &Tools, plan: &Plan, work: &Path, sink: &SinkAddrs) -> Result<String> {
+    let dir = work.join("nginx");
+    let origin = setup::Nginx::start(&tools.nginx, &dir.join("origin"), None)?;
+    std::fs::write(origin.html_dir().join("1k.bin"), [b'x'; 1024])?;
+    let proxy = setup::Nginx::start(&tools.nginx, &dir.join("proxy"), Some(origin.addr))?;
+    let direct = format!("http://{}/1k.bin", origin.addr);
+    procs::wait_http_ok(origin.addr, "/1k.bin", Duration::from_secs(10))?;
+    procs::wait_http_ok(proxy.addr, "/1k.bin", Duration::from_secs(10))?;
+
+    eprintln!("==> fast server: calibrating (untraced saturation)");
+    load::wrk(&tools.wrk, &direct, 32, 1)?;
+    let max = load::wrk(&tools.wrk, &direct, 32, plan.seconds)?.requests_per_sec;
+    let rate = ((max / 2.0) / 100.0).round().max(1.0) as u64 * 100;
+    eprintln!("    untraced maximum {max:.0} req/s: fixed rate {rate} req/s");
+
+    let configs = [
+        Config::Untraced,
+        Config::Agent,
+        Config::AgentSampled,
+        Config::ProxyHop,
+    ];
+    let results = rounds("fast", &configs, plan, rate, work, sink, |config| {
+        let (url, pids) = if config == Config::ProxyHop {
+            (
+                format!("http://{}/1k.bin", proxy.addr),
+                vec![origin.pid(), proxy.pid()],
+            )
+        } else {
+            (direct.clone(), vec![origin.pid()])
+        };
+        Ok((
+            Target {
+                url,
+                server_pids: pids,
+                saturation_connections: 32,
+                fixed_connections: 32,
+                tools,
+            },
+            Box::new(|| Ok(())),
+        ))
+    })?;
+    Ok(section(
+        "Fast server: nginx, 1 KiB responses over keep-alive",
+        &format!(
+            "nginx 1 worker serving a 1 KiB file (sendfile on), keep-alive. Saturation: `wrk -t1 -c32 -d{s}s`. \
+             Fixed rate: `oha -c32 -q {rate} -z {s}s --latency-correction`, {rate} req/s being half the \
+             untraced maximum measured just before the rounds ({max:.0} req/s). The agent traces every \
+             process, the load generator included: 2 spans per request (wrk's CLIENT, nginx's SERVER). \
+             The proxy hop is a second nginx (1 worker, upstream keep-alive) in front of the first.",
+            s = plan.seconds
+        ),
+        &results,
+    ))
+}
+
+// ---- scenario 2: the typical service --------------------------------------------------------
+
+fn typical_service(tools: &Tools, plan: &Plan, work: &Path, sink: &SinkAddrs) -> Result<String> {
+    let app = work.join("flask_app.py");
+    std::fs::write(&app, include_str!("flask_app.py"))?;
+    let start_apps = |sdk: bool| -> Result<(Service, Service, SocketAddr)> {
+        let back_addr = free_addr()?;
+        let front_addr = free_addr()?;
+        let spawn = |role: &str, addr: SocketAddr, downstream: Option<String>| {
+            let mut cmd = Command::new("python3");
+            cmd.arg(&app)
+                .arg(role)
+                .arg(addr.port().to_string())
+                .args(downstream)
+                .env("PYTHONPATH", &tools.python_path)
+                .env("PYTHONUNBUFFERED", "1");
+            if sdk {
+                cmd.env("BENCH_OTEL_SDK", "1")
+                    .env(
+                        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                        format!("http://{}/v1/traces", sink.http),
+                    )
+                    .env("OTEL_SERVICE_NAME", role);
+            }
+            Service::spawn(role, &mut cmd, &work.join(format!("{role}.log")))
+        };
+        let back = spawn("back", back_addr, None)?;
+        let front = spawn(
+            "front",
+            front_addr,
+            Some(format!("http://{back_addr}/api/data")),
+        )?;
+        procs::wait_http_ok(back_addr, "/api/data", Duration::from_secs(20))
+            .context("the downstream Flask app did not start")?;
+        procs::wait_http_ok(front_addr, "/api/data", Duration::from_secs(20))
+            .context("the Flask app did not start")?;
+        Ok((front, back, front_addr))
+    };
+
+    eprintln!("==> typical service: calibrating (untraced saturation)");
+    let (front, back, addr) = start_apps(false)?;
+    let url = format!("http://{addr}/api/data");
+    load::wrk(&tools.wrk, &url, 8, 1)?;
+    let max = load::wrk(&tools.wrk, &url, 8, plan.seconds)?.requests_per_sec;
+    drop((front, back));
+    let rate = ((max / 2.0).round() as u64).max(1);
+    eprintln!("    untraced maximum {max:.0} req/s: fixed rate {rate} req/s");
+
+    let configs = [Config::Untraced, Config::Agent, Config::OtelSdk];
+    let results = rounds("typical", &configs, plan, rate, work, sink, |config| {
+        let (front, back, addr) = start_apps(config == Config::OtelSdk)?;
+        let pids = vec![front.pid(), back.pid()];
+        let stop: Box<dyn FnOnce() -> Result<()>> = Box::new(move || {
+            // SIGINT: Python runs its exit handlers, so the SDK's batch processor flushes.
+            for s in [front, back] {
+                s.interrupt(Duration::from_secs(15))?;
+            }
+            Ok(())
+        });
+        Ok((
+            Target {
+                url: format!("http://{addr}/api/data"),
+                server_pids: pids,
+                saturation_connections: 8,
+                fixed_connections: 8,
+                tools,
+            },
+            stop,
+        ))
+    })?;
+    Ok(section(
+        "Typical service: a Flask app calling a second Flask app",
+        &format!(
+            "Two Flask 3 apps on Flask's threaded server; each request to the first makes one \
+             `requests.get` to the second (a new connection, as the demo's backend does). \
+             Saturation: `wrk -t1 -c8 -d{s}s`. Fixed rate: `oha -c8 -q {rate} -z {s}s --latency-correction`, \
+             half the untraced maximum ({max:.0} req/s). Spans per request: the agent 4 (wrk, both \
+             apps' SERVER and the first app's CLIENT), the SDK 3 (it cannot see wrk).",
+            s = plan.seconds
+        ),
+        &results,
+    ))
+}
+
+// ---- the report -------------------------------------------------------------------------------
+
+fn section(title: &str, how: &str, results: &[(Config, Vec<Round>)]) -> String {
+    let baseline = &results[0].1;
+    let paired = |rounds: &[Round], f: &dyn Fn(&Round, &Round) -> Option<f64>| -> Option<Summary> {
+        let v: Vec<f64> = rounds
+            .iter()
+            .zip(baseline)
+            .filter_map(|(r, b)| f(r, b))
+            .collect();
+        summarize(&v)
+    };
+    let each = |rounds: &[Round], f: &dyn Fn(&Round) -> Option<f64>| -> Option<Summary> {
+        summarize(&rounds.iter().filter_map(f).collect::<Vec<_>>())
+    };
+    let per_request = |r: &Round, ns: u64| -> Option<f64> {
+        let n = r.fixed?.responses;
+        (n > 0).then(|| ns as f64 / n as f64 / 1000.0)
+    };
+    let mut throughput = Vec::new();
+    let mut cost = Vec::new();
+    for (config, rounds) in results {
+        let is_baseline = std::ptr::eq(rounds, baseline);
+        throughput.push(vec![
+            config.label().to_owned(),
+            cell(each(rounds, &|r| Some(r.saturation_rps)), 0),
+            if is_baseline {
+                "1".into()
+            } else {
+                cell(
+                    paired(rounds, &|r, b| Some(r.saturation_rps / b.saturation_rps)),
+                    3,
+                )
+            },
+            cell(each(rounds, &|r| Some(r.fixed?.p50_us)), 0),
+            cell(each(rounds, &|r| Some(r.fixed?.p99_us)), 0),
+            if is_baseline {
+                "0".into()
+            } else {
+                cell(
+                    paired(rounds, &|r, b| Some(r.fixed?.p99_us - b.fixed?.p99_us)),
+                    0,
+                )
+            },
+            cell(
+                each(rounds, &|r| {
+                    Some((r.saturation_errors + r.fixed?.errors + r.fixed?.non_2xx) as f64)
+                }),
+                0,
+            ),
+        ]);
+        let seconds_of = |r: &Round| -> Option<f64> {
+            let f = r.fixed?;
+            Some(f.responses as f64 / f.requests_per_sec)
+        };
+        cost.push(vec![
+            config.label().to_owned(),
+            cell(
+                each(rounds, &|r| {
+                    let busy = r.agent_cpu_ns? as f64 / 1e9 / seconds_of(r)?;
+                    Some(busy * 100.0 / (r.fixed?.requests_per_sec / 10_000.0))
+                }),
+                1,
+            ),
+            cell(
+                each(rounds, &|r| {
+                    Some(r.bpf?.run_time_ns as f64 / r.fixed?.responses as f64 / 1000.0)
+                }),
+                2,
+            ),
+            cell(
+                each(rounds, &|r| {
+                    Some(r.bpf?.run_count as f64 / r.fixed?.responses as f64)
+                }),
+                1,
+            ),
+            cell(
+                each(rounds, &|r| {
+                    per_request(r, r.agent_cpu_ns? + r.bpf?.run_time_ns)
+                }),
+                2,
+            ),
+            cell(
+                paired(rounds, &|r, b| {
+                    Some(
+                        per_request(r, r.servers_cpu_ns + r.agent_cpu_ns.unwrap_or(0))?
+                            - per_request(b, b.servers_cpu_ns)?,
+                    )
+                }),
+                1,
+            ),
+            cell(
+                each(rounds, &|r| {
+                    Some(r.agent_peak_rss? as f64 / (1 << 20) as f64)
+                }),
+                1,
+            ),
+            cell(
+                each(rounds, &|r| {
+                    Some(r.agent_rss_anon? as f64 / (1 << 20) as f64)
+                }),
+                1,
+            ),
+            cell(each(rounds, &|r| Some(r.drops?.kernel as f64)), 0),
+            cell(each(rounds, &|r| Some(r.drops?.export as f64)), 0),
+            cell(
+                each(rounds, &|r| Some(r.spans as f64 / r.requests as f64)),
+                2,
+            ),
+            cell(
+                each(rounds, &|r| {
+                    Some(r.spans as f64 / r.requests as f64 * r.fixed?.requests_per_sec)
+                }),
+                0,
+            ),
+        ]);
+    }
+    format!(
+        "## {title}\n\n{how}\n\n### Throughput and latency\n\n{}\n### Cost\n\n{}\n",
+        table(
+            &[
+                "configuration",
+                "saturation req/s",
+                "ratio to untraced",
+                "p50 µs at fixed rate",
+                "p99 µs",
+                "added p99 µs",
+                "errors",
+            ],
+            &throughput
+        ),
+        table(
+            &[
+                "configuration",
+                "agent CPU, % of a core per 10k req/s",
+                "BPF µs/request",
+                "BPF runs/request",
+                "added CPU µs/request (agent + BPF)",
+                "Δ CPU µs/request (servers + agent, vs untraced)",
+                "agent peak RSS MiB",
+                "agent heap (RssAnon) MiB",
+                "kernel drops",
+                "spans dropped on export",
+                "spans/request",
+                "spans/s exported at the fixed rate",
+            ],
+            &cost
+        )
+    )
+}
+
+fn document(plan: &Plan, smoke: bool, sections: &[String]) -> String {
+    let machine = machine_description();
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!(
+        "# Benchmarks\n\n\
+         Written by `cargo xtask bench{smoke_flag}` on {date}. {rounds} round(s) per configuration, \
+         {seconds} s per load run; configurations interleaved (the order rotates each round). \
+         Cells: median over rounds (min–max). Ratios and differences are paired with the untraced \
+         run of the same round.\n\n\
+         Machine: {machine}\n\n\
+         How to read the cost table: *added CPU* is the agent process's user + system time (from \
+         `/proc/<pid>/stat`) plus the run time of its eBPF programs (`run_time_ns` with \
+         `kernel.bpf_stats_enabled=1`, which covers every traced syscall on the machine, the load \
+         generator's included), over the fixed-rate window, divided by the requests answered in it. \
+         *Δ CPU* is the servers' and the agent's CPU per request minus the untraced servers' CPU \
+         per request: for the proxy hop and the in-process SDK it is their whole cost. \
+         BPF time spent in a server's syscalls is in both the BPF and the server's figure.\n\n\
+         {body}",
+        smoke_flag = if smoke { " --smoke" } else { "" },
+        rounds = plan.rounds,
+        seconds = plan.seconds,
+        body = sections.join("\n"),
+    )
+}
+
+fn machine_description() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or(0.0, |kib| kib as f64 / (1 << 20) as f64);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    format!(
+        "{cores} cores ({cpu}), {mem_gib:.0} GiB, Linux {kernel}; load generator, servers, agent and receiver share the cores."
+    )
+}
+
+// ---- microbenchmarks ----------------------------------------------------------------------------
+
+fn microbenchmarks(smoke: bool) -> Result<String> {
+    eprintln!("==> microbenchmarks (criterion): the agent's user-space hot path");
+    let tools = crate::toolchain::ensure()?;
+    let mut cmd = crate::cargo();
+    cmd.args(["bench", "-p", "tracer-agent", "--bench", "hot_path"])
+        .env("TRACER_TOOLCHAIN_DIR", &tools);
+    if smoke {
+        cmd.args(["--", "--warm-up-time", "0.2", "--measurement-time", "0.5"]);
+    }
+    crate::run_cmd(&mut cmd)?;
+    let results = setup::criterion_results(&crate::target_dir().join("criterion"))?;
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                format!("{:.0}", r.elements),
+                format!("{:.1}", r.median_ns / 1000.0),
+                format!("{:.0}", r.elements / (r.median_ns / 1e9)),
+            ]
+        })
+        .collect();
+    Ok(format!(
+        "## Microbenchmarks: the agent's user-space hot path on one core\n\n\
+         `cargo bench -p tracer-agent --bench hot_path` (criterion; median of its samples). \
+         `events_to_spans`: kernel records decoded, reassembled, parsed, paired, linked and built \
+         into spans; an element is one exchange seen by one side (one span). `otlp_encode`: spans \
+         encoded into one OTLP export request.\n\n{}",
+        table(
+            &[
+                "benchmark",
+                "elements/iteration",
+                "µs/iteration",
+                "elements/s"
+            ],
+            &rows
+        )
+    ))
+}
+
+// ---- small helpers -------------------------------------------------------------------------------
+
+fn free_addr() -> Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let resp = http_request(addr, path).ok()?;
+    resp.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    let resp = http_request(addr, path)?;
+    let (head, body) = resp
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("malformed response from {addr}{path}"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!(
+            "GET {addr}{path}: {}",
+            head.lines().next().unwrap_or_default()
+        );
+    }
+    Ok(body.to_owned())
+}
+
+fn http_request(addr: SocketAddr, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_drops_summed_over_reasons() {
+        let text = "# HELP tracer_kernel_drops_total x\n# TYPE tracer_kernel_drops_total counter\n\
+                    tracer_kernel_drops_total{reason=\"ring_full\"} 5\n\
+                    tracer_kernel_drops_total{reason=\"too_big\"} 2\n\
+                    tracer_events_total 100\n";
+        assert_eq!(metric_sum(text, "tracer_kernel_drops_total{"), 7);
+        assert_eq!(metric_sum(text, "tracer_events_total "), 100);
+        assert_eq!(metric_sum("", "tracer_events_total "), 0);
+    }
+}
