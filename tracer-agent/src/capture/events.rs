@@ -145,14 +145,42 @@ pub fn decode(record: &[u8]) -> Result<CaptureEvent<'_>, DecodeError> {
     }
 }
 
+/// The record bytes of a plain-old-data event struct, as the kernel side writes them.
+fn struct_bytes<T: Copy>(v: &T, out: &mut Vec<u8>) {
+    // SAFETY: only called with the repr(C) structs of tracer-common below, which have
+    // explicit padding fields, so every byte is initialised.
+    out.extend_from_slice(unsafe {
+        std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>())
+    });
+}
+
+/// The inverse of [`decode`] for a connection event: what the eBPF programs submit.
+/// For tests, fuzzers and benchmarks that replay synthetic traffic.
+pub fn encode_conn(ev: &ConnEvent) -> Vec<u8> {
+    let mut out = Vec::with_capacity(size_of::<ConnEvent>());
+    struct_bytes(ev, &mut out);
+    out
+}
+
+/// The inverse of [`decode`] for a data event; `header.captured_len` should equal
+/// `payload.len()` for a well-formed record.
+pub fn encode_data(header: &DataEventHeader, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(size_of::<DataEventHeader>() + payload.len());
+    struct_bytes(header, &mut out);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The inverse of [`decode`] for a close event (a bare header).
+pub fn encode_close(header: &EventHeader) -> Vec<u8> {
+    let mut out = Vec::with_capacity(size_of::<EventHeader>());
+    struct_bytes(header, &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn as_bytes<T: Copy>(v: &T) -> Vec<u8> {
-        // SAFETY: T is a repr(C) struct without implicit padding.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
-    }
 
     fn header(kind: EventKind) -> EventHeader {
         EventHeader {
@@ -176,8 +204,7 @@ mod tests {
             syscall_len: 100,
             captured_len: 3,
         };
-        let mut rec = as_bytes(&h);
-        rec.extend_from_slice(b"GET");
+        let mut rec = encode_data(&h, b"GET");
         let CaptureEvent::Data(d) = decode(&rec).unwrap() else {
             panic!("not data")
         };
@@ -208,7 +235,7 @@ mod tests {
         ev.local_addr = Ipv6Addr::LOCALHOST.octets();
         ev.peer_addr = Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped().octets();
         ev.comm[..4].copy_from_slice(b"curl");
-        let CaptureEvent::Opened(o) = decode(&as_bytes(&ev)).unwrap() else {
+        let CaptureEvent::Opened(o) = decode(&encode_conn(&ev)).unwrap() else {
             panic!("not open")
         };
         assert_eq!(o.local, Some("[::1]:8080".parse().unwrap()));
@@ -217,7 +244,7 @@ mod tests {
         assert_eq!(o.role, Role::Server);
 
         ev.flags = 0;
-        let CaptureEvent::Opened(o) = decode(&as_bytes(&ev)).unwrap() else {
+        let CaptureEvent::Opened(o) = decode(&encode_conn(&ev)).unwrap() else {
             panic!("not open")
         };
         assert_eq!((o.local, o.peer), (None, None));
@@ -228,8 +255,11 @@ mod tests {
         assert!(matches!(decode(&[1, 0, 0]), Err(DecodeError::Short { .. })));
         let mut h = header(EventKind::Close);
         h.kind = 42;
-        assert!(matches!(decode(&as_bytes(&h)), Err(DecodeError::Tag(_))));
-        let open = as_bytes(&header(EventKind::ConnOpen));
+        assert!(matches!(
+            decode(&encode_close(&h)),
+            Err(DecodeError::Tag(_))
+        ));
+        let open = encode_close(&header(EventKind::ConnOpen));
         assert!(matches!(decode(&open), Err(DecodeError::Short { .. })));
     }
 }

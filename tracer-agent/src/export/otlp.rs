@@ -112,7 +112,7 @@ pub fn encode_span(span: &SpanRecord) -> Span {
 
 fn key_value(key: &str, value: &AttrValue) -> KeyValue {
     let value = match value {
-        AttrValue::Str(s) => Value::StringValue(s.clone()),
+        AttrValue::Str(s) => Value::StringValue(s.as_str().to_owned()),
         AttrValue::Int(i) => Value::IntValue(*i),
         AttrValue::Bool(b) => Value::BoolValue(*b),
     };

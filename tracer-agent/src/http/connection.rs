@@ -3,7 +3,9 @@
 
 use std::collections::VecDeque;
 
-use super::message::{Framing, Head, RequestHead, ResponseHead, request_framing, response_framing};
+use super::message::{
+    Framing, Head, Headers, RequestHead, ResponseHead, request_framing, response_framing,
+};
 use super::stream::{CloseOutcome, Cut, Event, Input, LostCause, StreamParser};
 use super::{
     Chunk, ConnStats, Exchange, ExchangeError, HttpConfig, MessageTiming, StartedRequest, Stream,
@@ -201,12 +203,17 @@ impl HttpConnection {
         self.flush();
     }
 
-    /// Completed exchanges, in request order.
     /// Request heads parsed since the last call, in order. Each precedes its exchange.
     pub fn take_started(&mut self) -> Vec<StartedRequest> {
         std::mem::take(&mut self.started)
     }
 
+    /// Moves request heads parsed since the last call into `out`, in order.
+    pub fn drain_started_into(&mut self, out: &mut Vec<StartedRequest>) {
+        out.append(&mut self.started);
+    }
+
+    /// Completed exchanges, in request order.
     pub fn take_exchanges(&mut self) -> Vec<Exchange> {
         std::mem::take(&mut self.ready)
     }
@@ -321,7 +328,7 @@ impl HttpConnection {
                 .headers
                 .iter()
                 .filter(|(name, _)| is_trace_context_header(name))
-                .cloned()
+                .map(|(name, value)| (name.to_owned(), value.to_owned()))
                 .collect(),
         });
         self.push(Entry::new(id, head, timing, pairable));
@@ -398,7 +405,7 @@ impl HttpConnection {
                 method: String::new(),
                 target: String::new(),
                 version: 1,
-                headers: Vec::new(),
+                headers: Headers::new(),
             };
             let mut e = Entry::new(id, head, MessageTiming::default(), !self.desynced);
             e.phantom = true;
@@ -432,8 +439,8 @@ impl HttpConnection {
         let method = target
             .and_then(|id| self.pending.iter().find(|e| e.id == id))
             .filter(|e| !e.phantom)
-            .map(|e| e.request.method.clone());
-        let framing = match response_framing(&head, method.as_deref()) {
+            .map(|e| e.request.method.as_str());
+        let framing = match response_framing(&head, method) {
             Ok(f) => f,
             Err(_) => {
                 self.resp.reject_head();

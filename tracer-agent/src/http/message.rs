@@ -1,6 +1,8 @@
 //! Message heads (parsed with `httparse`), the cheap start-line sniff used to reject garbage
 //! and to resynchronise, and body framing (RFC 9112 §6.3).
 
+use std::mem::MaybeUninit;
+
 use super::Stream;
 
 /// A request line and its header fields.
@@ -13,13 +15,13 @@ pub struct RequestHead {
     /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub version: u8,
     /// Header fields in wire order; names lower-cased, values as sent (lossy UTF-8).
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
 }
 
 impl RequestHead {
     /// The first value of a header; `name` must be lower case.
     pub fn header(&self, name: &str) -> Option<&str> {
-        find_header(&self.headers, name)
+        self.headers.get(name)
     }
 }
 
@@ -31,21 +33,110 @@ pub struct ResponseHead {
     pub version: u8,
     pub reason: String,
     /// Header fields in wire order; names lower-cased, values as sent (lossy UTF-8).
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
 }
 
 impl ResponseHead {
     /// The first value of a header; `name` must be lower case.
     pub fn header(&self, name: &str) -> Option<&str> {
-        find_header(&self.headers, name)
+        self.headers.get(name)
     }
 }
 
-fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
+/// The header fields of one head, in wire order. All names and values share one string,
+/// so a head costs two allocations instead of two per field (most of the parsing cost
+/// under load was the allocator).
+#[derive(Clone, Default)]
+pub struct Headers {
+    /// The head's header block as received with names lower-cased in place, or (built by
+    /// [`Headers::push`], or from a head that is not UTF-8) the fields one after another.
+    text: String,
+    /// Byte ranges of each field's name and value in `text`.
+    fields: Vec<Field>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Field {
+    name: (usize, usize),
+    value: (usize, usize),
+}
+
+impl Headers {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a field as given (callers keep names lower case).
+    pub fn push(&mut self, name: &str, value: &str) {
+        let name_start = self.text.len();
+        self.text.push_str(name);
+        let value_start = self.text.len();
+        self.text.push_str(value);
+        self.fields.push(Field {
+            name: (name_start, value_start),
+            value: (value_start, self.text.len()),
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// `(name, value)` pairs in wire order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        // Ranges are checked when a field is added; `get` only keeps this panic-free.
+        let at = |(from, to): (usize, usize)| self.text.get(from..to).unwrap_or_default();
+        self.fields.iter().map(move |f| (at(f.name), at(f.value)))
+    }
+
+    /// The first value of a header; `name` must be lower case.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.get_all(name).next()
+    }
+
+    /// Every value of a header, in wire order; `name` must be lower case. Compares bytes
+    /// and slices only the values that match: framing looks up several names per head.
+    pub fn get_all<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+        let text = self.text.as_bytes();
+        self.fields
+            .iter()
+            .filter(move |f| text.get(f.name.0..f.name.1) == Some(name.as_bytes()))
+            .map(|f| self.text.get(f.value.0..f.value.1).unwrap_or_default())
+    }
+}
+
+impl PartialEq for Headers {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Headers {}
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<N: AsRef<str>, V: AsRef<str>> FromIterator<(N, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
+        let mut headers = Headers::new();
+        for (n, v) in iter {
+            headers.push(n.as_ref(), v.as_ref());
+        }
+        headers
+    }
+}
+
+impl From<Vec<(String, String)>> for Headers {
+    fn from(fields: Vec<(String, String)>) -> Self {
+        fields.into_iter().collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,61 +152,127 @@ pub(crate) enum Parsed {
     Invalid,
 }
 
+/// Header slots on the stack: enough for nearly every real head, so parsing one does not
+/// allocate for them.
+const STACK_HEADER_SLOTS: usize = 48;
+
 /// Parses a complete head (start line through the blank line).
 pub(crate) fn parse_head(stream: Stream, bytes: &[u8]) -> Parsed {
-    // One slot per line is always enough, so httparse never reports TooManyHeaders.
-    let lines = bytes.iter().filter(|&&b| b == b'\n').count().max(1);
-    let mut slots = vec![httparse::EMPTY_HEADER; lines];
+    // Uninitialised: httparse writes the slots it uses, so none is zeroed in vain.
+    let mut slots = [MaybeUninit::uninit(); STACK_HEADER_SLOTS];
+    match parse_head_with(stream, bytes, &mut slots) {
+        Err(httparse::Error::TooManyHeaders) => {
+            // One slot per line is always enough, so httparse cannot fail this way again.
+            let lines = memchr::memchr_iter(b'\n', bytes).count().max(1);
+            let mut slots = vec![MaybeUninit::uninit(); lines];
+            parse_head_with(stream, bytes, &mut slots).unwrap_or(Parsed::Invalid)
+        }
+        Err(_) => Parsed::Invalid,
+        Ok(parsed) => parsed,
+    }
+}
+
+fn parse_head_with<'b>(
+    stream: Stream,
+    bytes: &'b [u8],
+    slots: &mut [MaybeUninit<httparse::Header<'b>>],
+) -> Result<Parsed, httparse::Error> {
     // We observe traffic the peers already accepted: be as lenient as httparse allows.
     let mut cfg = httparse::ParserConfig::default();
     match stream {
         Stream::Request => {
             cfg.allow_multiple_spaces_in_request_line_delimiters(true)
                 .ignore_invalid_headers_in_requests(true);
-            let mut req = httparse::Request::new(&mut slots);
-            match cfg.parse_request(&mut req, bytes) {
-                Ok(httparse::Status::Complete(_)) => Parsed::Complete(Head::Request(RequestHead {
-                    method: req.method.unwrap_or_default().to_owned(),
-                    target: req.path.unwrap_or_default().to_owned(),
-                    version: req.version.unwrap_or(1),
-                    headers: owned_headers(req.headers),
-                })),
-                Ok(httparse::Status::Partial) => Parsed::Partial,
-                Err(_) => Parsed::Invalid,
-            }
+            let mut req = httparse::Request::new(&mut []);
+            Ok(
+                match cfg.parse_request_with_uninit_headers(&mut req, bytes, slots)? {
+                    httparse::Status::Complete(_) => Parsed::Complete(Head::Request(RequestHead {
+                        method: req.method.unwrap_or_default().to_owned(),
+                        target: req.path.unwrap_or_default().to_owned(),
+                        version: req.version.unwrap_or(1),
+                        headers: owned_headers(req.headers, bytes),
+                    })),
+                    httparse::Status::Partial => Parsed::Partial,
+                },
+            )
         }
         Stream::Response => {
             cfg.allow_multiple_spaces_in_response_status_delimiters(true)
                 .allow_spaces_after_header_name_in_responses(true)
                 .allow_obsolete_multiline_headers_in_responses(true)
                 .ignore_invalid_headers_in_responses(true);
-            let mut resp = httparse::Response::new(&mut slots);
-            match cfg.parse_response(&mut resp, bytes) {
-                Ok(httparse::Status::Complete(_)) => {
-                    Parsed::Complete(Head::Response(ResponseHead {
-                        status: resp.code.unwrap_or_default(),
-                        version: resp.version.unwrap_or(1),
-                        reason: resp.reason.unwrap_or_default().to_owned(),
-                        headers: owned_headers(resp.headers),
-                    }))
-                }
-                Ok(httparse::Status::Partial) => Parsed::Partial,
-                Err(_) => Parsed::Invalid,
-            }
+            let mut resp = httparse::Response::new(&mut []);
+            Ok(
+                match cfg.parse_response_with_uninit_headers(&mut resp, bytes, slots)? {
+                    httparse::Status::Complete(_) => {
+                        Parsed::Complete(Head::Response(ResponseHead {
+                            status: resp.code.unwrap_or_default(),
+                            version: resp.version.unwrap_or(1),
+                            reason: resp.reason.unwrap_or_default().to_owned(),
+                            headers: owned_headers(resp.headers, bytes),
+                        }))
+                    }
+                    httparse::Status::Partial => Parsed::Partial,
+                },
+            )
         }
     }
 }
 
-fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
-    headers
+/// Names lower-cased, values as lossy UTF-8. `head` is the buffer httparse parsed.
+fn owned_headers(headers: &[httparse::Header<'_>], head: &[u8]) -> Headers {
+    copy_header_block(headers, head).unwrap_or_else(|| {
+        let mut out = Headers::new();
+        for h in headers {
+            out.push(
+                &h.name.to_ascii_lowercase(),
+                &String::from_utf8_lossy(h.value),
+            );
+        }
+        out
+    })
+}
+
+/// The fields lie one after another in `head`: copies their block in one piece and
+/// lower-cases the names in place. `None` when the block is not valid UTF-8 (values then
+/// need the lossy conversion one by one) or a field is not inside it.
+fn copy_header_block(headers: &[httparse::Header<'_>], head: &[u8]) -> Option<Headers> {
+    let (Some(first), Some(last)) = (headers.first(), headers.last()) else {
+        return Some(Headers::new());
+    };
+    let base = head.as_ptr() as usize;
+    let start = (first.name.as_ptr() as usize).checked_sub(base)?;
+    let end = (last.value.as_ptr() as usize)
+        .checked_sub(base)?
+        .checked_add(last.value.len())?;
+    let mut text = head.get(start..end)?.to_vec();
+    // Where a slice of `head` lies in `text`.
+    let range = |b: &[u8]| {
+        let from = (b.as_ptr() as usize).checked_sub(base + start)?;
+        let to = from.checked_add(b.len())?;
+        (to <= text.len()).then_some((from, to))
+    };
+    let mut fields = Vec::with_capacity(headers.len());
+    for h in headers {
+        fields.push(Field {
+            name: range(h.name.as_bytes())?,
+            value: range(h.value)?,
+        });
+    }
+    // Bytes first, one UTF-8 check at the end: lower-casing ASCII letters keeps valid text
+    // valid and invalid text invalid.
+    for f in &fields {
+        text.get_mut(f.name.0..f.name.1)?.make_ascii_lowercase();
+    }
+    let text = String::from_utf8(text).ok()?;
+    // `iter` slices at these offsets: they must be character boundaries (always, for what
+    // httparse returns; otherwise the slow path takes over).
+    let boundaries = |f: &Field| [f.name.0, f.name.1, f.value.0, f.value.1];
+    fields
         .iter()
-        .map(|h| {
-            (
-                h.name.to_ascii_lowercase(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect()
+        .flat_map(boundaries)
+        .all(|i| text.is_char_boundary(i))
+        .then_some(Headers { text, fields })
 }
 
 /// Index just past the blank line that ends a head, if `rest` holds it. `prev` are the two
@@ -129,15 +286,10 @@ pub(crate) fn find_head_end(prev: [u8; 2], rest: &[u8]) -> Option<usize> {
             prev[2 + i - back]
         }
     };
-    let mut from = 0;
-    while let Some(k) = rest[from..].iter().position(|&b| b == b'\n') {
-        let i = from + k;
-        if at(i, 1) == b'\n' || (at(i, 1) == b'\r' && at(i, 2) == b'\n') {
-            return Some(i + 1);
-        }
-        from = i + 1;
-    }
-    None
+    // memchr: heads are scanned line by line, and a byte loop per line adds up.
+    memchr::memchr_iter(b'\n', rest)
+        .find(|&i| at(i, 1) == b'\n' || (at(i, 1) == b'\r' && at(i, 2) == b'\n'))
+        .map(|i| i + 1)
 }
 
 /// Verdict of [`sniff`] on the start of a message.
@@ -308,9 +460,9 @@ pub(crate) fn response_framing(
 }
 
 /// `Some(chunked is the final coding)` when Transfer-Encoding is present.
-fn transfer_coding(headers: &[(String, String)]) -> Option<bool> {
+fn transfer_coding(headers: &Headers) -> Option<bool> {
     let mut last = None;
-    for (_, v) in headers.iter().filter(|(n, _)| n == "transfer-encoding") {
+    for v in headers.get_all("transfer-encoding") {
         for coding in v.split(',').map(str::trim).filter(|c| !c.is_empty()) {
             last = Some(coding.eq_ignore_ascii_case("chunked"));
         }
@@ -319,9 +471,9 @@ fn transfer_coding(headers: &[(String, String)]) -> Option<bool> {
 }
 
 /// All Content-Length values (repeated fields or lists) must agree (RFC 9110 §8.6).
-fn content_length(headers: &[(String, String)]) -> Result<Option<u64>, FramingError> {
+fn content_length(headers: &Headers) -> Result<Option<u64>, FramingError> {
     let mut len = None;
-    for (_, v) in headers.iter().filter(|(n, _)| n == "content-length") {
+    for v in headers.get_all("content-length") {
         for item in v.split(',').map(str::trim) {
             if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(FramingError::ContentLength);
@@ -363,16 +515,31 @@ mod tests {
                 method: "POST".into(),
                 target: "/a/b?x=1".into(),
                 version: 0,
-                headers: vec![
-                    ("host".into(), "example".into()),
-                    ("x-mixed-case".into(), "V a l".into()),
-                    ("content-length".into(), "3".into()),
-                ],
+                headers: with(&[
+                    ("host", "example"),
+                    ("x-mixed-case", "V a l"),
+                    ("content-length", "3"),
+                ]),
             }
         );
         assert_eq!(h.header("x-mixed-case"), Some("V a l"));
         assert_eq!(h.header("missing"), None);
         assert_eq!(request_framing(&h), Ok(Framing::Length(3)));
+    }
+
+    #[test]
+    fn header_values_are_lossy_utf8_and_names_lower_case() {
+        // Valid UTF-8: the header block is copied in one piece.
+        let h = req(b"GET / HTTP/1.1\r\nHost: a\r\nX-Utf: caf\xc3\xa9\r\nEmpty:\r\n\r\n");
+        assert_eq!(
+            h.headers,
+            with(&[("host", "a"), ("x-utf", "caf\u{e9}"), ("empty", "")])
+        );
+        // Not UTF-8: field by field.
+        let h = req(b"GET / HTTP/1.1\r\nHost: a\r\nX-Bin: \xff!\r\n\r\n");
+        assert_eq!(h.headers, with(&[("host", "a"), ("x-bin", "\u{fffd}!")]));
+        let pairs = [("host", "a"), ("x-bin", "\u{fffd}!")];
+        assert_eq!(format!("{:?}", h.headers), format!("{pairs:?}"));
     }
 
     #[test]
@@ -384,7 +551,7 @@ mod tests {
                 status: 404,
                 version: 1,
                 reason: "Not Found".into(),
-                headers: vec![("server".into(), "t".into())],
+                headers: with(&[("server", "t")]),
             }
         );
         assert_eq!(resp(b"HTTP/1.0 200\r\n\r\n").reason, "");
@@ -462,11 +629,8 @@ mod tests {
         assert_eq!(s(b"220 smtp.example ESMTP\r\n"), No);
     }
 
-    fn with(headers: &[(&str, &str)]) -> Vec<(String, String)> {
-        headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect()
+    fn with(headers: &[(&str, &str)]) -> Headers {
+        headers.iter().copied().collect()
     }
 
     fn rq(method: &str, headers: &[(&str, &str)]) -> RequestHead {

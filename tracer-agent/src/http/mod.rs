@@ -62,7 +62,7 @@ mod stream;
 mod tests;
 
 pub use connection::HttpConnection;
-pub use message::{RequestHead, ResponseHead};
+pub use message::{Headers, RequestHead, ResponseHead};
 
 /// Limits of the HTTP layer, per connection.
 #[derive(Debug, Clone, PartialEq, Eq)]

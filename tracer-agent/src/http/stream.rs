@@ -223,8 +223,9 @@ impl StreamParser {
     /// Next event from held-back bytes, then from `inp`. `None` once both are used up.
     pub(crate) fn next(&mut self, inp: &mut Input<'_>) -> Option<Event> {
         loop {
-            if let Some(ev) = self.queued.take() {
-                return Some(ev);
+            // Checked first: `take` copies the whole (large, usually empty) slot.
+            if self.queued.is_some() {
+                return self.queued.take();
             }
             let ev = if let Some(mut seg) = self.replay.pop_front() {
                 let mut src = Input {

@@ -83,7 +83,7 @@ fn rq(method: &str, target: &str, h: &[(&str, &str)]) -> RequestHead {
         method: method.into(),
         target: target.into(),
         version: 1,
-        headers: headers(h),
+        headers: headers(h).into(),
     }
 }
 
@@ -92,7 +92,7 @@ fn rs(status: u16, reason: &str, h: &[(&str, &str)]) -> ResponseHead {
         status,
         version: 1,
         reason: reason.into(),
-        headers: headers(h),
+        headers: headers(h).into(),
     }
 }
 

@@ -31,8 +31,13 @@
 
 pub mod context;
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::net::SocketAddr;
+
+// Keys are span ids (random), kernel connection ids and socket addresses; foldhash is
+// seeded per map and several times cheaper than SipHash on such small keys.
+use foldhash::{HashMap, HashMapExt};
 
 use crate::spans::builder::IdGenerator;
 use crate::spans::{SpanId, SpanKind, SpanRecord, TraceId};
@@ -86,6 +91,9 @@ pub struct LinkStats {
     pub waiting: u64,
 }
 
+/// Serving lists kept while empty, per map, before emptied ones are removed again.
+const IDLE_SERVING_LISTS: usize = 4096;
+
 /// Client source address and request position: identifies one exchange on both sides.
 type PeerKey = (SocketAddr, u64);
 
@@ -117,6 +125,9 @@ struct Node {
     resolved: Option<Resolved>,
     span: Option<SpanRecord>,
     finished_ns: u64,
+    /// Finished, waiting for its client, and out of `finished` until this time: see
+    /// `Linker::parked`.
+    parked_until: Option<u64>,
     kind: SpanKind,
     tgid: u32,
     tid: u32,
@@ -136,7 +147,8 @@ pub struct Linker {
     nodes: HashMap<SpanId, Node>,
     order: VecDeque<SpanId>,
     /// Started requests by connection, then position: closing a connection touches only
-    /// its own (usually one) requests.
+    /// its own (usually one) requests. An emptied list stays until the connection closes,
+    /// so keep-alive traffic does not allocate a list per request.
     by_request: HashMap<u64, Vec<(u64, SpanId)>>,
     clients_by_source: HashMap<PeerKey, SpanId>,
     servers_awaiting: HashMap<PeerKey, SpanId>,
@@ -146,6 +158,11 @@ pub struct Linker {
     exported_order: VecDeque<SpanId>,
     /// Finished spans not yet released, in finishing order.
     finished: VecDeque<SpanId>,
+    /// Finished SERVER spans waiting for their client (`Parent::AwaitPeer`), by the time
+    /// they can be decided without it. Only that time or the client's arrival can decide
+    /// them, so `poll` leaves them alone until then instead of trying every waiting span on
+    /// every tick. Entries whose node left or was woken early are stale and skipped.
+    parked: BinaryHeap<Reverse<(u64, SpanId)>>,
     /// Spans decided since the last poll.
     released: Vec<SpanRecord>,
     stats: LinkStats,
@@ -166,6 +183,7 @@ impl Linker {
             exported: HashMap::new(),
             exported_order: VecDeque::new(),
             finished: VecDeque::new(),
+            parked: BinaryHeap::new(),
             released: Vec::new(),
             stats: LinkStats::default(),
         }
@@ -231,6 +249,9 @@ impl Linker {
                                     header: header.clone(),
                                 };
                                 node.server_key = None;
+                                if node.parked_until.take().is_some() {
+                                    self.finished.push_back(server);
+                                }
                             }
                         }
                         None => {
@@ -264,6 +285,7 @@ impl Linker {
                 resolved: None,
                 span: None,
                 finished_ns: 0,
+                parked_until: None,
                 kind: r.kind,
                 tgid: r.tgid,
                 tid: r.tid,
@@ -273,6 +295,13 @@ impl Linker {
             },
         );
         self.order.push_back(span_id);
+        // Ids of nodes that left normally are skipped lazily by `evict_oldest`; compact
+        // now and then so the queue stays proportional to the nodes instead of growing
+        // by one id per request forever.
+        if self.order.len() > 2 * self.nodes.len().max(1024) {
+            let nodes = &self.nodes;
+            self.order.retain(|id| nodes.contains_key(id));
+        }
         self.by_request
             .entry(r.conn_id)
             .or_default()
@@ -311,9 +340,6 @@ impl Linker {
         let list = self.by_request.get_mut(&conn_id)?;
         let at = list.iter().position(|(s, _)| *s == seq)?;
         let (_, span_id) = list.swap_remove(at);
-        if list.is_empty() {
-            self.by_request.remove(&conn_id);
-        }
         Some(span_id)
     }
 
@@ -339,15 +365,17 @@ impl Linker {
     }
 
     fn stop_serving(&mut self, span: SpanId, tgid: u32, tid: u32) {
+        // Emptied lists stay (up to a bound, against thread churn) so the next request of a
+        // busy thread or process reuses them instead of allocating; empty means absent.
         if let Some(list) = self.serving_by_thread.get_mut(&(tgid, tid)) {
             list.retain(|s| s.span != span);
-            if list.is_empty() {
+            if list.is_empty() && self.serving_by_thread.len() > IDLE_SERVING_LISTS {
                 self.serving_by_thread.remove(&(tgid, tid));
             }
         }
         if let Some(list) = self.serving_by_process.get_mut(&tgid) {
             list.retain(|s| *s != span);
-            if list.is_empty() {
+            if list.is_empty() && self.serving_by_process.len() > IDLE_SERVING_LISTS {
                 self.serving_by_process.remove(&tgid);
             }
         }
@@ -573,6 +601,18 @@ impl Linker {
     /// Spans whose trace is decided, ready to export. `force` decides everything now
     /// (shutdown).
     pub fn poll(&mut self, now_ns: u64, force: bool) -> Vec<SpanRecord> {
+        while let Some(&Reverse((at, span_id))) = self.parked.peek() {
+            if at > now_ns && !force {
+                break;
+            }
+            self.parked.pop();
+            if let Some(node) = self.nodes.get_mut(&span_id)
+                && node.parked_until == Some(at)
+            {
+                node.parked_until = None;
+                self.finished.push_back(span_id);
+            }
+        }
         for _ in 0..self.finished.len() {
             let Some(span_id) = self.finished.pop_front() else {
                 break;
@@ -587,7 +627,7 @@ impl Linker {
                         self.release(span_id, span, Some(resolved), now_ns);
                     }
                 }
-                None => self.finished.push_back(span_id),
+                None => self.wait(span_id, finished_ns),
             }
         }
         if force {
@@ -597,6 +637,23 @@ impl Linker {
             }
         }
         std::mem::take(&mut self.released)
+    }
+
+    /// A finished span that could not be decided yet: parked if only time or its client
+    /// can change that, otherwise tried again on the next poll.
+    fn wait(&mut self, span_id: SpanId, finished_ns: u64) {
+        let overdue_ns = finished_ns.saturating_add(2 * self.cfg.window_ns);
+        match self.nodes.get_mut(&span_id) {
+            Some(node) => match node.parent {
+                Parent::AwaitPeer { deadline_ns, .. } => {
+                    let at = deadline_ns.min(overdue_ns);
+                    node.parked_until = Some(at);
+                    self.parked.push(Reverse((at, span_id)));
+                }
+                _ => self.finished.push_back(span_id),
+            },
+            None => self.finished.push_back(span_id),
+        }
     }
 }
 

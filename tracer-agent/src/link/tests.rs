@@ -171,8 +171,12 @@ fn server_without_traced_client_waits_for_the_window_then_becomes_root() {
         l.poll(WINDOW - 1, false).is_empty(),
         "still waiting for a caller"
     );
+    // Parked until its window ends: later polls do not try it again.
+    assert_eq!((l.parked.len(), l.finished.len()), (1, 1));
+    assert!(l.poll(WINDOW - 1, false).is_empty());
     let spans = l.poll(WINDOW, false);
     assert_eq!(spans.len(), 2);
+    assert!(l.parked.is_empty());
     assert_eq!(find(&spans, s).parent_span_id, None);
     assert_eq!(find(&spans, c).parent_span_id, Some(s));
     assert_eq!(find(&spans, c).trace_id, find(&spans, s).trace_id);
@@ -191,6 +195,26 @@ fn server_head_seen_before_client_head_still_links() {
     let spans = l.poll(4, false);
     assert_eq!(find(&spans, s).parent_span_id, Some(c));
     assert_eq!(find(&spans, s).trace_id, find(&spans, c).trace_id);
+}
+
+/// A parked server span is woken by its client's late arrival, not left for its window.
+#[test]
+fn parked_server_is_woken_by_its_client() {
+    let mut l = linker();
+    let srv = Req::server(1, 2, 2, "127.0.0.1:8080", "127.0.0.1:50000");
+    let cli = Req::client(2, 1, 1, "127.0.0.1:50000", "127.0.0.1:8080");
+    let s = srv.start(&mut l, 0);
+    srv.finish(&mut l, 2);
+    assert!(l.poll(3, false).is_empty());
+    assert_eq!(l.parked.len(), 1);
+    let c = cli.start(&mut l, 4);
+    cli.finish(&mut l, 5);
+    let spans = l.poll(6, false);
+    assert_eq!(spans.len(), 2);
+    assert_eq!(find(&spans, s).parent_span_id, Some(c));
+    // The stale entry is dropped when its time comes.
+    assert!(l.poll(WINDOW, false).is_empty());
+    assert!(l.parked.is_empty());
 }
 
 #[test]

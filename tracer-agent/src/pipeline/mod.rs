@@ -11,7 +11,7 @@ use tracer_common::{Direction, Role};
 
 use crate::capture::events::{CaptureEvent, ConnOpened, DataChunk, Meta};
 use crate::enrich::Enricher;
-use crate::http::{Chunk, HttpConfig, HttpConnection, Stream};
+use crate::http::{self, Chunk, Exchange, HttpConfig, HttpConnection, Stream};
 use crate::link::{LinkConfig, Linker, StartedRequest, context};
 use crate::metrics::Metrics;
 use crate::spans::builder::{ConnMeta, build_span};
@@ -41,7 +41,7 @@ struct Connection {
 
 impl Connection {
     fn kind(&self) -> SpanKind {
-        match self.meta.role {
+        match self.meta.role() {
             Role::Client => SpanKind::Client,
             _ => SpanKind::Server,
         }
@@ -50,7 +50,8 @@ impl Connection {
 
 pub struct Pipeline {
     cfg: PipelineConfig,
-    conns: HashMap<u64, Connection>,
+    /// By kernel connection id (a counter): foldhash, not SipHash, on the per-event lookup.
+    conns: foldhash::HashMap<u64, Connection>,
     enricher: Enricher,
     clock: Clock,
     linker: Linker,
@@ -58,6 +59,9 @@ pub struct Pipeline {
     /// Monotonic time of the newest event seen: the linker's clock, so replayed or
     /// delayed events link the same way as live ones.
     now_ns: u64,
+    /// Scratch lists reused for every event instead of a fresh allocation per request.
+    started: Vec<http::StartedRequest>,
+    exchanges: Vec<Exchange>,
 }
 
 impl Pipeline {
@@ -65,11 +69,13 @@ impl Pipeline {
         Pipeline {
             linker: Linker::new(cfg.link.clone()),
             cfg,
-            conns: HashMap::new(),
+            conns: foldhash::HashMap::default(),
             enricher: Enricher::host(metrics.clone()),
             clock: Clock::sample(),
             metrics,
             now_ns: 0,
+            started: Vec::new(),
+            exchanges: Vec::new(),
         }
     }
 
@@ -173,11 +179,7 @@ impl Pipeline {
             return;
         };
         let conn = Connection {
-            meta: ConnMeta {
-                role: open.role,
-                local: open.local,
-                peer: open.peer,
-            },
+            meta: ConnMeta::new(open.role, open.local, open.peer),
             tgid: open.meta.tgid,
             resource,
             http: None,
@@ -203,7 +205,7 @@ impl Pipeline {
             return;
         };
         conn.last_activity_ns = chunk.meta.ts_exit_ns;
-        let stream = match (conn.meta.role, chunk.direction) {
+        let stream = match (conn.meta.role(), chunk.direction) {
             (Role::Server, Direction::Ingress) | (Role::Client, Direction::Egress) => {
                 Stream::Request
             }
@@ -229,17 +231,17 @@ impl Pipeline {
             Stream::Request => http.on_request_bytes(http_chunk),
             Stream::Response => http.on_response_bytes(http_chunk),
         }
-        let started = http.take_started();
+        http.drain_started_into(&mut self.started);
         let kind = conn.kind();
-        for started in started {
+        for started in self.started.drain(..) {
             let request = StartedRequest {
                 conn_id: id,
                 seq: started.seq,
                 kind,
                 tgid: chunk.meta.tgid,
                 tid: chunk.meta.tid,
-                local: conn.meta.local,
-                peer: conn.meta.peer,
+                local: conn.meta.local(),
+                peer: conn.meta.peer(),
                 context: context::extract(&started.context_headers),
             };
             self.linker.request_started(request, self.now_ns);
@@ -311,7 +313,8 @@ impl Pipeline {
             stats.gaps.saturating_sub(conn.gaps),
         );
         (conn.parse_errors, conn.gaps) = (stats.parse_errors, stats.gaps);
-        for exchange in http.take_exchanges() {
+        http.drain_exchanges_into(&mut self.exchanges);
+        for exchange in self.exchanges.drain(..) {
             Metrics::inc(&self.metrics.exchanges);
             let span_id = self.linker.span_id_of(conn_id, exchange.seq);
             if exchange

@@ -14,16 +14,62 @@ use tracer_common::Role;
 
 use super::clock::Clock;
 use super::model::{
-    AttrValue, Attributes, Resource, SpanId, SpanKind, SpanRecord, SpanStatus, TraceId,
+    AttrStr, AttrValue, Attributes, Resource, SpanId, SpanKind, SpanRecord, SpanStatus, TraceId,
 };
 use crate::http::{Exchange, RequestHead};
 
 /// What the span builder needs to know about the connection an exchange travelled on.
 #[derive(Debug, Clone)]
 pub struct ConnMeta {
-    pub role: Role,
-    pub local: Option<SocketAddr>,
-    pub peer: Option<SocketAddr>,
+    role: Role,
+    local: Option<SocketAddr>,
+    peer: Option<SocketAddr>,
+    /// The addresses as attribute text, formatted once per connection and shared by its
+    /// spans (formatting an IP costs more than the rest of an attribute).
+    local_ip: Option<Arc<str>>,
+    peer_ip: Option<Arc<str>>,
+}
+
+impl ConnMeta {
+    pub fn new(role: Role, local: Option<SocketAddr>, peer: Option<SocketAddr>) -> Self {
+        ConnMeta {
+            role,
+            local,
+            peer,
+            local_ip: local.map(|a| a.ip().to_string().into()),
+            peer_ip: peer.map(|a| a.ip().to_string().into()),
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn local(&self) -> Option<SocketAddr> {
+        self.local
+    }
+
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+}
+
+/// Appends `n` in decimal without going through `fmt`.
+fn push_u16(out: &mut String, n: u16) {
+    let mut digits = [0u8; 5];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(d as char);
+    }
 }
 
 pub struct IdGenerator {
@@ -136,11 +182,11 @@ fn split_target(target: &str) -> (&str, Option<&str>) {
 }
 
 fn method_attrs(req: &RequestHead, attrs: &mut Attributes) -> String {
-    if KNOWN_METHODS.contains(&req.method.as_str()) {
-        attrs.push(("http.request.method", req.method.as_str().into()));
+    if let Some(&known) = KNOWN_METHODS.iter().find(|&&m| m == req.method) {
+        attrs.push(("http.request.method", AttrStr::from_static(known).into()));
         req.method.clone()
     } else {
-        attrs.push(("http.request.method", "_OTHER".into()));
+        attrs.push(("http.request.method", AttrStr::from_static("_OTHER").into()));
         attrs.push(("http.request.method_original", req.method.as_str().into()));
         "HTTP".to_owned()
     }
@@ -170,11 +216,11 @@ pub fn build_span(
             if let Some(q) = query {
                 attrs.push(("url.query", redact_query(q).into()));
             }
-            attrs.push(("url.scheme", "http".into()));
+            attrs.push(("url.scheme", AttrStr::from_static("http").into()));
             let (address, port) = match host {
-                Some((h, p)) => (Some(h.to_owned()), p.or(conn.local.map(|l| l.port()))),
+                Some((h, p)) => (Some(h.into()), p.or(conn.local.map(|l| l.port()))),
                 None => (
-                    conn.local.map(|l| l.ip().to_string()),
+                    conn.local_ip.clone().map(AttrStr::from),
                     conn.local.map(|l| l.port()),
                 ),
             };
@@ -184,8 +230,8 @@ pub fn build_span(
             if let Some(p) = port {
                 attrs.push(("server.port", AttrValue::Int(p.into())));
             }
-            if let Some(peer) = conn.peer {
-                attrs.push(("client.address", peer.ip().to_string().into()));
+            if let (Some(peer), Some(ip)) = (conn.peer, &conn.peer_ip) {
+                attrs.push(("client.address", ip.clone().into()));
                 attrs.push(("client.port", AttrValue::Int(peer.port().into())));
             }
         }
@@ -193,24 +239,39 @@ pub fn build_span(
             let (address, port) = match host {
                 Some((h, p)) => (h.to_owned(), p.or(conn.peer.map(|p| p.port()))),
                 None => (
-                    conn.peer.map(|p| p.ip().to_string()).unwrap_or_default(),
+                    conn.peer_ip.as_deref().unwrap_or_default().to_owned(),
                     conn.peer.map(|p| p.port()),
                 ),
             };
-            let authority = match port {
+            // `http://{authority}{path}[?{query}]`, built in place: `format!` costs more than
+            // the rest of the span.
+            let query = query.map(redact_query);
+            let mut full = String::with_capacity(
+                "http://[]:65535?".len()
+                    + address.len()
+                    + path.len()
+                    + query.as_ref().map_or(0, String::len),
+            );
+            full.push_str("http://");
+            match port {
                 Some(p) if p != 80 => {
                     if address.contains(':') {
-                        format!("[{address}]:{p}")
+                        full.push('[');
+                        full.push_str(&address);
+                        full.push(']');
                     } else {
-                        format!("{address}:{p}")
+                        full.push_str(&address);
                     }
+                    full.push(':');
+                    push_u16(&mut full, p);
                 }
-                _ => address.clone(),
-            };
-            let full = match query {
-                Some(q) => format!("http://{authority}{path}?{}", redact_query(q)),
-                None => format!("http://{authority}{path}"),
-            };
+                _ => full.push_str(&address),
+            }
+            full.push_str(path);
+            if let Some(q) = query {
+                full.push('?');
+                full.push_str(&q);
+            }
             attrs.push(("url.full", full.into()));
             if !address.is_empty() {
                 attrs.push(("server.address", address.into()));
@@ -220,18 +281,18 @@ pub fn build_span(
             }
         }
     }
-    if let Some(peer) = conn.peer {
-        attrs.push(("network.peer.address", peer.ip().to_string().into()));
+    if let (Some(peer), Some(ip)) = (conn.peer, &conn.peer_ip) {
+        attrs.push(("network.peer.address", ip.clone().into()));
         attrs.push(("network.peer.port", AttrValue::Int(peer.port().into())));
     }
-    if let Some(local) = conn.local {
-        attrs.push(("network.local.address", local.ip().to_string().into()));
+    if let (Some(local), Some(ip)) = (conn.local, &conn.local_ip) {
+        attrs.push(("network.local.address", ip.clone().into()));
         attrs.push(("network.local.port", AttrValue::Int(local.port().into())));
     }
-    attrs.push(("network.transport", "tcp".into()));
+    attrs.push(("network.transport", AttrStr::from_static("tcp").into()));
     attrs.push((
         "network.protocol.version",
-        if req.version == 0 { "1.0" } else { "1.1" }.into(),
+        AttrStr::from_static(if req.version == 0 { "1.0" } else { "1.1" }).into(),
     ));
     if let Some(ua) = req.header("user-agent") {
         attrs.push(("user_agent.original", ua.into()));
@@ -268,7 +329,7 @@ pub fn build_span(
         }
     }
     if let Some(err) = &exchange.error {
-        attrs.push(("error.type", err.error_type().into()));
+        attrs.push(("error.type", AttrStr::from_static(err.error_type()).into()));
         status = SpanStatus::Error {
             description: err.to_string(),
         };
@@ -306,5 +367,90 @@ pub fn span_bounds(exchange: &Exchange, kind: SpanKind) -> (u64, u64) {
             req.first_enter_ns,
             resp.map(|r| r.last_exit_ns).unwrap_or(unanswered_end),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{Headers, MessageTiming};
+
+    fn exchange(target: &str, host: Option<&str>) -> Exchange {
+        let headers: Headers = host.map(|h| ("host", h)).into_iter().collect();
+        Exchange {
+            seq: 0,
+            request: RequestHead {
+                method: "GET".into(),
+                target: target.into(),
+                version: 1,
+                headers,
+            },
+            request_body_bytes: 0,
+            request_timing: MessageTiming::default(),
+            response: None,
+            response_body_bytes: 0,
+            response_timing: None,
+            error: None,
+            incomplete: false,
+            closed_at_ns: None,
+        }
+    }
+
+    fn span(role: Role, target: &str, host: Option<&str>, local: &str, peer: &str) -> SpanRecord {
+        let conn = ConnMeta::new(role, local.parse().ok(), peer.parse().ok());
+        let resource = Arc::new(Resource {
+            attributes: Vec::new(),
+        });
+        let clock = Clock::from_offset(0);
+        build_span(&exchange(target, host), &conn, resource, &clock, [1; 8])
+    }
+
+    fn attr(span: &SpanRecord, key: &str) -> Option<String> {
+        span.attr(key).map(ToString::to_string)
+    }
+
+    #[test]
+    fn client_url_full_and_addresses() {
+        let client = |target, host, peer| span(Role::Client, target, host, "10.0.0.1:40000", peer);
+        let url = |s: SpanRecord| attr(&s, "url.full").unwrap_or_default();
+        assert_eq!(
+            url(client("/a?token=x&b=1", Some("api:8080"), "10.0.0.2:9")),
+            "http://api:8080/a?token=REDACTED&b=1"
+        );
+        assert_eq!(url(client("/", Some("api"), "10.0.0.2:80")), "http://api/");
+        assert_eq!(url(client("/x", None, "[::1]:8080")), "http://[::1]:8080/x");
+        assert_eq!(url(client("/x", None, "[::1]:80")), "http://::1/x");
+        assert_eq!(url(client("/x", None, "10.0.0.2:0")), "http://10.0.0.2:0/x");
+        let s = client("/x", None, "10.0.0.2:65535");
+        assert_eq!(attr(&s, "url.full").unwrap(), "http://10.0.0.2:65535/x");
+        assert_eq!(attr(&s, "server.address").unwrap(), "10.0.0.2");
+        assert_eq!(attr(&s, "network.peer.address").unwrap(), "10.0.0.2");
+        assert_eq!(attr(&s, "network.local.address").unwrap(), "10.0.0.1");
+        assert_eq!(s.attr("http.request.method"), Some(&AttrValue::from("GET")));
+        assert_eq!(s.attr("url.scheme"), None);
+    }
+
+    #[test]
+    fn server_attributes() {
+        let s = span(
+            Role::Server,
+            "/p?q=1",
+            None,
+            "10.0.0.2:8080",
+            "10.0.0.1:40000",
+        );
+        for (key, value) in [
+            ("url.path", "/p"),
+            ("url.query", "q=1"),
+            ("url.scheme", "http"),
+            ("server.address", "10.0.0.2"),
+            ("server.port", "8080"),
+            ("client.address", "10.0.0.1"),
+            ("network.transport", "tcp"),
+            ("network.protocol.version", "1.1"),
+        ] {
+            assert_eq!(attr(&s, key).as_deref(), Some(value), "{key}");
+        }
+        assert_eq!(s.name, "GET");
     }
 }

@@ -14,19 +14,126 @@ pub enum SpanKind {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttrValue {
-    Str(String),
+    Str(AttrStr),
     Int(i64),
     Bool(bool),
 }
 
+/// The text of a string attribute. Most strings of a span are the same for every span
+/// (`http`, `tcp`, the method) or for every span of a connection (its addresses): those
+/// are static or shared rather than allocated per span, which was most of building one.
+/// Compares, hashes and prints as the text.
+#[derive(Clone)]
+pub struct AttrStr(StrRepr);
+
+#[derive(Clone)]
+enum StrRepr {
+    Static(&'static str),
+    Shared(Arc<str>),
+    Owned(String),
+}
+
+impl AttrStr {
+    pub const fn from_static(s: &'static str) -> Self {
+        AttrStr(StrRepr::Static(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            StrRepr::Static(s) => s,
+            StrRepr::Shared(s) => s,
+            StrRepr::Owned(s) => s,
+        }
+    }
+}
+
+impl std::ops::Deref for AttrStr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for AttrStr {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for AttrStr {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for AttrStr {}
+
+impl std::hash::Hash for AttrStr {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+
+impl PartialEq<str> for AttrStr {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for AttrStr {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Debug for AttrStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for AttrStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&str> for AttrStr {
+    fn from(v: &str) -> Self {
+        AttrStr(StrRepr::Owned(v.to_owned()))
+    }
+}
+
+impl From<String> for AttrStr {
+    fn from(v: String) -> Self {
+        AttrStr(StrRepr::Owned(v))
+    }
+}
+
+impl From<Arc<str>> for AttrStr {
+    fn from(v: Arc<str>) -> Self {
+        AttrStr(StrRepr::Shared(v))
+    }
+}
+
+impl From<Arc<str>> for AttrValue {
+    fn from(v: Arc<str>) -> Self {
+        AttrValue::Str(v.into())
+    }
+}
+impl From<AttrStr> for AttrValue {
+    fn from(v: AttrStr) -> Self {
+        AttrValue::Str(v)
+    }
+}
 impl From<&str> for AttrValue {
     fn from(v: &str) -> Self {
-        AttrValue::Str(v.to_owned())
+        AttrValue::Str(v.into())
     }
 }
 impl From<String> for AttrValue {
     fn from(v: String) -> Self {
-        AttrValue::Str(v)
+        AttrValue::Str(v.into())
     }
 }
 impl From<i64> for AttrValue {
@@ -69,7 +176,7 @@ impl Resource {
 
     pub fn service_name(&self) -> &str {
         match self.get("service.name") {
-            Some(AttrValue::Str(s)) => s,
+            Some(AttrValue::Str(s)) => s.as_str(),
             _ => "unknown_service",
         }
     }
