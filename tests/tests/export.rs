@@ -305,8 +305,9 @@ async fn dead_collector(protocol: Protocol) {
         cfg.endpoint.push_str("/v1/traces");
     }
     cfg.retry = fast_retry(3);
-    assert_eq!(cfg.batch.max_queue_size, 2048);
+    assert_eq!(cfg.batch.max_queue_size, 8192);
     assert_eq!(cfg.batch.max_export_batch_size, 512);
+    let queue = cfg.batch.max_queue_size as u64;
     let metrics = Arc::new(Metrics::default());
     let exporter = SpanExporter::start(&cfg, metrics.clone()).unwrap();
 
@@ -315,14 +316,14 @@ async fn dead_collector(protocol: Protocol) {
     for _ in 0..100_000 {
         exporter.submit(template.clone());
     }
-    assert_eq!(load(&metrics.export_queue_depth), 2048);
-    assert_eq!(load(&metrics.spans_dropped_queue_full), 100_000 - 2048);
+    assert_eq!(load(&metrics.export_queue_depth), queue);
+    assert_eq!(load(&metrics.spans_dropped_queue_full), 100_000 - queue);
 
     exporter.shutdown(deadline()).await;
-    // Four batches of 512, each tried three times, all refused.
-    assert_eq!(load(&metrics.export_requests), 4 * 3);
-    assert_eq!(load(&metrics.export_failures), 4 * 3);
-    assert_eq!(load(&metrics.spans_dropped_export_failed), 2048);
+    // 16 batches of 512, each tried three times, all refused.
+    assert_eq!(load(&metrics.export_requests), 16 * 3);
+    assert_eq!(load(&metrics.export_failures), 16 * 3);
+    assert_eq!(load(&metrics.spans_dropped_export_failed), queue);
     assert_eq!(load(&metrics.spans_exported), 0);
     assert_eq!(load(&metrics.export_queue_depth), 0);
 }
