@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use prost::Message;
 use tracer_agent::capture::events::{decode, encode_close, encode_conn, encode_data};
 use tracer_agent::export::batcher::{SCOPE_NAME, SCOPE_VERSION};
 use tracer_agent::export::otlp::encode_request;
@@ -268,7 +267,7 @@ fn events_to_spans(c: &mut Criterion) {
 /// profiler can count exactly this.
 #[inline(never)]
 fn encode_batch(spans: &[SpanRecord]) -> Vec<u8> {
-    encode_request(spans, SCOPE_NAME, SCOPE_VERSION).encode_to_vec()
+    encode_request(spans, SCOPE_NAME, SCOPE_VERSION)
 }
 
 fn otlp_encode(c: &mut Criterion) {

@@ -217,7 +217,8 @@ impl Worker {
             );
             return;
         }
-        let request = encode_request(&batch, SCOPE_NAME, SCOPE_VERSION);
+        // `Bytes`, so each retry re-sends the same buffer without copying it.
+        let request = bytes::Bytes::from(encode_request(&batch, SCOPE_NAME, SCOPE_VERSION));
         // The request now holds copies of everything; free the spans before waiting.
         drop(batch);
 

@@ -4,18 +4,23 @@
 use std::error::Error as StdError;
 use std::time::Duration;
 
+use bytes::{BufMut, Bytes};
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-    trace_service_client::TraceServiceClient,
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
 use prost::Message;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 use super::config::{ExportConfig, Protocol};
 
 const PROTOBUF: &str = "application/x-protobuf";
+
+const TRACE_SERVICE: &str = "opentelemetry.proto.collector.trace.v1.TraceService";
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// What the collector said about a request it accepted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,7 +78,9 @@ pub struct Transport {
 #[derive(Debug, Clone)]
 enum Inner {
     Grpc {
-        client: TraceServiceClient<Channel>,
+        /// The generic client, not the generated `TraceServiceClient`: that one takes the
+        /// request as structs, while the batch is already protobuf bytes.
+        client: tonic::client::Grpc<Channel>,
         metadata: MetadataMap,
         timeout: Duration,
     },
@@ -109,7 +116,7 @@ impl Transport {
                     metadata.append(key, value);
                 }
                 Inner::Grpc {
-                    client: TraceServiceClient::new(endpoint.connect_lazy()),
+                    client: tonic::client::Grpc::new(endpoint.connect_lazy()),
                     metadata,
                     timeout: cfg.timeout,
                 }
@@ -152,18 +159,20 @@ impl Transport {
         &self.endpoint
     }
 
-    pub async fn export(&self, req: &ExportTraceServiceRequest) -> Result<Accepted, ExportError> {
+    /// Sends one `ExportTraceServiceRequest`, given as its protobuf bytes
+    /// ([`super::otlp::encode_request`]).
+    pub async fn export(&self, request: &Bytes) -> Result<Accepted, ExportError> {
         match &self.inner {
             Inner::Grpc {
                 client,
                 metadata,
                 timeout,
             } => {
-                let mut request = tonic::Request::new(req.clone());
+                let mut request = tonic::Request::new(request.clone());
                 *request.metadata_mut() = metadata.clone();
                 // Sends `grpc-timeout` so the collector can give up too.
                 request.set_timeout(*timeout);
-                match client.clone().export(request).await {
+                match grpc_export(client.clone(), request).await {
                     Ok(resp) => Ok(accepted(resp.into_inner().partial_success)),
                     Err(status) => Err(classify_grpc(&status)),
                 }
@@ -173,7 +182,7 @@ impl Transport {
                     .post(&self.endpoint)
                     .headers(headers.clone())
                     .header(CONTENT_TYPE, PROTOBUF)
-                    .body(req.encode_to_vec())
+                    .body(request.clone())
                     .send()
                     .await;
                 let resp = match result {
@@ -206,6 +215,68 @@ impl Transport {
                 Err(classify_http(status.as_u16(), retry_after, &body))
             }
         }
+    }
+}
+
+/// What the generated `TraceServiceClient::export` does, with the request already encoded.
+async fn grpc_export(
+    mut client: tonic::client::Grpc<Channel>,
+    mut request: tonic::Request<Bytes>,
+) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+    client
+        .ready()
+        .await
+        .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {e}")))?;
+    request
+        .extensions_mut()
+        .insert(tonic::GrpcMethod::new(TRACE_SERVICE, "Export"));
+    client
+        .unary(request, PathAndQuery::from_static(EXPORT_PATH), ExportCodec)
+        .await
+}
+
+/// gRPC codec for the Export call: the request goes out as the bytes it already is; the
+/// response is decoded with prost, as the generated client does.
+#[derive(Debug, Clone, Copy, Default)]
+struct ExportCodec;
+
+impl Codec for ExportCodec {
+    type Encode = Bytes;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = ExportCodec;
+    type Decoder = ExportCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ExportCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ExportCodec
+    }
+}
+
+impl Encoder for ExportCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for ExportCodec {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut DecodeBuf<'_>,
+    ) -> Result<Option<ExportTraceServiceResponse>, tonic::Status> {
+        // INTERNAL for an undecodable message, as gRPC (and tonic's prost codec) have it.
+        ExportTraceServiceResponse::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
     }
 }
 

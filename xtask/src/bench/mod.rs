@@ -93,6 +93,8 @@ struct Round {
     saturation_rps: f64,
     saturation_errors: u64,
     fixed: Option<load::FixedRate>,
+    /// Share of a core the agent used with no load, before the runs.
+    agent_idle_cores: Option<f64>,
     /// Over the fixed-rate window.
     servers_cpu_ns: u64,
     agent_cpu_ns: Option<u64>,
@@ -349,6 +351,14 @@ fn measure_round(
         None => None,
     };
     let drops_before = agent.as_ref().map(|a| a.drops()).transpose()?;
+    // What the agent costs with nothing to trace (its timers and housekeeping), apart
+    // from the per-request figures, which it inflates at low rates.
+    let agent_idle_cores = agent.as_ref().map(|a| {
+        let window = Duration::from_secs(plan.seconds.clamp(1, 3));
+        let before = procs::tree_cpu_ns(a.pid());
+        std::thread::sleep(window);
+        (procs::tree_cpu_ns(a.pid()) - before) as f64 / window.as_nanos() as f64
+    });
 
     let sat = load::wrk(
         &target.tools.wrk,
@@ -399,6 +409,7 @@ fn measure_round(
     Ok(Round {
         saturation_rps: sat.requests_per_sec,
         saturation_errors: sat.errors,
+        agent_idle_cores,
         fixed: Some(fixed),
         servers_cpu_ns,
         agent_cpu_ns,
@@ -648,6 +659,7 @@ fn section(title: &str, how: &str, results: &[(Config, Vec<Round>)]) -> String {
         };
         cost.push(vec![
             config.label().to_owned(),
+            cell(each(rounds, &|r| Some(r.agent_idle_cores? * 100.0)), 2),
             cell(
                 each(rounds, &|r| {
                     let busy = r.agent_cpu_ns? as f64 / 1e9 / seconds_of(r)?;
@@ -725,6 +737,7 @@ fn section(title: &str, how: &str, results: &[(Config, Vec<Round>)]) -> String {
         table(
             &[
                 "configuration",
+                "agent idle CPU, % of a core",
                 "agent CPU, % of a core per 10k req/s",
                 "BPF µs/request",
                 "BPF runs/request",
