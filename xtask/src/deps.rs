@@ -50,13 +50,8 @@ fn ensure_python_requests() -> Result<()> {
         return Ok(());
     }
     eprintln!("==> installing {PYTHON_REQUESTS} into {}", dir.display());
-    run_cmd(
-        Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--target"])
-            .arg(&dir)
-            .arg(PYTHON_REQUESTS),
-    )
-    .context("installing requests with pip failed")
+    run_cmd(pip_install_into(&dir).arg(PYTHON_REQUESTS))
+        .context("installing requests with pip failed")
 }
 
 /// Installs the Debian packages of the `(command, package)` pairs whose command is missing.
@@ -110,6 +105,22 @@ pub fn ensure_manifest_validator() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `python3 -m pip install` into `dir` (put on `PYTHONPATH` by its users), never into the
+/// system; the caller adds what to install.
+pub fn pip_install_into(dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ])
+    .args(["--no-warn-script-location", "--target"])
+    .arg(dir);
+    cmd
 }
 
 /// `python3 -m pip` (the pip of that python3), from the distribution when missing.
@@ -187,24 +198,11 @@ pub fn ensure_demo_apps(sources: &std::path::Path, deps: &std::path::Path) -> Re
         );
         let _ = std::fs::remove_dir_all(&site);
         std::fs::create_dir_all(&backend)?;
-        run_cmd(
-            Command::new("python3")
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                ])
-                .args(["--no-warn-script-location", "--target"])
-                .arg(&site)
-                .arg("-r")
-                .arg(&manifest),
-        )
-        .inspect_err(|_| {
-            let _ = std::fs::remove_dir_all(&site);
-        })
-        .context("pip install of the demo backend's dependencies failed")?;
+        run_cmd(pip_install_into(&site).arg("-r").arg(&manifest))
+            .inspect_err(|_| {
+                let _ = std::fs::remove_dir_all(&site);
+            })
+            .context("pip install of the demo backend's dependencies failed")?;
         std::fs::copy(&manifest, &stamp)?;
     }
 

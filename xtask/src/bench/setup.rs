@@ -97,20 +97,9 @@ fn ensure_python_packages(dir: &Path) -> Result<()> {
         dir.display()
     );
     let _ = std::fs::remove_dir_all(dir);
-    run_cmd(
-        Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args(["--no-warn-script-location", "--target"])
-            .arg(dir)
-            .args(PYTHON_PACKAGES),
-    )
-    .context("pip install of the benchmark's Python packages failed (is python3-pip installed?)")?;
+    run_cmd(crate::deps::pip_install_into(dir).args(PYTHON_PACKAGES)).context(
+        "pip install of the benchmark's Python packages failed (is python3-pip installed?)",
+    )?;
     std::fs::write(&stamp, want)?;
     Ok(())
 }
