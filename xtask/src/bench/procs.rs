@@ -1,7 +1,7 @@
 //! Processes the benchmark starts and what it reads about them from `/proc`: CPU time of a
 //! process tree, peak RSS, and the run time of the agent's eBPF programs.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -105,23 +105,16 @@ pub fn log_tail(log: &Path, max: usize) -> String {
 /// Waits until `url`'s host accepts connections and a GET of it answers 200 (the service's
 /// own readiness), or fails after `timeout` with what the service logged.
 pub fn wait_http_ok(addr: SocketAddr, path: &str, timeout: Duration) -> Result<()> {
-    use std::io::{Read, Write};
     let deadline = Instant::now() + timeout;
     let mut last = String::new();
     while Instant::now() < deadline {
-        match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
-            Ok(mut s) => {
-                s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                let req =
-                    format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-                s.write_all(req.as_bytes())?;
-                let mut resp = Vec::new();
-                let _ = s.read_to_end(&mut resp);
-                let head = String::from_utf8_lossy(&resp[..resp.len().min(64)]).into_owned();
-                if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") {
+        match super::http_request(addr, path) {
+            Ok(resp) => {
+                let status = resp.lines().next().unwrap_or_default();
+                if status.starts_with("HTTP/1.1 200") || status.starts_with("HTTP/1.0 200") {
                     return Ok(());
                 }
-                last = head.lines().next().unwrap_or_default().to_owned();
+                last = status.to_owned();
             }
             Err(e) => last = e.to_string(),
         }
