@@ -51,6 +51,9 @@ fn client_path(s: &ReceivedSpan) -> Option<String> {
 /// curl as the client of a Python application server: HTTP/1.0 (`-0`), several URLs on one
 /// keep-alive connection, a POST with `Expect: 100-continue`, a 2 MiB `-T` upload and a
 /// chunked upload. The interim `100 Continue` never becomes a span; body sizes are exact.
+/// The server reads chunked bodies through an 8 KiB buffer, so a chunk-size line can sit
+/// anywhere in a read: the agent copies 16 KiB per syscall here to see every one of them
+/// (with the default 4 KiB the size is then omitted, never wrong: see the HTTP unit tests).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_http10_keep_alive_and_uploads() {
     let dir = TempDir::new("curl").unwrap();
@@ -61,7 +64,9 @@ async fn curl_http10_keep_alive_and_uploads() {
 
     let rx = receiver().await.unwrap();
     let server = python_app_server("127.0.0.1", false).unwrap();
-    let agent = agent_exporting_to(&rx, &[]).await.unwrap();
+    let agent = agent_exporting_to(&rx, &["--capture-bytes", "16384"])
+        .await
+        .unwrap();
     let base = format!("http://127.0.0.1:{}", server.port);
 
     let http10 = curl(&["-0", &format!("{base}/ten")]).unwrap();

@@ -28,7 +28,8 @@ struct Entry {
     response_body_bytes: u64,
     response_timing: Option<MessageTiming>,
     error: Option<ExchangeError>,
-    incomplete: bool,
+    request_incomplete: bool,
+    response_incomplete: bool,
     closed_at_ns: Option<u64>,
     /// Stands for a request that failed to parse: it absorbs the server's answer (usually
     /// a 400) so later responses stay in order, and is never emitted.
@@ -49,7 +50,8 @@ impl Entry {
             response_body_bytes: 0,
             response_timing: None,
             error: (!pairable).then_some(ExchangeError::Gap),
-            incomplete: false,
+            request_incomplete: false,
+            response_incomplete: false,
             closed_at_ns: None,
             phantom: false,
         }
@@ -65,7 +67,8 @@ impl Entry {
             response_body_bytes: self.response_body_bytes,
             response_timing: self.response_timing,
             error: self.error,
-            incomplete: self.incomplete,
+            request_incomplete: self.request_incomplete,
+            response_incomplete: self.response_incomplete,
             closed_at_ns: self.closed_at_ns,
         }
     }
@@ -193,7 +196,7 @@ impl HttpConnection {
         for e in &mut self.pending {
             if !e.request_done {
                 e.request_done = true;
-                e.incomplete = true;
+                e.request_incomplete = true;
             }
             if !e.settled {
                 e.fail(ExchangeError::ClosedBeforeResponse);
@@ -375,7 +378,7 @@ impl HttpConnection {
             e.request_body_bytes = body_bytes;
             e.request_timing = timing;
             e.request_done = true;
-            e.incomplete |= incomplete;
+            e.request_incomplete |= incomplete;
         }
     }
 
@@ -390,7 +393,7 @@ impl HttpConnection {
                     && let Some(e) = self.entry(id)
                 {
                     e.request_done = true;
-                    e.incomplete = true;
+                    e.request_incomplete = true;
                 }
             }
         }
@@ -506,7 +509,7 @@ impl HttpConnection {
         e.response = Some(cur.head);
         e.response_body_bytes = cut.body_bytes;
         e.response_timing = Some(cut.timing);
-        e.incomplete = true;
+        e.response_incomplete = true;
         e.fail(error);
         Some(e)
     }

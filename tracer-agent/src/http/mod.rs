@@ -149,9 +149,11 @@ pub struct Exchange {
     pub response_body_bytes: u64,
     pub response_timing: Option<MessageTiming>,
     pub error: Option<ExchangeError>,
-    /// Some bytes of this exchange were not seen (lost, or the connection closed mid-body):
-    /// body byte counts are lower bounds.
-    pub incomplete: bool,
+    /// Some bytes of the request were not seen (lost, uncaptured chunked framing, or the
+    /// connection closed mid-body): `request_body_bytes` is only a lower bound.
+    pub request_incomplete: bool,
+    /// Likewise for the response and `response_body_bytes`; always comes with an `error`.
+    pub response_incomplete: bool,
     /// Set when the connection close ended this exchange (close-delimited response,
     /// [`ExchangeError::ClosedBeforeResponse`], [`ExchangeError::ResponseTruncated`]).
     pub closed_at_ns: Option<u64>,

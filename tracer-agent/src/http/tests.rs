@@ -114,7 +114,8 @@ fn ok(
         response_body_bytes: resp_body,
         response_timing: Some(st),
         error: None,
-        incomplete: false,
+        request_incomplete: false,
+        response_incomplete: false,
         closed_at_ns: None,
     }
 }
@@ -130,7 +131,8 @@ fn failed(req: RequestHead, req_body: u64, rt: MessageTiming, error: ExchangeErr
         response_body_bytes: 0,
         response_timing: None,
         error: Some(error),
-        incomplete: false,
+        request_incomplete: false,
+        response_incomplete: false,
         closed_at_ns: None,
     }
 }
@@ -539,7 +541,7 @@ fn close_mid_body_truncates_response() {
         t.take_one(),
         Exchange {
             error: Some(ExchangeError::ResponseTruncated),
-            incomplete: true,
+            response_incomplete: true,
             closed_at_ns: Some(999),
             ..ok(
                 rq("GET", "/", &[]),
@@ -596,7 +598,7 @@ fn close_mid_request_body_marks_incomplete() {
     t.c.on_close(1);
     let e = t.take_one();
     assert_eq!(
-        (e.request_body_bytes, e.incomplete, e.error),
+        (e.request_body_bytes, e.request_incomplete, e.error),
         (3, true, None)
     );
     assert_eq!(e.response.unwrap().status, 413);
@@ -645,7 +647,10 @@ fn truncation_inside_chunk_data_and_request_body_is_only_counted() {
     trunc(&mut t, Stream::Response, s, s.len() + 300);
     let e = t.take_one();
     assert_eq!((e.request_body_bytes, e.response_body_bytes), (4096, 300));
-    assert_eq!((e.error, e.incomplete), (None, false));
+    assert_eq!(
+        (e.error, e.request_incomplete, e.response_incomplete),
+        (None, false, false)
+    );
     assert_eq!(t.c.stats().truncated_body_bytes, 4384);
 }
 
@@ -687,7 +692,7 @@ fn truncation_in_chunked_framing_is_a_gap() {
         (
             e.response.unwrap().status,
             e.response_body_bytes,
-            e.incomplete
+            e.response_incomplete
         ),
         (200, 3, true)
     );
@@ -746,7 +751,7 @@ fn request_gap_mid_body_keeps_the_request_incomplete() {
     assert_eq!(
         got[0],
         Exchange {
-            incomplete: true,
+            request_incomplete: true,
             ..ok(
                 rq("POST", "/a", &[("content-length", "100")]),
                 10,
@@ -836,7 +841,7 @@ fn response_gap_in_body_keeps_the_head() {
         t.take_one(),
         Exchange {
             error: Some(ExchangeError::Gap),
-            incomplete: true,
+            response_incomplete: true,
             ..ok(
                 rq("GET", "/a", &[]),
                 0,
@@ -1213,7 +1218,50 @@ fn chunked_upload_with_one_truncated_chunk_per_syscall() {
     let e = t.take_one();
     assert_eq!(e.request_body_bytes, sent as u64);
     assert_eq!(e.error, None);
-    assert!(!e.incomplete);
+    assert!(!e.request_incomplete);
     assert_eq!(e.response.unwrap().status, 201);
     assert_eq!(t.c.stats().gaps, 0);
+}
+
+/// A server reading a chunked body through an 8 KiB buffer (Python's `BufferedReader`)
+/// receives the next chunk's size line in the middle of a read; with 4096 bytes captured
+/// it can fall in the uncaptured tail. The body size is then unknown: the exchange is still
+/// paired and marked `request_incomplete`, and the next request is traced normally.
+#[test]
+fn chunked_size_line_in_uncaptured_tail_marks_request_incomplete() {
+    let mut t = T::new();
+    t.req(b"POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let mut wire = Vec::new();
+    for size in [61_434usize, 38_566] {
+        wire.extend_from_slice(format!("{size:x}\r\n").as_bytes());
+        wire.extend(std::iter::repeat_n(b'c', size));
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"0\r\n\r\n");
+    // Reads of 8192 bytes from offset 5000: the second size line lands at offset 7290
+    // of one read, past the 4096 captured bytes.
+    let mut at = 0;
+    for len in std::iter::once(5000).chain(std::iter::repeat(8192)) {
+        let end = (at + len).min(wire.len());
+        let captured = &wire[at..end.min(at + 4096)];
+        t.chunk(Stream::Request, captured, end - at);
+        at = end;
+        if at == wire.len() {
+            break;
+        }
+    }
+    t.resp(b"HTTP/1.1 201 Created\r\nContent-Length: 16\r\n\r\nreceived 100000\n");
+    let e = t.take_one();
+    assert!(e.request_incomplete, "{e:?}");
+    assert!(e.request_body_bytes < 100_000);
+    assert_eq!((e.error, e.response_incomplete), (None, false));
+    assert_eq!(e.response.unwrap().status, 201);
+    // Every uncaptured tail read while resynchronising is reported again.
+    assert!(t.c.stats().gaps >= 1);
+
+    t.req(b"GET /next HTTP/1.1\r\n\r\n");
+    t.resp(b"HTTP/1.1 204 No Content\r\n\r\n");
+    let next = t.take_one();
+    assert_eq!(next.request.target, "/next");
+    assert!(!next.request_incomplete);
 }

@@ -300,7 +300,8 @@ pub fn build_span(
     if let Some(id) = req.header("x-request-id") {
         attrs.push(("http.request.header.x-request-id", id.into()));
     }
-    if exchange.request_body_bytes > 0 {
+    // A size counted across lost framing is only a lower bound: better none than a wrong one.
+    if exchange.request_body_bytes > 0 && !exchange.request_incomplete {
         attrs.push((
             "http.request.body.size",
             AttrValue::Int(exchange.request_body_bytes as i64),
@@ -313,10 +314,12 @@ pub fn build_span(
             "http.response.status_code",
             AttrValue::Int(resp.status.into()),
         ));
-        attrs.push((
-            "http.response.body.size",
-            AttrValue::Int(exchange.response_body_bytes as i64),
-        ));
+        if !exchange.response_incomplete {
+            attrs.push((
+                "http.response.body.size",
+                AttrValue::Int(exchange.response_body_bytes as i64),
+            ));
+        }
         let failed = match kind {
             SpanKind::Server => resp.status >= 500,
             SpanKind::Client => resp.status >= 400,
@@ -373,7 +376,7 @@ pub fn span_bounds(exchange: &Exchange, kind: SpanKind) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::{Headers, MessageTiming};
+    use crate::http::{Headers, MessageTiming, ResponseHead};
 
     fn exchange(target: &str, host: Option<&str>) -> Exchange {
         let headers: Headers = host.map(|h| ("host", h)).into_iter().collect();
@@ -391,7 +394,8 @@ mod tests {
             response_body_bytes: 0,
             response_timing: None,
             error: None,
-            incomplete: false,
+            request_incomplete: false,
+            response_incomplete: false,
             closed_at_ns: None,
         }
     }
@@ -452,5 +456,37 @@ mod tests {
             assert_eq!(attr(&s, key).as_deref(), Some(value), "{key}");
         }
         assert_eq!(s.name, "GET");
+    }
+
+    #[test]
+    fn body_sizes_only_when_fully_seen() {
+        let conn = ConnMeta::new(
+            Role::Server,
+            "10.0.0.2:80".parse().ok(),
+            "10.0.0.1:4000".parse().ok(),
+        );
+        let resource = Arc::new(Resource {
+            attributes: Vec::new(),
+        });
+        let mut e = exchange("/up", None);
+        e.request_body_bytes = 61_434;
+        e.response = Some(ResponseHead {
+            status: 201,
+            reason: "Created".into(),
+            version: 1,
+            headers: Headers::default(),
+        });
+        e.response_body_bytes = 16;
+        let build =
+            |e: &Exchange| build_span(e, &conn, resource.clone(), &Clock::from_offset(0), [1; 8]);
+        let s = build(&e);
+        assert_eq!(attr(&s, "http.request.body.size").as_deref(), Some("61434"));
+        assert_eq!(attr(&s, "http.response.body.size").as_deref(), Some("16"));
+        e.request_incomplete = true;
+        let s = build(&e);
+        assert_eq!(attr(&s, "http.request.body.size"), None);
+        assert_eq!(attr(&s, "http.response.body.size").as_deref(), Some("16"));
+        e.response_incomplete = true;
+        assert_eq!(attr(&build(&e), "http.response.body.size"), None);
     }
 }
