@@ -32,6 +32,7 @@ fn span(resource: &Arc<Resource>, id: u8, parent: Option<u8>, kind: SpanKind) ->
         span_id: [id; 8],
         parent_span_id: parent.map(|p| [p; 8]),
         trace_state: String::new(),
+        parent_sampled: None,
         name: format!("GET /s{id}"),
         kind,
         start_unix_nanos: 1_700_000_000_000_000_000 + id as u64,

@@ -805,10 +805,13 @@ async fn mixed_workload_spans_equal_requests() {
 }
 
 /// `--sample-ratio 0.5`: each trace (curl's CLIENT span and the server's SERVER span, linked)
-/// is exported whole or not at all, and spans not exported are counted.
+/// is exported whole or not at all, and spans not exported are counted. Requests that
+/// carry a `traceparent` follow its `sampled` flag instead (parent-based, like the SDKs):
+/// flagged ids are picked so that the ratio alone would decide the other way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sampling_keeps_or_drops_whole_traces() {
     const REQUESTS: u64 = 40;
+    const FLAGGED: u64 = 5;
     let rx = receiver().await.unwrap();
     let server = python_app_server("127.0.0.1", false).unwrap();
     let agent = agent_exporting_to(&rx, &["--sample-ratio", "0.5"])
@@ -819,12 +822,22 @@ async fn sampling_keeps_or_drops_whole_traces() {
     for i in 0..REQUESTS {
         pids.push(curl(&[&format!("{base}/sampled/{i}")]).unwrap().pid);
     }
+    // Low 8 bytes all `f`: above any ratio below 1; all `0` but the last: below any above 0.
+    let kept_by_flag = |i: u64| format!("{i:016x}ffffffffffffffff");
+    let dropped_by_flag = |i: u64| format!("{i:016x}0000000000000001");
+    for i in 1..=FLAGGED {
+        for (trace, flags) in [(kept_by_flag(i), "01"), (dropped_by_flag(i), "00")] {
+            let tp = format!("traceparent: 00-{trace}-00f067aa0ba902b7-{flags}");
+            let url = format!("{base}/flagged/{flags}/{i}");
+            pids.push(curl(&["-H", &tp, &url]).unwrap().pid);
+        }
+    }
     // Stopping flushes every decided span; the unsampled ones were counted.
     let deadline = std::time::Instant::now() + WAIT;
-    while agent.metric("tracer_spans_unsampled_total").await.unwrap() == 0 {
+    while agent.metric("tracer_spans_unsampled_total").await.unwrap() < 2 * FLAGGED {
         assert!(
             std::time::Instant::now() < deadline,
-            "no span counted as unsampled"
+            "fewer spans counted as unsampled than the caller asked to drop"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -843,10 +856,21 @@ async fn sampling_keeps_or_drops_whole_traces() {
             summary(&spans)
         );
     }
+    for i in 1..=FLAGGED {
+        assert!(
+            traces.contains_key(kept_by_flag(i).as_str()),
+            "sampled=1 caller {i} kept:\n{}",
+            summary(&spans)
+        );
+        assert!(
+            !traces.contains_key(dropped_by_flag(i).as_str()),
+            "sampled=0 caller {i} dropped"
+        );
+    }
     // 40 independent halves: all kept or all dropped has odds of 2^-39.
+    let by_ratio = traces.len() - FLAGGED as usize;
     assert!(
-        (1..REQUESTS as usize).contains(&traces.len()),
-        "{} of {REQUESTS} traces kept",
-        traces.len()
+        (1..REQUESTS as usize).contains(&by_ratio),
+        "{by_ratio} of {REQUESTS} traces kept"
     );
 }

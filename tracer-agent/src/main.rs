@@ -133,9 +133,7 @@ async fn run(args: Args) -> Result<()> {
         |k| std::env::var(k).ok(),
     )?;
     let sampler = export::Sampler::resolve(args.sample_ratio, |k| std::env::var(k).ok())?;
-    if sampler != export::Sampler::ALWAYS_ON {
-        tracing::info!("sampling: exporting {}", sampler.describe());
-    }
+    tracing::info!("sampling: exporting {}", sampler.describe());
     match &export_cfg {
         Some(cfg) => tracing::info!("exporting OTLP to {}", cfg.describe()),
         None => tracing::info!("no OTLP endpoint configured: printing traces to stdout"),
@@ -230,7 +228,7 @@ fn submit_sampled(
     metrics: &Metrics,
     span: tracer_agent::spans::SpanRecord,
 ) {
-    if sampler.keeps(&span.trace_id) {
+    if sampler.keeps(&span) {
         sink.submit(span);
     } else {
         Metrics::inc(&metrics.spans_unsampled);

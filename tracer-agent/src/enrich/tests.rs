@@ -131,6 +131,7 @@ fn span(resource: Arc<Resource>, kind: SpanKind, peer: Option<(&str, i64)>) -> S
         span_id: [2; 8],
         parent_span_id: None,
         trace_state: String::new(),
+        parent_sampled: None,
         name: "GET".into(),
         kind,
         start_unix_nanos: 1,

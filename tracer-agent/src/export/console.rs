@@ -425,6 +425,7 @@ mod tests {
             span_id: [id; 8],
             parent_span_id: parent.map(|p| [p; 8]),
             trace_state: String::new(),
+            parent_sampled: None,
             name: format!("GET /s{id}"),
             kind,
             start_unix_nanos: start_ms * 1_000_000,

@@ -540,6 +540,7 @@ pub(crate) mod tests {
             span_id: [id; 8],
             parent_span_id: parent.map(|p| [p; 8]),
             trace_state: String::new(),
+            parent_sampled: None,
             name: format!("GET /{id}"),
             kind: SpanKind::Server,
             start_unix_nanos: 1_000_000 * id as u64,
@@ -618,6 +619,7 @@ pub(crate) mod tests {
             } else {
                 text(rng)
             },
+            parent_sampled: None,
             name: text(rng),
             kind: if rng.random() {
                 SpanKind::Server

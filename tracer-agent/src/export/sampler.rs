@@ -1,13 +1,19 @@
-//! Head sampling by trace id, decided after linking so that every span of one trace gets
-//! the same decision: the ratio is applied to the trace id, which all linked spans share
-//! (the agent's own and those continuing a caller's `traceparent`).
+//! Head sampling, decided after linking so that every span of one trace gets the same
+//! decision.
 //!
 //! Configured like the OpenTelemetry SDKs: `OTEL_TRACES_SAMPLER` = `always_on`,
 //! `always_off`, `traceidratio` (+ `OTEL_TRACES_SAMPLER_ARG`), or their `parentbased_`
-//! forms, which behave the same here because the agent's linked spans already share their
-//! root's trace id. `--sample-ratio` overrides both.
+//! forms; unset means `parentbased_always_on`, the SDKs' default. `--sample-ratio R` means
+//! `parentbased_traceidratio` with R and overrides both variables.
+//!
+//! * A trace this agent started is kept when its id falls in the ratio (below): every
+//!   span of it, here and on any other node running the agent, gets the same answer.
+//! * A trace continuing a caller's `traceparent` (or B3 with a sampling flag) follows the
+//!   caller's `sampled` flag under the `parentbased_` forms, so the agent keeps exactly the
+//!   traces the applications' own SDKs keep; the linker passes that flag down to every
+//!   span below. The plain forms apply the ratio to the trace id instead.
 
-use crate::spans::TraceId;
+use crate::spans::{SpanRecord, TraceId};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SamplerError {
@@ -22,28 +28,42 @@ pub enum SamplerError {
 }
 
 /// Keeps a trace when the trace id's last 8 bytes, read as a big-endian number, fall below
-/// `ratio × 2^64`: the same rule for every span of a trace, in this agent and on any other
-/// node running it.
+/// `ratio × 2^64` (unless the caller's decision applies: see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sampler {
     /// Traces kept have `low_bits < threshold`; `None` keeps everything.
     threshold: Option<u64>,
+    /// A caller's `sampled` flag decides for the traces it started.
+    parent_based: bool,
 }
 
 impl Sampler {
-    pub const ALWAYS_ON: Sampler = Sampler { threshold: None };
+    /// `parentbased_always_on`: the default.
+    pub const DEFAULT: Sampler = Sampler {
+        threshold: None,
+        parent_based: true,
+    };
 
+    /// `parentbased_traceidratio` with `ratio`.
     pub fn ratio(ratio: f64) -> Result<Self, SamplerError> {
         if !(0.0..=1.0).contains(&ratio) || ratio.is_nan() {
             return Err(SamplerError::BadRatio(ratio.to_string()));
         }
         if ratio >= 1.0 {
-            return Ok(Self::ALWAYS_ON);
+            return Ok(Self::DEFAULT);
         }
         // `as` saturates; below 1.0 the product is below 2^64.
         Ok(Sampler {
             threshold: Some((ratio * 2f64.powi(64)) as u64),
+            parent_based: true,
         })
+    }
+
+    fn ignoring_parent(self) -> Self {
+        Sampler {
+            parent_based: false,
+            ..self
+        }
     }
 
     /// From `--sample-ratio` (if given) or the standard OTel variables read by `lookup`.
@@ -55,7 +75,7 @@ impl Sampler {
             return Self::ratio(r);
         }
         let Some(name) = lookup("OTEL_TRACES_SAMPLER") else {
-            return Ok(Self::ALWAYS_ON);
+            return Ok(Self::DEFAULT);
         };
         let name = name.trim().to_ascii_lowercase();
         let ratio_arg = || -> Result<f64, SamplerError> {
@@ -68,15 +88,36 @@ impl Sampler {
                     .map_err(|_| SamplerError::BadRatio(a.clone())),
             }
         };
-        match name.strip_prefix("parentbased_").unwrap_or(&name) {
-            "" | "always_on" => Ok(Self::ALWAYS_ON),
-            "always_off" => Self::ratio(0.0),
-            "traceidratio" => Self::ratio(ratio_arg()?),
-            _ => Err(SamplerError::UnknownSampler(name)),
-        }
+        let (parent_based, base) = match name.strip_prefix("parentbased_") {
+            Some(base) => (true, base),
+            None => (false, name.as_str()),
+        };
+        let sampler = match base {
+            "" if parent_based => return Err(SamplerError::UnknownSampler(name)),
+            "" | "always_on" => Self::DEFAULT,
+            "always_off" => Self::ratio(0.0)?,
+            "traceidratio" => Self::ratio(ratio_arg()?)?,
+            _ => return Err(SamplerError::UnknownSampler(name)),
+        };
+        Ok(if parent_based {
+            sampler
+        } else {
+            sampler.ignoring_parent()
+        })
     }
 
-    pub fn keeps(&self, trace_id: &TraceId) -> bool {
+    /// Whether `span`'s trace is exported.
+    pub fn keeps(&self, span: &SpanRecord) -> bool {
+        self.keeps_trace(&span.trace_id, span.parent_sampled)
+    }
+
+    /// `parent_sampled`: the decision of the caller whose context the trace continues.
+    pub fn keeps_trace(&self, trace_id: &TraceId, parent_sampled: Option<bool>) -> bool {
+        if self.parent_based
+            && let Some(sampled) = parent_sampled
+        {
+            return sampled;
+        }
         match self.threshold {
             None => true,
             Some(t) => {
@@ -88,9 +129,14 @@ impl Sampler {
     }
 
     pub fn describe(&self) -> String {
-        match self.threshold {
+        let ratio = match self.threshold {
             None => "every trace".to_owned(),
             Some(t) => format!("{:.4}% of traces", t as f64 / 2f64.powi(64) * 100.0),
+        };
+        if self.parent_based {
+            format!("{ratio} it starts; a caller's traceparent sampled flag decides for the rest")
+        } else {
+            format!("{ratio}, whatever the callers' traceparent sampled flags")
         }
     }
 }
@@ -116,12 +162,20 @@ mod tests {
 
     #[test]
     fn ratio_bounds() {
-        assert!(!Sampler::ratio(0.0).unwrap().keeps(&id(0)));
-        assert!(!Sampler::ratio(0.0).unwrap().keeps(&id(u64::MAX)));
-        assert!(Sampler::ratio(1.0).unwrap().keeps(&id(u64::MAX)));
+        assert!(!Sampler::ratio(0.0).unwrap().keeps_trace(&id(0), None));
+        assert!(
+            !Sampler::ratio(0.0)
+                .unwrap()
+                .keeps_trace(&id(u64::MAX), None)
+        );
+        assert!(
+            Sampler::ratio(1.0)
+                .unwrap()
+                .keeps_trace(&id(u64::MAX), None)
+        );
         let half = Sampler::ratio(0.5).unwrap();
-        assert!(half.keeps(&id(u64::MAX / 2 - 1)));
-        assert!(!half.keeps(&id(u64::MAX / 2 + 2)));
+        assert!(half.keeps_trace(&id(u64::MAX / 2 - 1), None));
+        assert!(!half.keeps_trace(&id(u64::MAX / 2 + 2), None));
         assert_eq!(
             Sampler::ratio(1.5),
             Err(SamplerError::BadRatio("1.5".into()))
@@ -134,7 +188,7 @@ mod tests {
     fn ten_percent_keeps_about_a_tenth_of_random_ids() {
         let s = Sampler::ratio(0.1).unwrap();
         let kept = (0..100_000u64)
-            .filter(|i| s.keeps(&id(i.wrapping_mul(0x9E37_79B9_7F4A_7C15))))
+            .filter(|i| s.keeps_trace(&id(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)), None))
             .count();
         assert!((9_500..10_500).contains(&kept), "{kept}");
     }
@@ -144,13 +198,14 @@ mod tests {
         let s = Sampler::ratio(0.3).unwrap();
         for i in 0..1000u64 {
             let t = id(i.wrapping_mul(0x2545_F491_4F6C_DD1D));
-            assert_eq!(s.keeps(&t), s.keeps(&t.clone()));
+            assert_eq!(s.keeps_trace(&t, None), s.keeps_trace(&t.clone(), None));
         }
     }
 
     #[test]
     fn resolves_standard_variables_and_flag() {
-        assert_eq!(Sampler::resolve(None, env(&[])), Ok(Sampler::ALWAYS_ON));
+        let plain = |r: f64| Sampler::ratio(r).map(Sampler::ignoring_parent);
+        assert_eq!(Sampler::resolve(None, env(&[])), Ok(Sampler::DEFAULT));
         assert_eq!(
             Sampler::resolve(
                 None,
@@ -163,10 +218,17 @@ mod tests {
         );
         assert_eq!(
             Sampler::resolve(None, env(&[("OTEL_TRACES_SAMPLER", "traceidratio")])),
-            Ok(Sampler::ALWAYS_ON)
+            plain(1.0)
         );
         assert_eq!(
             Sampler::resolve(None, env(&[("OTEL_TRACES_SAMPLER", "always_off")])),
+            plain(0.0)
+        );
+        assert_eq!(
+            Sampler::resolve(
+                None,
+                env(&[("OTEL_TRACES_SAMPLER", "parentbased_always_off")])
+            ),
             Sampler::ratio(0.0)
         );
         assert_eq!(
@@ -176,6 +238,10 @@ mod tests {
         assert_eq!(
             Sampler::resolve(None, env(&[("OTEL_TRACES_SAMPLER", "jaeger_remote")])),
             Err(SamplerError::UnknownSampler("jaeger_remote".into()))
+        );
+        assert_eq!(
+            Sampler::resolve(None, env(&[("OTEL_TRACES_SAMPLER", "parentbased_")])),
+            Err(SamplerError::UnknownSampler("parentbased_".into()))
         );
         assert!(
             Sampler::resolve(
@@ -187,5 +253,24 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn parent_based_follows_the_callers_flag() {
+        let below = id(1);
+        let above = id(u64::MAX);
+        for sampler in [Sampler::DEFAULT, Sampler::ratio(0.5).unwrap()] {
+            assert!(sampler.keeps_trace(&above, Some(true)));
+            assert!(!sampler.keeps_trace(&below, Some(false)));
+            assert!(sampler.keeps_trace(&below, None), "own trace: by ratio");
+        }
+        let half = Sampler::ratio(0.5).unwrap();
+        assert!(!half.keeps_trace(&above, None));
+        // The plain form looks at the trace id only.
+        let plain = half.ignoring_parent();
+        assert!(!plain.keeps_trace(&above, Some(true)));
+        assert!(plain.keeps_trace(&below, Some(false)));
+        let always_off = Sampler::resolve(None, env(&[("OTEL_TRACES_SAMPLER", "always_off")]));
+        assert!(!always_off.unwrap().keeps_trace(&below, Some(true)));
     }
 }

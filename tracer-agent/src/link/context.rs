@@ -9,7 +9,8 @@ pub struct SpanContext {
     pub trace_id: TraceId,
     /// The caller's span: the parent of the span that receives this context.
     pub span_id: SpanId,
-    pub sampled: bool,
+    /// The caller's sampling decision; `None` when it deferred it (B3 without a flag).
+    pub sampled: Option<bool>,
     pub trace_state: String,
 }
 
@@ -76,7 +77,7 @@ pub fn parse_traceparent(value: &str) -> Option<SpanContext> {
     Some(SpanContext {
         trace_id,
         span_id,
-        sampled: flags & 1 == 1,
+        sampled: Some(flags & 1 == 1),
         trace_state: String::new(),
     })
 }
@@ -111,9 +112,9 @@ pub fn parse_b3_single(value: &str) -> Option<SpanContext> {
     let trace_id = b3_trace_id(parts.next()?)?;
     let span_id = b3_span_id(parts.next()?)?;
     let sampled = match parts.next() {
-        None => true,
-        Some("1" | "d") => true,
-        Some("0") => false,
+        None => None,
+        Some("1" | "d") => Some(true),
+        Some("0") => Some(false),
         Some(_) => return None,
     };
     if let Some(parent) = parts.next() {
@@ -135,13 +136,13 @@ pub fn parse_b3_multi(header: impl Fn(&str) -> Option<String>) -> Option<SpanCon
     let trace_id = b3_trace_id(header("x-b3-traceid")?.trim())?;
     let span_id = b3_span_id(header("x-b3-spanid")?.trim())?;
     let debug = header("x-b3-flags").is_some_and(|f| f.trim() == "1");
-    let sampled = debug
-        || match header("x-b3-sampled").as_deref().map(str::trim) {
-            None => true,
-            Some("1" | "true") => true,
-            Some("0" | "false") => false,
-            Some(_) => return None,
-        };
+    let sampled = match header("x-b3-sampled").as_deref().map(str::trim) {
+        _ if debug => Some(true),
+        None => None,
+        Some("1" | "true") => Some(true),
+        Some("0" | "false") => Some(false),
+        Some(_) => return None,
+    };
     Some(SpanContext {
         trace_id,
         span_id,
@@ -213,11 +214,12 @@ mod tests {
         let ctx = parse_traceparent(TP).unwrap();
         assert_eq!(ctx.trace_id[0], 0x4b);
         assert_eq!(ctx.span_id[7], 0xb7);
-        assert!(ctx.sampled);
-        assert!(
-            !parse_traceparent(&TP.replace("-01", "-00"))
+        assert_eq!(ctx.sampled, Some(true));
+        assert_eq!(
+            parse_traceparent(&TP.replace("-01", "-00"))
                 .unwrap()
-                .sampled
+                .sampled,
+            Some(false)
         );
     }
 
@@ -273,12 +275,13 @@ mod tests {
         let full = "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90";
         let ctx = parse_b3_single(full).unwrap();
         assert_eq!(ctx.span_id[0], 0xe4);
-        assert!(ctx.sampled);
+        assert_eq!(ctx.sampled, Some(true));
         let short = parse_b3_single("a3ce929d0e0e4736-00f067aa0ba902b7-0").unwrap();
         assert_eq!(&short.trace_id[..8], &[0; 8]);
         assert_eq!(short.trace_id[8], 0xa3);
-        assert!(!short.sampled);
-        assert!(parse_b3_single("A3CE929D0E0E4736-00F067AA0BA902B7").is_some());
+        assert_eq!(short.sampled, Some(false));
+        let deferred = parse_b3_single("A3CE929D0E0E4736-00F067AA0BA902B7").unwrap();
+        assert_eq!(deferred.sampled, None, "no flag: the receiver decides");
         for bad in [
             "0",
             "1",
@@ -301,6 +304,7 @@ mod tests {
         let ctx = extract(&headers).unwrap();
         assert_eq!(ctx.trace_id[0], 0x46);
         assert_eq!(ctx.span_id[0], 0xa2);
+        assert_eq!(ctx.sampled, Some(true));
         let short = extract(&h(&[
             ("x-b3-traceid", "48485a3953bb6124"),
             ("x-b3-spanid", "a2fb4a1d1a96d312"),
@@ -308,7 +312,7 @@ mod tests {
             ("x-b3-sampled", "0"),
         ]))
         .unwrap();
-        assert!(short.sampled, "debug flag implies sampled");
+        assert_eq!(short.sampled, Some(true), "debug flag implies sampled");
         assert_eq!(extract(&h(&[("x-b3-traceid", "48485a3953bb6124")])), None);
         assert_eq!(
             extract(&h(&[

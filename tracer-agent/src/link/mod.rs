@@ -28,6 +28,10 @@
 //! falls back to rule 2 or 5. A span whose parent never resolves is exported as a root
 //! after twice the window and counted as an orphan. Context is read per request, so a
 //! `traceparent` on a keep-alive connection never carries over to the next request.
+//!
+//! A span continuing a caller's context inherits the caller's sampling decision
+//! ([`SpanRecord::parent_sampled`]), and so do all spans linked below it, so a
+//! parent-based sampler keeps or drops the whole trace.
 
 pub mod context;
 
@@ -117,6 +121,8 @@ struct Resolved {
     trace_id: TraceId,
     parent: Option<SpanId>,
     trace_state: String,
+    /// The sampling decision of the remote context this trace continues, if any.
+    sampled: Option<bool>,
 }
 
 struct Node {
@@ -154,7 +160,7 @@ pub struct Linker {
     servers_awaiting: HashMap<PeerKey, SpanId>,
     serving_by_thread: HashMap<(u32, u32), Vec<Serving>>,
     serving_by_process: HashMap<u32, Vec<SpanId>>,
-    exported: HashMap<SpanId, TraceId>,
+    exported: HashMap<SpanId, (TraceId, Option<bool>)>,
     exported_order: VecDeque<SpanId>,
     /// Finished spans not yet released, in finishing order.
     finished: VecDeque<SpanId>,
@@ -392,7 +398,7 @@ impl Linker {
                 span.trace_id = self.ids.trace_id();
                 self.stats.orphans += 1;
                 self.stats.roots += 1;
-                self.remember(span.span_id, span.trace_id);
+                self.remember(span.span_id, span.trace_id, None);
                 self.released.push(span);
                 return;
             }
@@ -426,7 +432,9 @@ impl Linker {
 
     /// Removes a node that will never have a span, keeping its trace for its children.
     fn give_up(&mut self, span_id: SpanId, now_ns: u64) {
-        let trace = self.resolve(span_id, now_ns, true, 0).map(|r| r.trace_id);
+        let trace = self
+            .resolve(span_id, now_ns, true, 0)
+            .map(|r| (r.trace_id, r.sampled));
         if let Some(node) = self.nodes.remove(&span_id) {
             self.take_request(node.request.0, node.request.1);
             if node.kind == SpanKind::Server {
@@ -444,8 +452,8 @@ impl Linker {
                 return;
             }
         }
-        if let Some(trace) = trace {
-            self.remember(span_id, trace);
+        if let Some((trace, sampled)) = trace {
+            self.remember(span_id, trace, sampled);
         }
     }
 
@@ -459,8 +467,8 @@ impl Linker {
         }
     }
 
-    fn remember(&mut self, span: SpanId, trace: TraceId) {
-        if self.exported.insert(span, trace).is_none() {
+    fn remember(&mut self, span: SpanId, trace: TraceId, sampled: Option<bool>) {
+        if self.exported.insert(span, (trace, sampled)).is_none() {
             self.exported_order.push_back(span);
         }
         while self.exported_order.len() > self.cfg.remembered_traces {
@@ -479,11 +487,12 @@ impl Linker {
         force: bool,
         depth: u32,
     ) -> Option<Resolved> {
-        if let Some(trace_id) = self.exported.get(&span_id) {
+        if let Some(&(trace_id, sampled)) = self.exported.get(&span_id) {
             return Some(Resolved {
-                trace_id: *trace_id,
+                trace_id,
                 parent: None,
                 trace_state: String::new(),
+                sampled,
             });
         }
         let node = self.nodes.get(&span_id)?;
@@ -495,11 +504,13 @@ impl Linker {
             trace_id: own_trace,
             parent: None,
             trace_state: String::new(),
+            sampled: None,
         };
         let remote = |ctx: &SpanContext| Resolved {
             trace_id: ctx.trace_id,
             parent: Some(ctx.span_id),
             trace_state: ctx.trace_state.clone(),
+            sampled: ctx.sampled,
         };
         // Deep chains are legitimate but bounded; beyond the bound (or a cycle forged
         // through headers) the span becomes a root.
@@ -512,9 +523,8 @@ impl Linker {
             Parent::Local(p) => match self.resolve(p, now_ns, force, depth + 1) {
                 Some(r) => (
                     Some(Resolved {
-                        trace_id: r.trace_id,
                         parent: Some(p),
-                        trace_state: r.trace_state,
+                        ..r
                     }),
                     None,
                 ),
@@ -527,9 +537,8 @@ impl Linker {
                     Some(h) if h.trace_id != r.trace_id => (Some(remote(&h)), Some(Link::Header)),
                     _ => (
                         Some(Resolved {
-                            trace_id: r.trace_id,
                             parent: Some(client),
-                            trace_state: r.trace_state,
+                            ..r
                         }),
                         Some(Link::Peer),
                     ),
@@ -586,6 +595,7 @@ impl Linker {
                 span.trace_id = r.trace_id;
                 span.parent_span_id = r.parent;
                 span.trace_state = r.trace_state;
+                span.parent_sampled = r.sampled;
             }
             None => {
                 span.trace_id = self.ids.trace_id();
@@ -594,7 +604,7 @@ impl Linker {
                 self.stats.roots += 1;
             }
         }
-        self.remember(span_id, span.trace_id);
+        self.remember(span_id, span.trace_id, span.parent_sampled);
         self.released.push(span);
     }
 

@@ -26,6 +26,7 @@ fn span(kind: SpanKind, name: &str) -> SpanRecord {
         span_id: [0; 8],
         parent_span_id: None,
         trace_state: String::new(),
+        parent_sampled: None,
         name: name.into(),
         kind,
         start_unix_nanos: 0,
@@ -108,7 +109,7 @@ fn header(trace: u8, span: u8) -> SpanContext {
     SpanContext {
         trace_id: [trace; 16],
         span_id: [span; 8],
-        sampled: true,
+        sampled: Some(true),
         trace_state: String::new(),
     }
 }
@@ -389,4 +390,36 @@ fn bounded_under_a_flood_of_unanswered_requests() {
     assert!(l.stats().waiting <= 100);
     assert_eq!(l.stats().evicted, 9_900);
     assert!(l.exported.len() <= 50);
+}
+
+/// A caller's `sampled` flag travels with its trace down every hop linked below it, so a
+/// parent-based sampler decides the whole trace alike; the agent's own traces carry none.
+#[test]
+fn callers_sampling_decision_reaches_every_span_below() {
+    for sampled in [Some(false), Some(true), None] {
+        let mut l = linker();
+        let ctx = SpanContext {
+            sampled,
+            ..header(7, 8)
+        };
+        let fe_srv = Req::server(1, 20, 21, "10.0.0.1:3000", "192.0.2.7:5555").ctx(ctx);
+        let fe_cli = Req::client(2, 20, 21, "10.0.0.1:41000", "10.0.0.2:8080");
+        let be_srv = Req::server(3, 30, 31, "10.0.0.2:8080", "10.0.0.1:41000");
+        let own = Req::client(4, 50, 51, "10.0.0.5:43000", "10.0.0.6:80");
+        for (i, r) in [&fe_srv, &fe_cli, &be_srv, &own].iter().enumerate() {
+            r.start(&mut l, i as u64);
+        }
+        for (i, r) in [&be_srv, &fe_cli, &fe_srv, &own].iter().enumerate() {
+            r.finish(&mut l, 10 + i as u64);
+        }
+        let spans = l.poll(2 * WINDOW, true);
+        assert_eq!(spans.len(), 4);
+        let (linked, own): (Vec<_>, Vec<_>) = spans.iter().partition(|s| s.trace_id == [7; 16]);
+        assert_eq!(linked.len(), 3);
+        assert!(
+            linked.iter().all(|s| s.parent_sampled == sampled),
+            "{sampled:?}"
+        );
+        assert_eq!(own[0].parent_sampled, None);
+    }
 }

@@ -344,6 +344,7 @@ pub fn build_span(
         span_id,
         parent_span_id: None,
         trace_state: String::new(),
+        parent_sampled: None,
         name,
         kind,
         start_unix_nanos: clock.to_unix_nanos(start),

@@ -195,6 +195,9 @@ pub struct SpanRecord {
     pub parent_span_id: Option<SpanId>,
     /// W3C tracestate carried in from the parent context, if any.
     pub trace_state: String,
+    /// The sampling decision of the caller whose context this trace continues (its
+    /// `traceparent` flag); `None` for traces this agent started or a deferred B3 decision.
+    pub parent_sampled: Option<bool>,
     pub name: String,
     pub kind: SpanKind,
     pub start_unix_nanos: u64,
