@@ -621,11 +621,11 @@ pub mod lesson {
     }
 
     impl Frontend {
-        fn file(self) -> &'static str {
+        fn script(self, paths: &Paths) -> PathBuf {
             match self {
-                Frontend::Lesson => "app.js",
-                Frontend::ForwardsTraceparent => "app-forward.js",
-                Frontend::ForwardsGarbage => "app-garbage.js",
+                Frontend::Lesson => paths.apps.join("frontend/app.js"),
+                Frontend::ForwardsTraceparent => paths.test_files.join("frontend/app-forward.js"),
+                Frontend::ForwardsGarbage => paths.test_files.join("frontend/app-garbage.js"),
             }
         }
     }
@@ -642,15 +642,27 @@ pub mod lesson {
         pub service_names: bool,
     }
 
-    /// Where the apps' sources (tests/demo) and their installed dependencies live.
+    /// Where the apps' sources and their installed dependencies live.
     #[derive(Debug, Clone)]
     pub struct Paths {
-        pub sources: PathBuf,
+        /// The lesson's apps, as deployed: deploy/demo.
+        pub apps: PathBuf,
+        /// Frontend variants and the linking oracle: tests/demo.
+        pub test_files: PathBuf,
         /// `frontend/node_modules`, `backend/site` (pip --target), `database/database`.
         pub deps: PathBuf,
     }
 
     impl Paths {
+        /// The sources in the workspace at `root`, dependencies installed under `deps`.
+        pub fn in_workspace(root: &Path, deps: PathBuf) -> Paths {
+            Paths {
+                apps: root.join("deploy/demo"),
+                test_files: root.join("tests/demo"),
+                deps,
+            }
+        }
+
         pub fn node_modules(&self) -> PathBuf {
             self.deps.join("frontend/node_modules")
         }
@@ -726,7 +738,7 @@ pub mod lesson {
             let mut python_path = OsString::from(paths.python_site());
             if opts.oracle {
                 python_path.push(":");
-                python_path.push(paths.sources.join("oracle"));
+                python_path.push(paths.test_files.join("oracle"));
             }
             let mut env = name("backend");
             env.push(("PYTHONPATH", python_path));
@@ -740,12 +752,9 @@ pub mod lesson {
                     hosts: &hosts,
                     qos: Qos::BestEffort,
                     cgroup_layout: opts.layout,
-                    cmd: &[
-                        "python3".into(),
-                        paths.sources.join("backend/app.py").into(),
-                    ],
+                    cmd: &["python3".into(), paths.apps.join("backend/app.py").into()],
                     env: &env,
-                    cwd: Some(&paths.sources.join("backend")),
+                    cwd: Some(&paths.apps.join("backend")),
                 },
             )?;
             backend.wait_listening(BACKEND_PORT, timeout)?;
@@ -754,7 +763,7 @@ pub mod lesson {
             env.push(("NODE_PATH", paths.node_modules().into()));
             if opts.oracle {
                 let mut require = OsString::from("--require ");
-                require.push(paths.sources.join("oracle/request-id.js"));
+                require.push(paths.test_files.join("oracle/request-id.js"));
                 env.push(("NODE_OPTIONS", require));
             }
             let mut frontend = Pod::start(
@@ -765,16 +774,9 @@ pub mod lesson {
                     hosts: &hosts,
                     qos: Qos::Burstable,
                     cgroup_layout: opts.layout,
-                    cmd: &[
-                        "node".into(),
-                        paths
-                            .sources
-                            .join("frontend")
-                            .join(opts.frontend.file())
-                            .into(),
-                    ],
+                    cmd: &["node".into(), opts.frontend.script(paths).into()],
                     env: &env,
-                    cwd: Some(&paths.sources.join("frontend")),
+                    cwd: Some(&paths.apps.join("frontend")),
                 },
             )?;
             frontend.wait_listening(FRONTEND_PORT, timeout)?;

@@ -39,10 +39,7 @@ fn paths() -> Paths {
                 .unwrap_or_else(|| manifest.join("../target"))
                 .join("demo")
         });
-    Paths {
-        sources: manifest.join("demo"),
-        deps,
-    }
+    Paths::in_workspace(&manifest.join(".."), deps)
 }
 
 /// Position of a span in the chain of one request.

@@ -34,11 +34,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
         );
     }
     let agent = crate::build_agent(false)?;
-    let paths = Paths {
-        sources: crate::workspace_root().join("tests/demo"),
-        deps: crate::target_dir().join("demo"),
-    };
-    crate::deps::ensure_demo_apps(&paths.sources, &paths.deps)?;
+    let paths = Paths::in_workspace(&crate::workspace_root(), crate::target_dir().join("demo"));
+    crate::deps::ensure_demo_apps(&paths.apps, &paths.deps)?;
     crate::deps::ensure_packages(&[("curl", "curl")])?;
 
     let layout = match args.layout.as_str() {

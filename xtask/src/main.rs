@@ -166,7 +166,7 @@ fn test(filter: Option<String>) -> Result<()> {
     let bin = build_agent(false)?;
     deps::ensure_test_tools()?;
     let demo_deps = target_dir().join("demo");
-    deps::ensure_demo_apps(&workspace_root().join("tests/demo"), &demo_deps)?;
+    deps::ensure_demo_apps(&workspace_root().join("deploy/demo"), &demo_deps)?;
     let tools = toolchain::dir();
     eprintln!("==> unit and integration tests");
     let mut cmd = cargo();
