@@ -3,7 +3,7 @@
 //! span bookkeeping their assertions share. Each server reports readiness by printing its
 //! port (or, for nginx, by accepting a connection); every wait is bounded.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -233,6 +233,47 @@ r = s.post("http://127.0.0.1:{port}/requests/post", data=b"x" * {post_bytes})
 assert r.status_code == 201 and r.text == "received {post_bytes}\n", r.text
 n += 1
 print("requests=%d" % n, flush=True)
+"#
+    );
+    let mut cmd = python();
+    cmd.arg("-c").arg(script);
+    cmd
+}
+
+/// A client that writes each request with one `sendmsg` of many iovecs: a Content-Length
+/// POST of 11 × 100 bytes in 12 iovecs (more than the kernel side copies: the rest is
+/// counted), then a chunked POST (`hello world`, 11 bytes) in 8, the way Node.js and nginx
+/// write chunked messages. Prints `requests=2`.
+pub fn python_vectored_client(port: u16) -> Command {
+    let script = format!(
+        r#"
+import socket
+s = socket.create_connection(("127.0.0.1", {port}))
+f = s.makefile("rb")
+def answer():
+    status = f.readline()
+    length = 0
+    while True:
+        line = f.readline()
+        if line in (b"\r\n", b""):
+            break
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    body = f.read(length)
+    assert status.split()[1] == b"201", status
+    return body
+parts = [b"v" * 100] * 11
+head = b"POST /vectored/length HTTP/1.1\r\nHost: t\r\nContent-Length: 1100\r\n\r\n"
+assert s.sendmsg([head] + parts) == len(head) + 1100
+assert answer() == b"received 1100\n"
+chunked = [
+    b"POST /vectored/chunked HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"5\r\n", b"hello", b"\r\n", b"6\r\n", b" world", b"\r\n", b"0\r\n\r\n",
+]
+assert s.sendmsg(chunked) == sum(map(len, chunked))
+assert answer() == b"received 11\n"
+print("requests=2", flush=True)
 "#
     );
     let mut cmd = python();
@@ -716,6 +757,49 @@ pub async fn collect(
         );
     }
     Ok((spans_of(&rx.spans(), pids), metrics))
+}
+
+/// How long a test waits for the spans it expects.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// The spans of process `pid` of `kind` (`"CLIENT"`, `"SERVER"`).
+pub fn of_kind<'a>(spans: &'a [ReceivedSpan], pid: u32, kind: &str) -> Vec<&'a ReceivedSpan> {
+    spans
+        .iter()
+        .filter(|s| span_pid(s) == pid && s.kind == kind)
+        .collect()
+}
+
+/// [`collect`] for one client process talking to one server process: exactly `n` CLIENT
+/// spans of `client`, `n` SERVER spans of `server`, and each server span the child of its
+/// client span ([`assert_linked`]).
+pub async fn collect_pairs(
+    rx: &OtlpReceiver,
+    agent: Agent,
+    client: u32,
+    server: u32,
+    n: usize,
+) -> Vec<ReceivedSpan> {
+    let (spans, _) = collect(rx, agent, &[client, server], 2 * n, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(spans.len(), 2 * n, "{}", summary(&spans));
+    assert_eq!(of_kind(&spans, client, "CLIENT").len(), n);
+    assert_eq!(of_kind(&spans, server, "SERVER").len(), n);
+    assert_eq!(assert_linked(&spans, &[client], &[server]), n);
+    for s in &spans {
+        assert_eq!(s.attr_str("error.type"), None, "{s:#?}");
+    }
+    spans
+}
+
+/// The distinct values of an integer attribute, e.g. `network.local.port`: one per
+/// connection.
+pub fn distinct<'a>(
+    spans: impl IntoIterator<Item = &'a ReceivedSpan>,
+    attr: &str,
+) -> BTreeSet<Option<i64>> {
+    spans.into_iter().map(|s| s.attr_int(attr)).collect()
 }
 
 /// One line per span: enough to see what is missing or doubled.

@@ -91,8 +91,10 @@ const BUF_PLAIN: u32 = 0;
 const BUF_IOVEC: u32 = 1;
 /// sendfile: the bytes never pass through user memory; only their count is reported.
 const BUF_NONE: u32 = 2;
-/// iovecs copied per vectored syscall; bytes in later ones are counted, not copied.
-const MAX_IOVECS: u32 = 4;
+/// iovecs copied per vectored syscall; bytes in later ones are counted, not copied. A
+/// chunked response written with one `writev` takes five (head, size line, data, CRLF,
+/// last chunk: Node.js, nginx), so fewer would cut every such body's framing.
+const MAX_IOVECS: u32 = 8;
 
 #[derive(Clone, Copy)]
 #[repr(C)]
