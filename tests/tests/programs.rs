@@ -782,6 +782,18 @@ async fn mixed_workload_spans_equal_requests() {
     );
     // Not a single span of another process slipped in under these pids.
     assert_eq!(spans_of(&spans, &pids).len(), spans.len());
+    // Every exchange was seen whole: nothing lost, nothing mis-framed.
+    let broken: Vec<_> = spans
+        .iter()
+        .filter(|s| s.attr_str("error.type").is_some())
+        .cloned()
+        .collect();
+    assert!(
+        broken.is_empty(),
+        "{} spans with errors:\n{}\n{drops}",
+        broken.len(),
+        summary(&broken)
+    );
 }
 
 /// `--sample-ratio 0.5`: each trace (curl's CLIENT span and the server's SERVER span, linked)
