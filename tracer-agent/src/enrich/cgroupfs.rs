@@ -6,6 +6,11 @@
 //! the number of cgroups it indexes: a node with thousands of pods stays a few milliseconds.
 //! The id survives the process (a short-lived client has often exited before the agent
 //! looks at `/proc/<pid>`), which is why it comes first.
+//!
+//! Kernfs allocates ids in increasing order, so an id above every id of the last walk is a
+//! cgroup created since: it is looked for at once, whatever the interval (once per id), or a
+//! container that starts, makes one request and exits within the interval (a `wget` in its
+//! own container) would be gone before the next walk and never be attributed.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -50,6 +55,10 @@ pub struct CgroupIds {
     last_scan: Option<Instant>,
     min_rescan: Duration,
     max_entries: usize,
+    /// The highest id the last walk found.
+    max_indexed: u64,
+    /// New ids a walk did not find (deleted already, or not cgroup2): not walked for again.
+    missing: std::collections::HashSet<u64>,
 }
 
 impl CgroupIds {
@@ -60,6 +69,8 @@ impl CgroupIds {
             last_scan: None,
             min_rescan: Duration::from_secs(1),
             max_entries: 200_000,
+            max_indexed: 0,
+            missing: std::collections::HashSet::new(),
         }
     }
 
@@ -72,14 +83,23 @@ impl CgroupIds {
         if let Some(p) = self.by_id.get(&id) {
             return Some(p.clone());
         }
-        let due = self
-            .last_scan
-            .is_none_or(|t| t.elapsed() >= self.min_rescan);
+        let new_cgroup = id > self.max_indexed && !self.missing.contains(&id);
+        let due = new_cgroup
+            || self
+                .last_scan
+                .is_none_or(|t| t.elapsed() >= self.min_rescan);
         if !due {
             return None;
         }
         self.scan();
-        self.by_id.get(&id).cloned()
+        let found = self.by_id.get(&id).cloned();
+        if found.is_none() && new_cgroup {
+            if self.missing.len() >= 4096 {
+                self.missing.clear();
+            }
+            self.missing.insert(id);
+        }
+        found
     }
 
     /// Re-indexes the whole hierarchy: removed cgroups disappear, new ones appear.
@@ -120,6 +140,7 @@ impl CgroupIds {
             }
         }
         tracing::debug!("indexed {} cgroups under {}", found.len(), root.display());
+        self.max_indexed = found.keys().copied().max().unwrap_or(0);
         self.by_id = found;
     }
 }
@@ -156,12 +177,40 @@ mod tests {
         assert_eq!(ids.path_of(b).as_deref(), Some("/a/b"));
         std::fs::create_dir_all(dir.join("c")).unwrap();
         let c = std::fs::metadata(dir.join("c")).unwrap().ino();
-        // Just scanned: a miss does not walk again right away.
+        // Just scanned: a miss of an id the walk could have seen does not walk again.
+        ids.max_indexed = u64::MAX;
         assert_eq!(ids.path_of(c), None);
         ids.last_scan = Some(Instant::now() - Duration::from_secs(2));
         assert_eq!(ids.path_of(c).as_deref(), Some("/c"));
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(!is_cgroup2(&std::env::temp_dir()));
         assert_eq!(CgroupIds::new(None).path_of(1), None);
+    }
+
+    /// Kernfs ids grow: one above the last walk's highest is a new cgroup, looked for at
+    /// once (a short-lived container's), and only once if it is not there.
+    #[test]
+    fn a_new_id_walks_again_at_once_but_only_once() {
+        let dir = std::env::temp_dir().join(format!("cgids-new-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("a")).unwrap();
+        let mut ids = CgroupIds::new(Some(dir.clone()));
+        ids.scan();
+        std::fs::create_dir_all(dir.join("short-lived")).unwrap();
+        let new = std::fs::metadata(dir.join("short-lived")).unwrap().ino();
+        // On kernfs the new directory's id is above the walk's; force it on this file system.
+        ids.max_indexed = new - 1;
+        assert_eq!(ids.path_of(new).as_deref(), Some("/short-lived"));
+
+        let gone = ids.max_indexed + 1_000_000;
+        let scanned = ids.last_scan;
+        assert_eq!(ids.path_of(gone), None);
+        assert_ne!(ids.last_scan, scanned, "a new id walks at once");
+        let scanned = ids.last_scan;
+        assert_eq!(ids.path_of(gone), None);
+        assert_eq!(
+            ids.last_scan, scanned,
+            "not found once: left to the interval"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
