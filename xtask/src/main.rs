@@ -170,7 +170,8 @@ fn test(filter: Option<String>) -> Result<()> {
     let tools = toolchain::dir();
     eprintln!("==> unit and integration tests");
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace"]);
+    // Every suite runs even when one fails: one run shows every failure.
+    cmd.args(["test", "--workspace", "--no-fail-fast"]);
     cmd.env("TRACER_TOOLCHAIN_DIR", &tools);
     cmd.env("TRACER_AGENT_BIN", &bin);
     cmd.env("TRACER_DEMO_DIR", &demo_deps);
