@@ -762,6 +762,24 @@ pub async fn collect(
 /// How long a test waits for the spans it expects.
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// The one span `f` picks; fails with a summary of all of them when there are none or
+/// several.
+pub fn one<'a>(
+    spans: &'a [ReceivedSpan],
+    what: &str,
+    f: impl Fn(&ReceivedSpan) -> bool,
+) -> &'a ReceivedSpan {
+    let found: Vec<_> = spans.iter().filter(|s| f(s)).collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected exactly one {what}, got {}:\n{}",
+        found.len(),
+        summary(spans)
+    );
+    found[0]
+}
+
 /// The spans of process `pid` of `kind` (`"CLIENT"`, `"SERVER"`).
 pub fn of_kind<'a>(spans: &'a [ReceivedSpan], pid: u32, kind: &str) -> Vec<&'a ReceivedSpan> {
     spans

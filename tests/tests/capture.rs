@@ -5,71 +5,14 @@
 use std::time::Duration;
 
 use tracer_tests::harness::{Agent, CurlRun, Server, curl, python_http_server};
-use tracer_tests::{OtlpReceiver, ReceivedSpan, ReceiverProtocol, Value};
+use tracer_tests::programs::{self, agent_exporting_to, one, span_pid};
+use tracer_tests::{OtlpReceiver, ReceivedSpan, ReceiverProtocol};
 
-async fn agent_exporting_to(rx: &OtlpReceiver) -> Agent {
-    Agent::start(
-        &[],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint()),
-            (
-                "OTEL_EXPORTER_OTLP_PROTOCOL",
-                rx.protocol().otel_name().to_owned(),
-            ),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
-        ],
-    )
-    .await
-    .expect("agent starts")
-}
-
-fn pid(span: &ReceivedSpan) -> i64 {
-    match span.resource.get("process.pid") {
-        Some(Value::Int(p)) => *p,
-        other => panic!("span without process.pid: {other:?}"),
-    }
-}
-
-/// Spans of the given processes only: the agent traces the whole machine.
-fn spans_of(spans: &[ReceivedSpan], pids: &[u32]) -> Vec<ReceivedSpan> {
-    spans
-        .iter()
-        .filter(|s| pids.iter().any(|&p| pid(s) == p as i64))
-        .cloned()
-        .collect()
-}
-
-/// Waits until `want` spans of `pids` arrived, stops the agent (which flushes), and returns
-/// every span of `pids` received: the count is then final, so duplicates would show.
 async fn collect(rx: &OtlpReceiver, agent: Agent, pids: &[u32], want: usize) -> Vec<ReceivedSpan> {
-    let waited = rx
-        .wait_for_spans(
-            |spans| spans_of(spans, pids).len() >= want,
-            Duration::from_secs(20),
-        )
-        .await;
-    let (_, stderr) = agent.stop().expect("agent stops cleanly");
-    waited.unwrap_or_else(|e| {
-        panic!(
-            "expected {want} spans: {e}; got {:#?}\nagent stderr:\n{stderr}",
-            spans_of(&rx.spans(), pids)
-        )
-    });
-    spans_of(&rx.spans(), pids)
-}
-
-fn one<'a>(
-    spans: &'a [ReceivedSpan],
-    what: &str,
-    f: impl Fn(&ReceivedSpan) -> bool,
-) -> &'a ReceivedSpan {
-    let found: Vec<_> = spans.iter().filter(|s| f(s)).collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "expected exactly one {what}, got {found:#?}"
-    );
-    found[0]
+    programs::collect(rx, agent, pids, want, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .0
 }
 
 /// For one curl run: exactly one CLIENT span (curl's pid) and exactly one SERVER span (the
@@ -86,7 +29,7 @@ fn assert_pair(
         &format!("CLIENT span of curl {} for {path}", run.pid),
         |s| {
             s.kind == "CLIENT"
-                && pid(s) == run.pid as i64
+                && span_pid(s) == run.pid
                 && s.attr_str("url.full").is_some_and(|u| u.contains(path))
         },
     );
@@ -98,7 +41,7 @@ fn assert_pair(
         &format!("SERVER span for {path} from port {local_port}"),
         |s| {
             s.kind == "SERVER"
-                && pid(s) == server.pid() as i64
+                && span_pid(s) == server.pid()
                 && s.attr_int("network.peer.port") == Some(local_port)
                 && s.attr_str("url.path") == Some(path)
         },
@@ -177,7 +120,7 @@ async fn requests_on_separate_connections(protocol: ReceiverProtocol) {
         .await
         .expect("receiver starts");
     let server = python_http_server("127.0.0.1", false).expect("python server starts");
-    let agent = agent_exporting_to(&rx).await;
+    let agent = agent_exporting_to(&rx, &[]).await.unwrap();
     let base = format!("http://127.0.0.1:{}", server.port);
 
     let ok = curl(&[&format!("{base}/")]).unwrap();
@@ -218,7 +161,7 @@ async fn curl_and_python_over_otlp_http_protobuf() {
 async fn keep_alive_connection_gives_one_pair_per_request() {
     let rx = OtlpReceiver::start(ReceiverProtocol::Grpc).await.unwrap();
     let server = python_http_server("127.0.0.1", true).unwrap();
-    let agent = agent_exporting_to(&rx).await;
+    let agent = agent_exporting_to(&rx, &[]).await.unwrap();
     let base = format!("http://127.0.0.1:{}", server.port);
     // One curl, three URLs: curl reuses the connection.
     let run = curl(&[

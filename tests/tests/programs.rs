@@ -11,27 +11,11 @@ use tracer_tests::ReceivedSpan;
 use tracer_tests::harness::{curl, python_http_server};
 use tracer_tests::programs::{
     GO_CLIENT, GO_SERVER, Nginx, TempDir, WAIT, agent_exporting_to, assert_linked, collect,
-    collect_pairs, counts, distinct, go_build, node_client, node_server, of_kind,
+    collect_pairs, counts, distinct, go_build, node_client, node_server, of_kind, one,
     python_app_server, python_requests_client, python_vectored_client, receiver, reported,
     require_python_requests, run_client, span_pid, spans_of, spawn_printing_port, summary,
     wrk_pipelined,
 };
-
-fn one<'a>(
-    spans: &'a [ReceivedSpan],
-    what: &str,
-    f: impl Fn(&ReceivedSpan) -> bool,
-) -> &'a ReceivedSpan {
-    let found: Vec<_> = spans.iter().filter(|s| f(s)).collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "expected exactly one {what}, got {}:\n{}",
-        found.len(),
-        summary(spans)
-    );
-    found[0]
-}
 
 fn client_path(s: &ReceivedSpan) -> Option<String> {
     let full = s.attr_str("url.full")?;
