@@ -216,6 +216,8 @@ struct Shared {
     partial_success: Mutex<Option<ExportTracePartialSuccess>>,
     /// Bumped after every request so waiters re-check.
     version: watch::Sender<u64>,
+    /// While true, requests are counted and kept but not answered.
+    held: watch::Sender<bool>,
 }
 
 enum Outcome {
@@ -252,6 +254,13 @@ impl Shared {
         };
         self.version.send_modify(|v| *v += 1);
         outcome
+    }
+
+    /// Returns once answers are not held.
+    async fn answer_allowed(&self) {
+        let mut held = self.held.subscribe();
+        // Err: the sender is gone with the receiver; nothing to wait for.
+        let _ = held.wait_for(|h| !*h).await;
     }
 }
 
@@ -395,6 +404,16 @@ impl OtlpReceiver {
         self.shared.fail_next.store(n, Ordering::SeqCst);
     }
 
+    /// Holds every answer from now on: requests are counted and kept, their exporters wait.
+    pub fn hold_answers(&self) {
+        self.shared.held.send_replace(true);
+    }
+
+    /// Answers the held requests and every later one at once.
+    pub fn release_answers(&self) {
+        self.shared.held.send_replace(false);
+    }
+
     /// Answers the next accepted request with an OTLP partial success.
     pub fn partial_success_next(&self, rejected_spans: i64, error_message: &str) {
         *self.shared.partial_success.lock().unwrap() = Some(ExportTracePartialSuccess {
@@ -479,7 +498,9 @@ impl TraceService for GrpcService {
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let headers = request.metadata().clone().into_headers();
-        match self.0.handle(&headers, request.into_inner()) {
+        let outcome = self.0.handle(&headers, request.into_inner());
+        self.0.answer_allowed().await;
+        match outcome {
             Outcome::Accepted(resp) => Ok(tonic::Response::new(resp)),
             Outcome::Failed => Err(tonic::Status::unavailable("injected failure")),
         }
@@ -508,7 +529,9 @@ async fn http_traces(
         Ok(r) => r,
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
-    match shared.handle(&headers, request) {
+    let outcome = shared.handle(&headers, request);
+    shared.answer_allowed().await;
+    match outcome {
         Outcome::Accepted(resp) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/x-protobuf")],

@@ -293,6 +293,44 @@ async fn schedule_delay_sends_a_partial_batch() {
     exporter.shutdown(deadline()).await;
 }
 
+/// Batches go out `max_concurrent_exports` at a time: with the collector holding its
+/// answers, four batches are all in flight at once (one at a time, the second would wait
+/// for the first answer and this would time out), and all four land once it answers.
+async fn batches_in_flight_at_once(protocol: ReceiverProtocol) {
+    let receiver = OtlpReceiver::start(protocol).await.unwrap();
+    receiver.hold_answers();
+    let mut cfg = ExportConfig::new(receiver.traces_url(), protocol_of(&receiver));
+    cfg.batch.max_export_batch_size = 1;
+    assert_eq!(cfg.batch.max_concurrent_exports, 4);
+    let metrics = Arc::new(Metrics::default());
+    let exporter = SpanExporter::start(&cfg, metrics.clone()).unwrap();
+    let r = resource("svc", 1);
+    for id in 1..=4 {
+        exporter.submit(span(&r, id, None, SpanKind::Server));
+    }
+    receiver.wait_for_attempts(4, WAIT).await.unwrap();
+    assert_eq!(load(&metrics.spans_exported), 0, "no answer yet");
+    receiver.release_answers();
+    receiver
+        .wait_for_spans(|s| s.len() == 4, WAIT)
+        .await
+        .unwrap();
+    exporter.shutdown(deadline()).await;
+    assert_eq!(load(&metrics.spans_exported), 4);
+    assert_eq!(load(&metrics.export_requests), 4);
+    assert_eq!(receiver.attempts(), 4);
+}
+
+#[tokio::test]
+async fn grpc_exports_batches_concurrently() {
+    batches_in_flight_at_once(ReceiverProtocol::Grpc).await;
+}
+
+#[tokio::test]
+async fn http_exports_batches_concurrently() {
+    batches_in_flight_at_once(ReceiverProtocol::HttpProtobuf).await;
+}
+
 /// A collector that is down: `submit` must stay a non-blocking drop-and-count, memory must
 /// stay within the queue, and queued spans must be dropped (and counted) after retries.
 ///

@@ -75,6 +75,16 @@ async fn wait_for_pair(
     rx.spans()
 }
 
+/// A busybox container on the host network that fetches the database's `/query` once.
+fn wget_container(name: &str, image: &str, db_port: &str) -> Container {
+    let url = format!("http://127.0.0.1:{db_port}/query");
+    Container::run(
+        name,
+        &["--network=host", image, "wget", "-q", "-O", "-", &url],
+    )
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn off_kubernetes_spans_carry_container_ids() {
     let s = setup().await;
@@ -105,19 +115,7 @@ async fn off_kubernetes_spans_carry_container_ids() {
     )
     .unwrap();
     wait_listening(s.db_port).await;
-    let client = Container::run(
-        "tracer-e2e-wget",
-        &[
-            "--network=host",
-            &bb_image,
-            "wget",
-            "-q",
-            "-O",
-            "-",
-            &format!("http://127.0.0.1:{port}/query"),
-        ],
-    )
-    .unwrap();
+    let client = wget_container("tracer-e2e-wget", &bb_image, &port);
     assert_eq!(client.wait(T).unwrap(), 0, "wget failed: {}", client.logs());
     assert!(client.logs().contains("Data from database"));
 
@@ -326,19 +324,7 @@ async fn kubernetes_mode_spans_carry_pod_metadata_and_peer_names() {
     assert_eq!(client.wait(T).unwrap(), 0, "wget failed: {}", client.logs());
 
     // A container outside any pod is not traced in Kubernetes mode.
-    let outsider = Container::run(
-        "tracer-e2e-k8s-outsider",
-        &[
-            "--network=host",
-            &bb_image,
-            "wget",
-            "-q",
-            "-O",
-            "-",
-            &format!("http://127.0.0.1:{port}/query"),
-        ],
-    )
-    .unwrap();
+    let outsider = wget_container("tracer-e2e-k8s-outsider", &bb_image, &port);
     assert_eq!(outsider.wait(T).unwrap(), 0);
 
     let spans = wait_for_pair(&s.rx, &agent, &server, &client).await;

@@ -1,18 +1,18 @@
 //! The OTLP span exporter: a bounded queue in front of one background task that batches,
-//! exports and retries.
+//! and up to `max_concurrent_exports` export tasks that send and retry one batch each.
 //!
-//! Memory is bounded by the queue (`max_queue_size` spans) plus the one batch in flight:
-//! while a batch is being exported or retried the task does not read the queue, so a slow
+//! Memory is bounded by the queue (`max_queue_size` spans) plus the batches in flight:
+//! while all export slots are busy the batching task does not read the queue, so a slow
 //! or dead collector makes new spans drop (and count) at `submit` instead of piling up.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, sleep_until};
 
 use super::config::{BatchConfig, ExportConfig, RetryConfig};
@@ -54,18 +54,24 @@ impl SpanExporter {
     ) -> Self {
         let (tx, rx) = mpsc::channel(batch.max_queue_size.max(1));
         let (shutdown, shutdown_rx) = watch::channel(None);
+        let signal = ShutdownSignal {
+            rx: shutdown_rx,
+            handle_gone: false,
+        };
         let worker = Worker {
             rx,
-            signal: ShutdownSignal {
-                rx: shutdown_rx,
-                handle_gone: false,
-            },
-            transport,
+            signal: signal.clone(),
+            sender: Arc::new(BatchSender {
+                transport,
+                export_timeout: batch.export_timeout,
+                retry,
+                metrics: metrics.clone(),
+                failing: AtomicBool::new(false),
+            }),
+            in_flight: JoinSet::new(),
+            max_in_flight: batch.max_concurrent_exports.max(1),
             batch_cfg: batch,
-            retry,
-            metrics: metrics.clone(),
             rng: SmallRng::from_os_rng(),
-            failing: false,
         };
         SpanExporter {
             tx,
@@ -126,16 +132,26 @@ impl SpanExporter {
 struct Worker {
     rx: mpsc::Receiver<SpanRecord>,
     signal: ShutdownSignal,
-    transport: Transport,
+    sender: Arc<BatchSender>,
+    in_flight: JoinSet<()>,
+    max_in_flight: usize,
     batch_cfg: BatchConfig,
+    /// Seeds each export's own backoff jitter.
+    rng: SmallRng,
+}
+
+/// What every export task shares.
+struct BatchSender {
+    transport: Transport,
+    export_timeout: Duration,
     retry: RetryConfig,
     metrics: Arc<Metrics>,
-    rng: SmallRng,
-    /// Whether the last batch failed, so recovery is logged once.
-    failing: bool,
+    /// Whether the last batch to finish failed, so recovery is logged once.
+    failing: AtomicBool,
 }
 
 /// The receiving side of the shutdown deadline.
+#[derive(Clone)]
 struct ShutdownSignal {
     rx: watch::Receiver<Option<Instant>>,
     /// The handle was dropped without `shutdown`: treat it as a shutdown without deadline.
@@ -181,35 +197,62 @@ impl Worker {
                 _ = self.signal.changed(), if !closing => {}
                 msg = self.rx.recv() => match msg {
                     Some(span) => {
-                        self.metrics.export_queue_depth.fetch_sub(1, Ordering::Relaxed);
+                        self.metrics().export_queue_depth.fetch_sub(1, Ordering::Relaxed);
                         batch.push(span);
                         if batch.len() == 1 {
                             flush_at = Some(Instant::now() + self.batch_cfg.schedule_delay);
                         }
                         if batch.len() >= max {
                             flush_at = None;
-                            self.export(std::mem::replace(&mut batch, Vec::with_capacity(max))).await;
+                            self.dispatch(std::mem::replace(&mut batch, Vec::with_capacity(max))).await;
                         }
                     }
                     None => {
                         if !batch.is_empty() {
-                            self.export(batch).await;
+                            self.dispatch(batch).await;
                         }
+                        while self.in_flight.join_next().await.is_some() {}
                         return;
                     }
                 },
                 _ = sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {
                     flush_at = None;
-                    self.export(std::mem::replace(&mut batch, Vec::with_capacity(max))).await;
+                    self.dispatch(std::mem::replace(&mut batch, Vec::with_capacity(max))).await;
                 }
+                // Reap finished exports as they end, so a slot frees without waiting for
+                // the next full batch.
+                Some(_) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {}
             }
         }
     }
 
-    async fn export(&mut self, batch: Vec<SpanRecord>) {
+    fn metrics(&self) -> &Metrics {
+        &self.sender.metrics
+    }
+
+    /// Starts exporting `batch` once a slot is free. Waiting here (not reading the queue)
+    /// is what bounds memory when the collector is slow.
+    async fn dispatch(&mut self, batch: Vec<SpanRecord>) {
+        while self.in_flight.len() >= self.max_in_flight {
+            self.in_flight.join_next().await;
+        }
+        let sender = self.sender.clone();
+        let signal = self.signal.clone();
+        let rng = SmallRng::from_rng(&mut self.rng);
+        self.in_flight.spawn(sender.export(batch, signal, rng));
+    }
+}
+
+impl BatchSender {
+    async fn export(
+        self: Arc<Self>,
+        batch: Vec<SpanRecord>,
+        mut signal: ShutdownSignal,
+        mut rng: SmallRng,
+    ) {
         let n = batch.len() as u64;
         // Past the shutdown deadline the rest of the queue is only counted, not encoded.
-        if self.signal.deadline().is_some_and(|d| Instant::now() >= d) {
+        if signal.deadline().is_some_and(|d| Instant::now() >= d) {
             Metrics::add(&self.metrics.spans_dropped_export_failed, n);
             tracing::warn!(
                 spans = n,
@@ -222,7 +265,7 @@ impl Worker {
         // The request now holds copies of everything; free the spans before waiting.
         drop(batch);
 
-        let batch_deadline = Instant::now() + self.batch_cfg.export_timeout;
+        let batch_deadline = Instant::now() + self.export_timeout;
         // A shutdown deadline, which may arrive at any moment, can only shorten the budget.
         let deadline = |signal: &ShutdownSignal| {
             signal
@@ -231,7 +274,7 @@ impl Worker {
         };
         let mut attempts = 0u32;
         let last_error = loop {
-            if Instant::now() >= deadline(&self.signal) {
+            if Instant::now() >= deadline(&signal) {
                 break ExportError::Retryable {
                     message: "export deadline passed".into(),
                     retry_after: None,
@@ -244,9 +287,9 @@ impl Worker {
             let result = loop {
                 tokio::select! {
                     r = &mut attempt => break Some(r),
-                    _ = sleep_until(deadline(&self.signal)) => break None,
+                    _ = sleep_until(deadline(&signal)) => break None,
                     // Re-arm the sleep above with the (possibly earlier) deadline.
-                    _ = self.signal.changed() => {}
+                    _ = signal.changed() => {}
                 }
             };
             let err = match result {
@@ -264,8 +307,7 @@ impl Worker {
                             "collector rejected part of an export"
                         );
                     }
-                    if self.failing {
-                        self.failing = false;
+                    if self.failing.swap(false, Ordering::Relaxed) {
                         tracing::info!(
                             endpoint = self.transport.endpoint(),
                             "OTLP export recovered"
@@ -286,23 +328,23 @@ impl Worker {
             }
             let delay = err
                 .retry_after()
-                .unwrap_or_else(|| backoff_delay(&self.retry, attempts, &mut self.rng));
+                .unwrap_or_else(|| backoff_delay(&self.retry, attempts, &mut rng));
             let wake = Instant::now() + delay;
-            if wake >= deadline(&self.signal) {
+            if wake >= deadline(&signal) {
                 break err;
             }
             // Sleep, but wake early if shutdown moves the deadline before `wake`; the check
             // at the top of the loop then gives up.
-            while Instant::now() < wake.min(deadline(&self.signal)) {
+            while Instant::now() < wake.min(deadline(&signal)) {
                 tokio::select! {
-                    _ = sleep_until(wake.min(deadline(&self.signal))) => {}
-                    _ = self.signal.changed() => {}
+                    _ = sleep_until(wake.min(deadline(&signal))) => {}
+                    _ = signal.changed() => {}
                 }
             }
         };
 
         Metrics::add(&self.metrics.spans_dropped_export_failed, n);
-        self.failing = true;
+        self.failing.store(true, Ordering::Relaxed);
         tracing::warn!(
             endpoint = self.transport.endpoint(),
             spans = n,

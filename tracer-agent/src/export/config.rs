@@ -20,6 +20,8 @@ pub const ENV_BSP_SCHEDULE_DELAY: &str = "OTEL_BSP_SCHEDULE_DELAY";
 pub const ENV_BSP_EXPORT_TIMEOUT: &str = "OTEL_BSP_EXPORT_TIMEOUT";
 pub const ENV_BSP_MAX_QUEUE_SIZE: &str = "OTEL_BSP_MAX_QUEUE_SIZE";
 pub const ENV_BSP_MAX_EXPORT_BATCH_SIZE: &str = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE";
+/// Not in the specification; the OpenTelemetry Rust SDK reads it.
+pub const ENV_BSP_MAX_CONCURRENT_EXPORTS: &str = "OTEL_BSP_MAX_CONCURRENT_EXPORTS";
 
 /// Names used in error messages for values that came from [`ExportOverrides`].
 pub const FLAG_ENDPOINT: &str = "--otlp-endpoint";
@@ -55,6 +57,9 @@ pub struct BatchConfig {
     pub max_export_batch_size: usize,
     /// Budget for one batch including all its retries.
     pub export_timeout: Duration,
+    /// Batches exported (or retried) at the same time. While all are in flight the queue
+    /// is not read, so memory stays bounded by the queue plus these batches.
+    pub max_concurrent_exports: usize,
 }
 
 impl Default for BatchConfig {
@@ -66,6 +71,9 @@ impl Default for BatchConfig {
             max_queue_size: 8192,
             max_export_batch_size: 512,
             export_timeout: Duration::from_millis(30_000),
+            // One batch at a time is bounded by the round trip, not by the collector: under
+            // load the queue overflowed while a healthy collector sat waiting.
+            max_concurrent_exports: 4,
         }
     }
 }
@@ -259,6 +267,12 @@ pub fn resolve(
         get(ENV_BSP_EXPORT_TIMEOUT),
         defaults.export_timeout.as_millis() as u64,
     )?);
+    // Each batch in flight holds its encoded request: keep the bound meaningful.
+    let max_concurrent_exports = positive(
+        get(ENV_BSP_MAX_CONCURRENT_EXPORTS),
+        defaults.max_concurrent_exports,
+    )?
+    .min(64);
 
     Ok(Some(ExportConfig {
         endpoint,
@@ -270,6 +284,7 @@ pub fn resolve(
             max_queue_size,
             max_export_batch_size,
             export_timeout,
+            max_concurrent_exports,
         },
         retry: RetryConfig::default(),
     }))
@@ -570,6 +585,7 @@ mod tests {
             (ENV_BSP_MAX_QUEUE_SIZE, "100"),
             (ENV_BSP_MAX_EXPORT_BATCH_SIZE, "1000"),
             (ENV_BSP_EXPORT_TIMEOUT, "7000"),
+            (ENV_BSP_MAX_CONCURRENT_EXPORTS, "2"),
         ])
         .unwrap()
         .unwrap();
@@ -577,6 +593,18 @@ mod tests {
         assert_eq!(cfg.batch.max_queue_size, 100);
         assert_eq!(cfg.batch.max_export_batch_size, 100);
         assert_eq!(cfg.batch.export_timeout, Duration::from_secs(7));
+        assert_eq!(cfg.batch.max_concurrent_exports, 2);
+        let many = [
+            (ENV_ENDPOINT, "http://c:4318"),
+            (ENV_BSP_MAX_CONCURRENT_EXPORTS, "100000"),
+        ];
+        let cfg = resolve_env(&many).unwrap().unwrap();
+        assert_eq!(cfg.batch.max_concurrent_exports, 64, "clamped");
+        let zero = [
+            (ENV_ENDPOINT, "http://c:4318"),
+            (ENV_BSP_MAX_CONCURRENT_EXPORTS, "0"),
+        ];
+        assert!(resolve_env(&zero).is_err());
     }
 
     #[test]
