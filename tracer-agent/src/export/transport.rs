@@ -294,6 +294,11 @@ fn accepted(partial: Option<ExportTracePartialSuccess>) -> Accepted {
 pub fn classify_grpc(status: &tonic::Status) -> ExportError {
     use tonic::Code;
     let message = format!("gRPC {:?}: {}", status.code(), status.message());
+    if let Some(hint) = protocol_mismatch(&message) {
+        return ExportError::Permanent {
+            message: format!("{message} ({hint})"),
+        };
+    }
     match status.code() {
         Code::Unavailable
         | Code::DeadlineExceeded
@@ -338,6 +343,11 @@ pub fn classify_http(status: u16, retry_after: Option<Duration>, body: &[u8]) ->
 
 fn classify_reqwest(e: &reqwest::Error) -> ExportError {
     let message = error_chain(e);
+    if let Some(hint) = protocol_mismatch(&message) {
+        return ExportError::Permanent {
+            message: format!("{message} ({hint})"),
+        };
+    }
     if e.is_builder() {
         ExportError::Permanent { message }
     } else {
@@ -346,6 +356,24 @@ fn classify_reqwest(e: &reqwest::Error) -> ExportError {
             message,
             retry_after: None,
         }
+    }
+}
+
+/// What to do when the endpoint speaks the other OTLP transport: the raw errors (an HTTP/1
+/// client reading HTTP/2 frames, a gRPC client getting a plain 404) do not say it.
+fn protocol_mismatch(message: &str) -> Option<&'static str> {
+    if message.contains("invalid HTTP version parsed")
+        || message.contains("received unexpected message from connection")
+    {
+        Some(
+            "the endpoint answers in HTTP/2: it looks like an OTLP/gRPC port; set OTEL_EXPORTER_OTLP_PROTOCOL=grpc or use the collector's OTLP/HTTP port (4318)",
+        )
+    } else if message.contains("grpc-status header missing") {
+        Some(
+            "the endpoint answers plain HTTP: it looks like an OTLP/HTTP port; set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf or use the collector's gRPC port (4317)",
+        )
+    } else {
+        None
     }
 }
 
@@ -389,6 +417,27 @@ pub fn error_chain(e: &dyn StdError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_other_transport_is_named_not_retried() {
+        let status = tonic::Status::new(
+            tonic::Code::Unimplemented,
+            "grpc-status header missing, mapped from HTTP status code 404",
+        );
+        match classify_grpc(&status) {
+            ExportError::Permanent { message } => {
+                assert!(message.contains("OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let http1_reading_h2 = "error sending request for url (http://c:4317/v1/traces): \
+            client error (SendRequest): invalid HTTP version parsed";
+        assert!(
+            protocol_mismatch(http1_reading_h2)
+                .is_some_and(|h| h.contains("OTEL_EXPORTER_OTLP_PROTOCOL=grpc"))
+        );
+        assert_eq!(protocol_mismatch("connection refused"), None);
+    }
 
     #[test]
     fn grpc_codes_are_classified_per_spec() {
