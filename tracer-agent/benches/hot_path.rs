@@ -33,7 +33,7 @@ const REQUESTS_PER_CONN: u64 = 16;
 const EXCHANGES: u64 = CONNS * REQUESTS_PER_CONN * 2;
 /// Simulated time between the starts of two iterations: more than an iteration's traffic
 /// (about 4 ms) plus the link window, so every iteration starts after the last take.
-const PERIOD_NS: u64 = 1_000_000_000;
+const PERIOD_NS: u64 = 3_000_000_000;
 /// Spans of the export batcher's default batch size.
 const EXPORT_BATCH: usize = 512;
 
