@@ -64,7 +64,7 @@ struct Args {
 
     /// How long a SERVER span waits for the CLIENT span of a traced caller before it is
     /// exported without it (ms).
-    #[arg(long, env = "TRACER_LINK_WINDOW_MS", default_value_t = 1000)]
+    #[arg(long, env = "TRACER_LINK_WINDOW_MS", default_value_t = LinkConfig::default().window_ns / 1_000_000)]
     link_window_ms: u64,
 
     /// Fraction of traces exported, 0 to 1, decided per trace id (like

@@ -71,8 +71,8 @@ impl Default for BatchConfig {
             max_queue_size: 8192,
             max_export_batch_size: 512,
             export_timeout: Duration::from_millis(30_000),
-            // One batch at a time is bounded by the round trip, not by the collector: under
-            // load the queue overflowed while a healthy collector sat waiting.
+            // One batch at a time caps export at a batch per round trip: with a collector
+            // across the network that, not the collector, would set the rate.
             max_concurrent_exports: 4,
         }
     }
