@@ -2,6 +2,7 @@
 
 pub mod harness;
 pub mod kube_api;
+pub mod linking;
 pub mod otlp;
 pub mod podman;
 pub mod pods;

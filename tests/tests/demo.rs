@@ -322,6 +322,8 @@ struct Report {
     requests: usize,
     /// Per hop: correct links.
     hop_ok: [usize; 5],
+    /// Per hop: children the agent gave no parent (it abstained): a split, never a lie.
+    hop_unlinked: [usize; 5],
     chains_ok: usize,
     /// Descriptions of what went wrong, per hop.
     wrong: [Vec<String>; 5],
@@ -345,6 +347,7 @@ fn evaluate(chains: &[Chain], spans: &[ReceivedSpan]) -> Report {
     let mut report = Report {
         requests: chains.len(),
         hop_ok: [0; 5],
+        hop_unlinked: [0; 5],
         chains_ok: 0,
         wrong: Default::default(),
         problems: Vec::new(),
@@ -369,6 +372,9 @@ fn evaluate(chains: &[Chain], spans: &[ReceivedSpan]) -> Report {
             };
             if child.trace_id == parent.trace_id && child.parent_span_id == parent.span_id {
                 report.hop_ok[hop] += 1;
+            } else if child.parent_span_id.is_empty() {
+                whole = false;
+                report.hop_unlinked[hop] += 1;
             } else {
                 whole = false;
                 let got = match owner.get(child.parent_span_id.as_str()) {
@@ -387,8 +393,14 @@ fn evaluate(chains: &[Chain], spans: &[ReceivedSpan]) -> Report {
                 ));
             }
         }
-        // One trace per request, nothing else in it.
-        if let Some(client) = c.one(0) {
+        // One trace per request, nothing else in it (split where the agent abstained).
+        let split = (0..5).any(|hop| {
+            c.one(hop + 1)
+                .is_some_and(|child| child.parent_span_id.is_empty())
+        });
+        if let Some(client) = c.one(0)
+            && !split
+        {
             let got = per_trace
                 .get(client.trace_id.as_str())
                 .copied()
@@ -429,14 +441,16 @@ impl Report {
     fn table(&self, title: &str) -> String {
         let mut t = format!("\n{title}\n");
         t.push_str(&format!(
-            "  {:<38} {:<32} {:>11} {:>8}\n",
-            "hop", "rule", "correct", "share"
+            "  {:<38} {:<32} {:>11} {:>8} {:>9} {:>6}\n",
+            "hop", "rule", "correct", "share", "unlinked", "wrong"
         ));
         for (h, (hop, rule)) in HOPS.iter().enumerate() {
             t.push_str(&format!(
-                "  {hop:<38} {rule:<32} {:>11} {:>7.2}%\n",
+                "  {hop:<38} {rule:<32} {:>11} {:>7.2}% {:>9} {:>6}\n",
                 format!("{}/{}", self.hop_ok[h], self.requests),
-                self.share(self.hop_ok[h])
+                self.share(self.hop_ok[h]),
+                self.hop_unlinked[h],
+                self.wrong[h].len()
             ));
         }
         t.push_str(&format!(
@@ -606,20 +620,25 @@ async fn demo_concurrent_requests_linking_accuracy() {
             report.table("concurrent")
         );
     }
-    // Node's hop is a guess whenever several requests on the loop await their call: the
-    // oldest is taken, wrong when calls leave out of arrival order. Measured here (2 cores,
-    // 7 runs): 96.6% to 99.4%. The floor catches a broken rule, not that reordering.
+    // Node's hop: a call written while several requests are in flight on the loop could
+    // be any of theirs, so the agent abstains (the trace splits there); it must never pick
+    // a wrong parent. With 20 clients the loop nearly always has several in flight
+    // (measured: 2,000 of 2,000 unlinked); the sequential test shows the rule links when
+    // only one is.
     assert!(
-        report.share(report.hop_ok[1]) >= NODE_HOP_FLOOR_PERCENT,
-        "Node hop below {NODE_HOP_FLOOR_PERCENT}%: {}",
+        report.wrong[1].is_empty(),
+        "Node hop: wrong parents: {}",
+        report.table("concurrent")
+    );
+    assert_eq!(
+        report.hop_ok[1] + report.hop_unlinked[1],
+        ids.len(),
+        "Node hop: every call linked right or left unlinked: {}",
         report.table("concurrent")
     );
     chains.iter().for_each(assert_exchange);
     assert_resources(&run, &spans);
 }
-
-/// Lowest accepted share of correct frontend SERVER → CLIENT links under concurrency.
-const NODE_HOP_FLOOR_PERCENT: f64 = 90.0;
 
 /// `TRACER_DEMO_DUMP=<file>`: every span of the concurrency run as a TSV row (request,
 /// role, times, ports, ids), to study the links outside the test.

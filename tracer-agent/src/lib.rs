@@ -11,6 +11,7 @@ pub mod export;
 pub mod http;
 pub mod link;
 pub mod metrics;
+pub mod peers;
 pub mod pipeline;
 pub mod server;
 pub mod spans;

@@ -11,6 +11,7 @@ use tracer_agent::capture::{btf::Btf, events, loader, preflight};
 use tracer_agent::export::{self, ExportOverrides};
 use tracer_agent::link::LinkConfig;
 use tracer_agent::metrics::Metrics;
+use tracer_agent::peers;
 use tracer_agent::pipeline::{Pipeline, PipelineConfig};
 use tracer_agent::server;
 use tracer_agent::spans::clock::Clock;
@@ -71,6 +72,25 @@ struct Args {
     /// OTEL_TRACES_SAMPLER=traceidratio with OTEL_TRACES_SAMPLER_ARG). Default: all.
     #[arg(long, value_name = "RATIO")]
     sample_ratio: Option<f64>,
+
+    /// Answer other nodes' agents asking for the callers of their SERVER spans on this
+    /// address (agent-to-agent exchange; needs the shared token).
+    #[arg(long, env = "TRACER_EXCHANGE_ADDR", value_name = "ADDR")]
+    exchange_addr: Option<SocketAddr>,
+
+    /// Another node's agent to ask for callers, `HOST:PORT` of its --exchange-addr
+    /// (repeatable; comma-separated in the environment).
+    #[arg(
+        long = "peer",
+        env = "TRACER_PEERS",
+        value_delimiter = ',',
+        value_name = "HOST:PORT"
+    )]
+    peers: Vec<String>,
+
+    /// File holding the exchange's shared token (a mounted Secret); else TRACER_EXCHANGE_TOKEN.
+    #[arg(long, env = "TRACER_EXCHANGE_TOKEN_FILE", value_name = "PATH")]
+    exchange_token_file: Option<std::path::PathBuf>,
 
     #[command(flatten)]
     enrich: tracer_agent::enrich::cli::EnrichArgs,
@@ -146,6 +166,42 @@ async fn run(args: Args) -> Result<()> {
     let enricher = tracer_agent::enrich::Enricher::start(enrich_cfg, metrics.clone()).await?;
     let sink = export::build_sink(export_cfg, metrics.clone()).await?;
     let bound = server::spawn(args.metrics_addr, metrics.clone()).await?;
+    let exchange = !args.peers.is_empty() || args.exchange_addr.is_some();
+    let token = if exchange {
+        Some(peers::load_token(
+            args.exchange_token_file.as_deref(),
+            std::env::var("TRACER_EXCHANGE_TOKEN").ok(),
+        )?)
+    } else {
+        None
+    };
+    let mut questions = match (args.exchange_addr, &token) {
+        (Some(addr), Some(token)) => {
+            let (bound, rx) = peers::serve(addr, token.clone(), metrics.clone()).await?;
+            tracing::info!("answering other agents' caller lookups on {bound}");
+            Some(rx)
+        }
+        _ => None,
+    };
+    let (peer_client, mut found) = match (&token, args.peers.is_empty()) {
+        (Some(token), false) => {
+            for p in &args.peers {
+                anyhow::ensure!(
+                    p.rsplit_once(':')
+                        .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok()),
+                    "--peer {p:?} is not HOST:PORT"
+                );
+            }
+            tracing::info!(
+                "asking {} peer agent(s) for callers: {}",
+                args.peers.len(),
+                args.peers.join(", ")
+            );
+            let (c, rx) = peers::Client::start(args.peers.clone(), token.clone(), metrics.clone())?;
+            (Some(c), Some(rx))
+        }
+        _ => (None, None),
+    };
 
     let mut capture = loader::Capture::load(&loader::CaptureConfig {
         pids: args.pids.clone(),
@@ -167,6 +223,7 @@ async fn run(args: Args) -> Result<()> {
             max_connections: args.max_connections,
             link: LinkConfig {
                 window_ns: args.link_window_ms * 1_000_000,
+                remote: exchange,
                 ..Default::default()
             },
             ..Default::default()
@@ -198,10 +255,23 @@ async fn run(args: Args) -> Result<()> {
             }
             _ = link_tick.tick() => {
                 drain(ring.get_mut(), &mut pipeline, &metrics);
-                for span in pipeline.take_spans(Clock::monotonic_now_ns()) {
+                let now = Clock::monotonic_now_ns();
+                if let Some(client) = &peer_client {
+                    let due = pipeline.due_lookups(now);
+                    if !due.is_empty() {
+                        client.lookup(due);
+                    }
+                }
+                for span in pipeline.take_spans(now) {
                     submit_sampled(&sink, &sampler, &metrics, span);
                 }
             }
+            Some(q) = recv_some(&mut questions) => {
+                // Events read so far may hold the asked-for requests.
+                drain(ring.get_mut(), &mut pipeline, &metrics);
+                let _ = q.reply.send(pipeline.answer(&q.keys));
+            }
+            Some((key, ctx)) = recv_some(&mut found) => pipeline.remote_found(key, ctx),
             _ = housekeeping.tick() => pipeline.tick(),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -220,6 +290,14 @@ async fn run(args: Args) -> Result<()> {
     sink.shutdown(tokio::time::Instant::now() + Duration::from_secs(5))
         .await;
     Ok(())
+}
+
+/// The next message of an optional channel; pending forever without one.
+async fn recv_some<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn submit_sampled(

@@ -11,6 +11,11 @@ macro_rules! counters {
             $( pub $field: AtomicU64, )*
             /// Drops counted in the kernel, per reason, copied in by the capture loop.
             pub kernel_drops: [AtomicU64; tracer_common::DROP_REASON_COUNT],
+            /// CLIENT spans the thread rule left without a parent, per
+            /// `link::Abstained::ALL`, copied in by the pipeline.
+            pub link_abstained: [AtomicU64; 3],
+            /// The agent-to-agent exchange.
+            pub peers: crate::peers::PeerMetrics,
             pub ready: AtomicBool,
         }
 
@@ -30,6 +35,12 @@ macro_rules! counters {
                         .unwrap_or("unknown");
                     let _ = writeln!(out, "tracer_kernel_drops_total{{reason=\"{reason}\"}} {}", c.load(Ordering::Relaxed));
                 }
+                let _ = writeln!(out, "# HELP tracer_link_abstained_total CLIENT spans given no in-process parent because no choice was certain, by reason.");
+                let _ = writeln!(out, "# TYPE tracer_link_abstained_total counter");
+                for (why, c) in crate::link::Abstained::ALL.iter().zip(&self.link_abstained) {
+                    let _ = writeln!(out, "tracer_link_abstained_total{{reason=\"{}\"}} {}", why.as_str(), c.load(Ordering::Relaxed));
+                }
+                self.peers.render(&mut out);
                 out
             }
         }
@@ -49,6 +60,7 @@ counters! {
     exchanges => ("tracer_http_exchanges_total", "counter", "HTTP request/response exchanges reconstructed."),
     own_exports_skipped => ("tracer_own_exports_skipped_total", "counter", "Exchanges skipped because they are this agent's own OTLP exports."),
     links_by_peer => ("tracer_links_by_peer_total", "counter", "SERVER spans linked to the CLIENT span of the same exchange (address match)."),
+    links_by_remote_peer => ("tracer_links_by_remote_peer_total", "counter", "SERVER spans linked to the CLIENT span of the same exchange traced by another node's agent."),
     links_by_header => ("tracer_links_by_header_total", "counter", "Spans linked to trace context from request headers."),
     links_by_thread => ("tracer_links_by_thread_total", "counter", "CLIENT spans linked to the SERVER span their thread was serving."),
     trace_roots => ("tracer_trace_roots_total", "counter", "Spans exported as the root of a new trace."),

@@ -32,26 +32,37 @@ pub fn ensure_test_tools() -> Result<()> {
     ensure_packages(TEST_TOOLS)?;
     crate::image::ensure_image_tools()?;
     ensure_manifest_validator()?;
-    ensure_python_requests()
+    ensure_python_test_packages()
 }
 
-/// Python's `requests` for the fidelity suite, installed with pip into
-/// `target/test-tools/python` (on `PYTHONPATH` in the tests), not into the system.
-const PYTHON_REQUESTS: &str = "requests==2.32.3";
+/// Python packages the suites import, installed with pip into `target/test-tools/python`
+/// (on `PYTHONPATH` in the tests), not into the system: (module, pinned requirement).
+/// `requests` for the fidelity suite, `aiohttp` for the asyncio service of the linking
+/// suite.
+const PYTHON_TEST_PACKAGES: &[(&str, &str)] = &[
+    ("requests", "requests==2.32.3"),
+    ("aiohttp", "aiohttp==3.12.15"),
+];
 
-fn ensure_python_requests() -> Result<()> {
+fn ensure_python_test_packages() -> Result<()> {
     let dir = crate::workspace_root().join("target/test-tools/python");
-    let importable = Command::new("python3")
-        .args(["-c", "import requests"])
-        .env("PYTHONPATH", &dir)
-        .status()
-        .is_ok_and(|s| s.success());
-    if importable {
+    let importable = |module: &str| {
+        Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .env("PYTHONPATH", &dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if PYTHON_TEST_PACKAGES.iter().all(|(m, _)| importable(m)) {
         return Ok(());
     }
-    eprintln!("==> installing {PYTHON_REQUESTS} into {}", dir.display());
-    run_cmd(pip_install_into(&dir).arg(PYTHON_REQUESTS))
-        .context("installing requests with pip failed")
+    let reqs: Vec<&str> = PYTHON_TEST_PACKAGES.iter().map(|(_, r)| *r).collect();
+    eprintln!("==> installing {} into {}", reqs.join(" "), dir.display());
+    // All of them in one resolution, replacing what is there: `--target` does not merge
+    // a second install's shared dependencies (idna) into the directory.
+    run_cmd(pip_install_into(&dir).arg("--upgrade").args(&reqs))
+        .context("installing the tests' Python packages with pip failed")
 }
 
 /// Installs the Debian packages of the `(command, package)` pairs whose command is missing.

@@ -323,6 +323,14 @@ impl Enricher {
         }
     }
 
+    /// The runtime of a process [`Enricher::resource`] has looked at.
+    pub fn runtime(&self, pid: u32) -> crate::spans::resource::Runtime {
+        self.procs
+            .get(&pid)
+            .map(|e| e.info.runtime)
+            .unwrap_or_default()
+    }
+
     fn decide(&self, info: &ProcessInfo, cgroup: &CgroupInfo) -> Verdict {
         let subject = attrs::Subject {
             process: info,

@@ -13,13 +13,16 @@
 //!    ours agree.
 //! 2. **SERVER span, header**: no traced client: a valid `traceparent` or B3 context in the
 //!    request makes the span a child of that context.
-//! 3. **CLIENT span, thread**: a request written by thread T while T is serving a SERVER
-//!    request (its request read by T, its response not yet written) is that request's child.
-//!    With several requests in flight on T (an event loop), the oldest one that has no
-//!    child yet is chosen: exact for one downstream call per request in arrival order,
-//!    a heuristic beyond that. With none on T, a process serving exactly one request is the
-//!    parent (runtimes that move work between threads, like Go); with several, none is
-//!    guessed.
+//! 3. **CLIENT span, thread**: a request written by thread T while T is serving exactly one
+//!    SERVER request (its request read by T, its response not yet written) is that
+//!    request's child. Only then is the cause certain for a thread-per-request runtime,
+//!    and for an event loop with a single request in flight. Everywhere else the rule
+//!    abstains and says why ([`Abstained`]): several requests in flight on T (an event loop:
+//!    handlers that do variable work before calling downstream leave the loop in any order),
+//!    none on T while the process serves some (work handed to another thread: pools, Go's
+//!    `writeLoop`), or a process whose runtime schedules its work M:N over threads (Go: a
+//!    thread says nothing about the goroutine it ran). A guess that is right most of the
+//!    time is wrong for someone's request; an abstained CLIENT span starts its own trace.
 //! 4. **CLIENT span, header**: otherwise, context the application put in the outgoing
 //!    request.
 //! 5. Otherwise a new trace.
@@ -44,6 +47,7 @@ use std::net::SocketAddr;
 use foldhash::{HashMap, HashMapExt};
 
 use crate::spans::builder::IdGenerator;
+use crate::spans::resource::Runtime;
 use crate::spans::{SpanId, SpanKind, SpanRecord, TraceId};
 pub use context::SpanContext;
 
@@ -55,6 +59,12 @@ pub struct LinkConfig {
     pub max_spans: usize,
     /// Trace ids of exported spans remembered for late children.
     pub remembered_traces: usize,
+    /// Agents on other nodes can be asked for callers: SERVER spans without a local client
+    /// are looked up there ([`Linker::due_lookups`]), and this agent's CLIENT requests are
+    /// kept answerable ([`Linker::answer`]).
+    pub remote: bool,
+    /// CLIENT requests kept answerable for other agents.
+    pub answerable: usize,
 }
 
 impl Default for LinkConfig {
@@ -65,6 +75,8 @@ impl Default for LinkConfig {
             window_ns: 1_000_000_000,
             max_spans: 200_000,
             remembered_traces: 100_000,
+            remote: false,
+            answerable: 65_536,
         }
     }
 }
@@ -83,14 +95,49 @@ pub struct StartedRequest {
     pub peer: Option<SocketAddr>,
     /// Valid trace context the request carried.
     pub context: Option<SpanContext>,
+    /// How the process schedules its work: decides whether its threads mean anything.
+    pub runtime: Runtime,
+}
+
+/// Why the thread rule gave a CLIENT span no parent although its process was serving
+/// requests: the cases where any choice could be someone else's request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abstained {
+    /// Several requests in flight on the writing thread (an event loop).
+    SeveralOnThread,
+    /// None on the writing thread, some elsewhere in the process (a hand-off).
+    OtherThread,
+    /// A runtime that moves its tasks between threads (Go).
+    Runtime,
+}
+
+impl Abstained {
+    pub const ALL: [Abstained; 3] = [
+        Abstained::SeveralOnThread,
+        Abstained::OtherThread,
+        Abstained::Runtime,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Abstained::SeveralOnThread => "several_on_thread",
+            Abstained::OtherThread => "other_thread",
+            Abstained::Runtime => "runtime",
+        }
+    }
 }
 
 /// How spans were linked, for `/metrics`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct LinkStats {
     pub by_peer: u64,
+    /// SERVER spans linked to a caller traced by another node's agent.
+    pub by_remote_peer: u64,
     pub by_header: u64,
     pub by_thread: u64,
+    /// CLIENT spans the thread rule left without a parent, by [`Abstained`] (indexed by
+    /// its position in [`Abstained::ALL`]).
+    pub abstained: [u64; 3],
     pub roots: u64,
     pub orphans: u64,
     pub evicted: u64,
@@ -101,12 +148,30 @@ pub struct LinkStats {
 const IDLE_SERVING_LISTS: usize = 4096;
 
 /// Client source address and request position: identifies one exchange on both sides.
-type PeerKey = (SocketAddr, u64);
+pub type PeerKey = (SocketAddr, u64);
+
+/// What this agent knows of a CLIENT request another agent asked about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Its span's context (trace id, span id, the caller's sampling decision if any).
+    Found(SpanContext),
+    /// Seen, but its own parent is not decided yet: ask again.
+    Pending,
+    /// Not seen (yet).
+    Unknown,
+}
+
+/// Delays after a SERVER request started at which its caller is looked up on other nodes:
+/// the first leaves a local client time to match, the later ones cover a caller whose agent
+/// reads its events late or whose own parent is still pending.
+const LOOKUP_AT_NS: [u64; 5] = [2_000_000, 20_000_000, 100_000_000, 300_000_000, 700_000_000];
 
 #[derive(Debug, Clone)]
 enum Parent {
     Root,
     Remote(SpanContext),
+    /// The CLIENT span of the same exchange, traced by another node's agent.
+    RemotePeer(SpanContext),
     Local(SpanId),
     Peer {
         client: SpanId,
@@ -115,6 +180,8 @@ enum Parent {
     AwaitPeer {
         header: Option<SpanContext>,
         deadline_ns: u64,
+        started_ns: u64,
+        lookups: u8,
     },
 }
 
@@ -144,11 +211,6 @@ struct Node {
     server_key: Option<PeerKey>,
 }
 
-struct Serving {
-    span: SpanId,
-    children: u32,
-}
-
 pub struct Linker {
     cfg: LinkConfig,
     ids: IdGenerator,
@@ -160,8 +222,9 @@ pub struct Linker {
     by_request: HashMap<u64, Vec<(u64, SpanId)>>,
     clients_by_source: HashMap<PeerKey, SpanId>,
     servers_awaiting: HashMap<PeerKey, SpanId>,
-    serving_by_thread: HashMap<(u32, u32), Vec<Serving>>,
-    serving_by_process: HashMap<u32, Vec<SpanId>>,
+    /// SERVER requests in flight by the thread that read them, and their count per process.
+    serving_by_thread: HashMap<(u32, u32), Vec<SpanId>>,
+    serving_by_process: HashMap<u32, u32>,
     exported: HashMap<SpanId, (TraceId, Option<bool>)>,
     exported_order: VecDeque<SpanId>,
     /// Finished spans not yet released, in finishing order.
@@ -173,6 +236,11 @@ pub struct Linker {
     parked: BinaryHeap<Reverse<(u64, SpanId)>>,
     /// Spans decided since the last poll.
     released: Vec<SpanRecord>,
+    /// SERVER spans awaiting a caller, by the time of their next lookup on other nodes.
+    lookups: BinaryHeap<Reverse<(u64, SpanId)>>,
+    /// CLIENT requests other agents may ask about, oldest first (bounded).
+    answerable: HashMap<PeerKey, SpanId>,
+    answerable_order: VecDeque<PeerKey>,
     stats: LinkStats,
 }
 
@@ -193,6 +261,9 @@ impl Linker {
             finished: VecDeque::new(),
             parked: BinaryHeap::new(),
             released: Vec::new(),
+            lookups: BinaryHeap::new(),
+            answerable: HashMap::new(),
+            answerable_order: VecDeque::new(),
             stats: LinkStats::default(),
         }
     }
@@ -224,9 +295,15 @@ impl Linker {
                         None => {
                             self.servers_awaiting.insert(key, span_id);
                             server_key = Some(key);
+                            if self.cfg.remote {
+                                self.lookups
+                                    .push(Reverse((now_ns + LOOKUP_AT_NS[0], span_id)));
+                            }
                             Parent::AwaitPeer {
                                 header: r.context.clone(),
                                 deadline_ns: now_ns + self.cfg.window_ns,
+                                started_ns: now_ns,
+                                lookups: 0,
                             }
                         }
                     }
@@ -237,7 +314,7 @@ impl Linker {
                 },
             },
             SpanKind::Client => {
-                let parent = match self.serving_parent(r.tgid, r.tid) {
+                let parent = match self.serving_parent(r.tgid, r.tid, r.runtime) {
                     Some(p) => Parent::Local(p),
                     None => match &r.context {
                         Some(ctx) => Parent::Remote(ctx.clone()),
@@ -246,6 +323,9 @@ impl Linker {
                 };
                 if let Some(source) = r.local {
                     let key = (source, r.seq);
+                    if self.cfg.remote {
+                        self.keep_answerable(key, span_id);
+                    }
                     match self.servers_awaiting.remove(&key) {
                         // The server's read was delivered before our write: link it now.
                         Some(server) => {
@@ -275,14 +355,8 @@ impl Linker {
             self.serving_by_thread
                 .entry((r.tgid, r.tid))
                 .or_default()
-                .push(Serving {
-                    span: span_id,
-                    children: 0,
-                });
-            self.serving_by_process
-                .entry(r.tgid)
-                .or_default()
                 .push(span_id);
+            *self.serving_by_process.entry(r.tgid).or_default() += 1;
         }
         let own_trace = self.ids.trace_id();
         self.nodes.insert(
@@ -351,39 +425,47 @@ impl Linker {
         Some(span_id)
     }
 
-    fn serving_parent(&mut self, tgid: u32, tid: u32) -> Option<SpanId> {
-        if let Some(on_thread) = self.serving_by_thread.get_mut(&(tgid, tid))
-            && !on_thread.is_empty()
-        {
-            let pick = on_thread
-                .iter()
-                .position(|s| s.children == 0)
-                .unwrap_or(on_thread.len() - 1);
-            on_thread[pick].children += 1;
-            self.stats.by_thread += 1;
-            return Some(on_thread[pick].span);
+    /// Rule 3: the SERVER request a CLIENT request written by `tid` was certainly made for,
+    /// or none (counted when the process was serving something, so a choice was refused).
+    fn serving_parent(&mut self, tgid: u32, tid: u32, runtime: Runtime) -> Option<SpanId> {
+        let in_process = self.serving_by_process.get(&tgid).copied().unwrap_or(0);
+        if in_process == 0 {
+            return None;
         }
-        match self.serving_by_process.get(&tgid).map(Vec::as_slice) {
-            Some([only]) => {
+        let on_thread = self
+            .serving_by_thread
+            .get(&(tgid, tid))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let why = match (runtime, on_thread) {
+            (Runtime::Go, _) => Abstained::Runtime,
+            (_, [only]) => {
                 self.stats.by_thread += 1;
-                Some(*only)
+                return Some(*only);
             }
-            _ => None,
-        }
+            (_, []) => Abstained::OtherThread,
+            _ => Abstained::SeveralOnThread,
+        };
+        self.stats.abstained[why as usize] += 1;
+        None
     }
 
     fn stop_serving(&mut self, span: SpanId, tgid: u32, tid: u32) {
         // Emptied lists stay (up to a bound, against thread churn) so the next request of a
         // busy thread or process reuses them instead of allocating; empty means absent.
-        if let Some(list) = self.serving_by_thread.get_mut(&(tgid, tid)) {
-            list.retain(|s| s.span != span);
-            if list.is_empty() && self.serving_by_thread.len() > IDLE_SERVING_LISTS {
-                self.serving_by_thread.remove(&(tgid, tid));
-            }
+        let Some(list) = self.serving_by_thread.get_mut(&(tgid, tid)) else {
+            return;
+        };
+        let Some(at) = list.iter().position(|s| *s == span) else {
+            return;
+        };
+        list.swap_remove(at);
+        if list.is_empty() && self.serving_by_thread.len() > IDLE_SERVING_LISTS {
+            self.serving_by_thread.remove(&(tgid, tid));
         }
-        if let Some(list) = self.serving_by_process.get_mut(&tgid) {
-            list.retain(|s| *s != span);
-            if list.is_empty() && self.serving_by_process.len() > IDLE_SERVING_LISTS {
+        if let Some(n) = self.serving_by_process.get_mut(&tgid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 && self.serving_by_process.len() > IDLE_SERVING_LISTS {
                 self.serving_by_process.remove(&tgid);
             }
         }
@@ -522,6 +604,7 @@ impl Linker {
         let (resolved, how) = match node.parent.clone() {
             Parent::Root => (Some(root), Some(Link::Root)),
             Parent::Remote(ctx) => (Some(remote(&ctx)), Some(Link::Header)),
+            Parent::RemotePeer(ctx) => (Some(remote(&ctx)), Some(Link::RemotePeer)),
             Parent::Local(p) => match self.resolve(p, now_ns, force, depth + 1) {
                 Some(r) => (
                     Some(Resolved {
@@ -554,6 +637,7 @@ impl Linker {
             Parent::AwaitPeer {
                 header,
                 deadline_ns,
+                ..
             } => {
                 if force || now_ns >= deadline_ns {
                     match header {
@@ -570,6 +654,7 @@ impl Linker {
             Some(Link::Root) => self.stats.roots += 1,
             Some(Link::Header) => self.stats.by_header += 1,
             Some(Link::Peer) => self.stats.by_peer += 1,
+            Some(Link::RemotePeer) => self.stats.by_remote_peer += 1,
             Some(Link::Orphan) => {
                 self.stats.orphans += 1;
                 self.stats.roots += 1;
@@ -608,6 +693,97 @@ impl Linker {
         }
         self.remember(span_id, span.trace_id, span.parent_sampled);
         self.released.push(span);
+    }
+
+    fn keep_answerable(&mut self, key: PeerKey, span_id: SpanId) {
+        if self.answerable.insert(key, span_id).is_none() {
+            self.answerable_order.push_back(key);
+        }
+        while self.answerable_order.len() > self.cfg.answerable {
+            if let Some(old) = self.answerable_order.pop_front() {
+                self.answerable.remove(&old);
+            }
+        }
+    }
+
+    /// Another agent asks for the CLIENT request written from `key` (this node's client
+    /// address:port and the request's position on the connection).
+    pub fn answer(&mut self, key: PeerKey, now_ns: u64) -> Answer {
+        let Some(&span_id) = self.answerable.get(&key) else {
+            return Answer::Unknown;
+        };
+        match self.resolve(span_id, now_ns, false, 0) {
+            Some(r) => Answer::Found(SpanContext {
+                trace_id: r.trace_id,
+                span_id,
+                sampled: r.sampled,
+                trace_state: r.trace_state,
+            }),
+            // Tracked, parent not decided yet.
+            None if self.nodes.contains_key(&span_id) => Answer::Pending,
+            // Gone without a trace remembered (evicted): nothing certain to say.
+            None => Answer::Unknown,
+        }
+    }
+
+    /// Callers to look up on other nodes now: SERVER requests whose client no local span
+    /// matched yet. Each is asked a bounded number of times within its link window.
+    pub fn due_lookups(&mut self, now_ns: u64) -> Vec<PeerKey> {
+        let mut due = Vec::new();
+        while let Some(&Reverse((at, span_id))) = self.lookups.peek() {
+            if at > now_ns {
+                break;
+            }
+            self.lookups.pop();
+            let Some(node) = self.nodes.get_mut(&span_id) else {
+                continue;
+            };
+            let Parent::AwaitPeer {
+                started_ns,
+                deadline_ns,
+                lookups,
+                ..
+            } = &mut node.parent
+            else {
+                continue; // linked meanwhile
+            };
+            let Some(key) = node.server_key else {
+                continue;
+            };
+            due.push(key);
+            *lookups += 1;
+            if let Some(next) = LOOKUP_AT_NS.get(*lookups as usize) {
+                let at = *started_ns + next;
+                if at < *deadline_ns {
+                    self.lookups.push(Reverse((at, span_id)));
+                }
+            }
+        }
+        due
+    }
+
+    /// Another node's agent traced the caller of the SERVER request awaiting `key`: link it
+    /// as a local peer match would (a header naming a different trace still wins).
+    pub fn remote_found(&mut self, key: PeerKey, ctx: SpanContext) -> bool {
+        let Some(&server) = self.servers_awaiting.get(&key) else {
+            return false;
+        };
+        let Some(node) = self.nodes.get_mut(&server) else {
+            return false;
+        };
+        let Parent::AwaitPeer { header, .. } = &node.parent else {
+            return false;
+        };
+        node.parent = match header {
+            Some(h) if h.trace_id != ctx.trace_id => Parent::Remote(h.clone()),
+            _ => Parent::RemotePeer(ctx),
+        };
+        node.server_key = None;
+        self.servers_awaiting.remove(&key);
+        if node.parked_until.take().is_some() {
+            self.finished.push_back(server);
+        }
+        true
     }
 
     /// Spans whose trace is decided, ready to export. `force` decides everything now
@@ -673,6 +849,7 @@ enum Link {
     Root,
     Header,
     Peer,
+    RemotePeer,
     Orphan,
 }
 

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::*;
+use crate::spans::resource::Runtime;
 use crate::spans::{Resource, SpanStatus};
 
 const WINDOW: u64 = 1_000;
@@ -48,6 +49,7 @@ struct Req {
     local: &'static str,
     peer: &'static str,
     context: Option<SpanContext>,
+    runtime: Runtime,
 }
 
 impl Req {
@@ -61,12 +63,19 @@ impl Req {
             local,
             peer,
             context: None,
+            runtime: Runtime::Native,
         }
     }
     fn client(conn: u64, tgid: u32, tid: u32, local: &'static str, peer: &'static str) -> Req {
         Req {
             kind: SpanKind::Client,
             ..Req::server(conn, tgid, tid, local, peer)
+        }
+    }
+    fn go(self) -> Req {
+        Req {
+            runtime: Runtime::Go,
+            ..self
         }
     }
     fn seq(self, seq: u64) -> Req {
@@ -89,6 +98,7 @@ impl Req {
                 local: addr(self.local),
                 peer: addr(self.peer),
                 context: self.context.clone(),
+                runtime: self.runtime,
             },
             now,
         )
@@ -290,43 +300,102 @@ fn header_from_another_trace_wins_over_the_peer_match() {
     assert_eq!(find(&spans, s).parent_span_id, Some([3; 8]));
 }
 
+/// An event loop with two requests in flight: the handlers may call downstream in any
+/// order (variable work first), so no call is given a parent; with one in flight, it is.
 #[test]
-fn event_loop_assigns_calls_to_requests_in_arrival_order() {
+fn event_loop_with_several_in_flight_abstains() {
     let mut l = linker();
     let a = Req::server(1, 5, 5, "10.0.0.1:3000", "192.0.2.1:1");
     let b = Req::server(2, 5, 5, "10.0.0.1:3000", "192.0.2.1:2");
-    let call_a = Req::client(3, 5, 5, "10.0.0.1:41000", "10.0.0.2:8080");
-    let call_b = Req::client(4, 5, 5, "10.0.0.1:41001", "10.0.0.2:8080");
+    let call_b = Req::client(3, 5, 5, "10.0.0.1:41000", "10.0.0.2:8080");
+    let call_a = Req::client(4, 5, 5, "10.0.0.1:41001", "10.0.0.2:8080");
     let sa = a.start(&mut l, 0);
-    let sb = b.start(&mut l, 1);
-    let ca = call_a.start(&mut l, 2);
-    let cb = call_b.start(&mut l, 3);
-    for r in [&call_a, &call_b, &a, &b] {
-        r.finish(&mut l, 4);
+    b.start(&mut l, 1);
+    // b's handler was quicker: its call leaves the loop first.
+    let cb = call_b.start(&mut l, 2);
+    b.finish(&mut l, 3);
+    // Only a is in flight now: its call is certainly a's.
+    let ca = call_a.start(&mut l, 4);
+    for r in [&call_a, &call_b, &a] {
+        r.finish(&mut l, 5);
     }
     let spans = l.poll(WINDOW + 10, false);
+    assert_eq!(find(&spans, cb).parent_span_id, None);
     assert_eq!(find(&spans, ca).parent_span_id, Some(sa));
-    assert_eq!(find(&spans, cb).parent_span_id, Some(sb));
+    let stats = l.stats();
+    assert_eq!(stats.by_thread, 1);
+    assert_eq!(stats.abstained, [1, 0, 0]);
 }
 
+/// A call written by a thread serving nothing while the process serves one request
+/// (a pool thread, a background job) is not adopted: it may not be that request's.
 #[test]
-fn process_with_one_request_in_flight_adopts_calls_from_other_threads() {
+fn calls_from_other_threads_are_never_adopted() {
     let mut l = linker();
     let srv = Req::server(1, 7, 70, "10.0.0.1:8080", "192.0.2.1:1");
     let cli = Req::client(2, 7, 71, "10.0.0.1:41000", "10.0.0.2:80");
-    let s = srv.start(&mut l, 0);
+    srv.start(&mut l, 0);
     let c = cli.start(&mut l, 1);
-    // With two requests in flight, a call from a third thread is not guessed.
-    let srv2 = Req::server(3, 7, 72, "10.0.0.1:8080", "192.0.2.1:2");
-    srv2.start(&mut l, 2);
-    let cli2 = Req::client(4, 7, 73, "10.0.0.1:41001", "10.0.0.2:80");
-    let c2 = cli2.start(&mut l, 3);
-    for r in [&cli, &cli2, &srv, &srv2] {
+    // The same process calling out while it serves nothing: an ordinary root.
+    srv.finish(&mut l, 2);
+    let idle = Req::client(3, 7, 71, "10.0.0.1:41001", "10.0.0.2:80");
+    let i = idle.start(&mut l, 3);
+    for r in [&cli, &idle] {
         r.finish(&mut l, 4);
     }
     let spans = l.poll(WINDOW + 10, false);
-    assert_eq!(find(&spans, c).parent_span_id, Some(s));
-    assert_eq!(find(&spans, c2).parent_span_id, None);
+    assert_eq!(find(&spans, c).parent_span_id, None);
+    assert_eq!(find(&spans, i).parent_span_id, None);
+    let stats = l.stats();
+    assert_eq!((stats.by_thread, stats.abstained), (0, [0, 1, 0]));
+}
+
+/// Go moves goroutines between threads: even the thread that read the only request in
+/// flight may be writing another goroutine's call, so Go processes get no thread links.
+#[test]
+fn go_processes_never_link_by_thread() {
+    let mut l = linker();
+    let srv = Req::server(1, 9, 90, "10.0.0.1:8080", "192.0.2.1:1").go();
+    let cli = Req::client(2, 9, 90, "10.0.0.1:41000", "10.0.0.2:80").go();
+    srv.start(&mut l, 0);
+    let c = cli.start(&mut l, 1);
+    cli.finish(&mut l, 2);
+    srv.finish(&mut l, 3);
+    let spans = l.poll(WINDOW + 10, false);
+    assert_eq!(find(&spans, c).parent_span_id, None);
+    assert_eq!(l.stats().abstained, [0, 0, 1]);
+}
+
+/// Thread-per-request servers link every call, whatever the other threads do.
+#[test]
+fn thread_per_request_links_each_call_to_its_own_request() {
+    let mut l = linker();
+    let mut expect = Vec::new();
+    let servers: Vec<Req> = (0..4)
+        .map(|i| Req::server(i, 3, 30 + i as u32, "10.0.0.1:8080", "192.0.2.1:1"))
+        .collect();
+    let ids: Vec<SpanId> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r.start(&mut l, i as u64))
+        .collect();
+    // Calls leave in reverse order of arrival, each from its own thread.
+    let calls: Vec<Req> = (0..4u64)
+        .rev()
+        .map(|i| Req::client(10 + i, 3, 30 + i as u32, "10.0.0.1:41000", "10.0.0.2:80"))
+        .collect();
+    for (n, c) in calls.iter().enumerate() {
+        let id = c.start(&mut l, 10 + n as u64);
+        expect.push((id, ids[(c.conn - 10) as usize]));
+    }
+    for r in calls.iter().chain(&servers) {
+        r.finish(&mut l, 20);
+    }
+    let spans = l.poll(WINDOW + 30, false);
+    for (call, parent) in expect {
+        assert_eq!(find(&spans, call).parent_span_id, Some(parent));
+    }
+    assert_eq!(l.stats().abstained, [0, 0, 0]);
 }
 
 #[test]
@@ -383,6 +452,7 @@ fn bounded_under_a_flood_of_unanswered_requests() {
         window_ns: WINDOW,
         max_spans: 100,
         remembered_traces: 50,
+        ..Default::default()
     });
     for i in 0..10_000u64 {
         Req::server(i, 2, 2, "10.0.0.1:80", "192.0.2.1:1000").start(&mut l, i);
@@ -422,4 +492,107 @@ fn callers_sampling_decision_reaches_every_span_below() {
         );
         assert_eq!(own[0].parent_sampled, None);
     }
+}
+
+fn remote_linker() -> Linker {
+    Linker::new(LinkConfig {
+        window_ns: 1_000_000_000,
+        remote: true,
+        ..Default::default()
+    })
+}
+
+/// Two agents, one per node: the caller's agent answers with its CLIENT span's context, and
+/// the server's agent links its SERVER span to it; what the server calls next follows.
+#[test]
+fn chain_across_two_agents_is_one_trace() {
+    const MS: u64 = 1_000_000;
+    let (mut node1, mut node2) = (remote_linker(), remote_linker());
+    // Node 1: a request from outside, served by the front, which calls back on node 2.
+    let front = Req::server(1, 10, 10, "10.0.1.2:8080", "10.0.1.1:50000");
+    let call = Req::client(2, 10, 10, "10.0.1.2:41000", "10.0.2.2:8080");
+    // Node 2: back serves the call (peer: the caller's address), then calls a database.
+    let back = Req::server(3, 20, 20, "10.0.2.2:8080", "10.0.1.2:41000");
+    let db_call = Req::client(4, 20, 20, "10.0.2.2:42000", "10.0.2.9:5432");
+
+    let f = front.start(&mut node1, 0);
+    let c = call.start(&mut node1, MS);
+    let b = back.start(&mut node2, 2 * MS);
+    let d = db_call.start(&mut node2, 3 * MS);
+    // Nothing local matched back's caller: it is due for a lookup after the grace delay.
+    assert!(node2.due_lookups(3 * MS).is_empty());
+    let due = node2.due_lookups(4 * MS);
+    assert_eq!(due, vec![("10.0.1.2:41000".parse().unwrap(), 0)]);
+    // Node 1's front is still waiting for its own (untraced) caller: node 1 says pending.
+    assert_eq!(node1.answer(due[0], 4 * MS), Answer::Pending);
+    // Asked again later, after the front's window ran out: found.
+    for r in [&call, &front] {
+        r.finish(&mut node1, 5 * MS);
+    }
+    let released = node1.poll(2_000 * MS, false);
+    let front_span = find(&released, f);
+    let Answer::Found(ctx) = node1.answer(due[0], 2_000 * MS) else {
+        panic!("caller not found");
+    };
+    assert_eq!(ctx.span_id, c);
+    assert_eq!(ctx.trace_id, front_span.trace_id);
+    assert!(node2.remote_found(due[0], ctx.clone()));
+    for r in [&db_call, &back] {
+        r.finish(&mut node2, 6 * MS);
+    }
+    let spans = node2.poll(7 * MS, false);
+    assert_eq!(find(&spans, b).parent_span_id, Some(c));
+    assert_eq!(find(&spans, b).trace_id, front_span.trace_id);
+    assert_eq!(find(&spans, d).parent_span_id, Some(b));
+    assert_eq!(find(&spans, d).trace_id, front_span.trace_id);
+    assert_eq!(node2.stats().by_remote_peer, 1);
+    // A late answer for a span already linked changes nothing.
+    assert!(!node2.remote_found(due[0], ctx));
+}
+
+/// Lookups are bounded: a caller nobody knows is asked a few times within the window, then
+/// the SERVER span is exported on its own, as without peers.
+#[test]
+fn unanswered_lookups_stop_at_the_window() {
+    const MS: u64 = 1_000_000;
+    let mut l = remote_linker();
+    let srv = Req::server(1, 5, 5, "10.0.0.1:80", "192.0.2.1:1000");
+    let s = srv.start(&mut l, 0);
+    let mut asked = 0;
+    for t in (0..1_500).step_by(10) {
+        asked += l.due_lookups(t * MS).len();
+    }
+    assert!((3..=5).contains(&asked), "asked {asked} times");
+    srv.finish(&mut l, 10 * MS);
+    let spans = l.poll(1_001 * MS, false);
+    assert_eq!(find(&spans, s).parent_span_id, None);
+    // A span matched locally is never looked up.
+    let cli = Req::client(2, 6, 6, "192.0.2.1:2000", "10.0.0.1:80");
+    let srv2 = Req::server(3, 5, 5, "10.0.0.1:80", "192.0.2.1:2000");
+    cli.start(&mut l, 2_000 * MS);
+    srv2.start(&mut l, 2_000 * MS);
+    assert!(l.due_lookups(3_000 * MS).is_empty());
+}
+
+/// An SDK-made header of another trace still wins over a remote peer's answer, as it wins
+/// over a local one; unknown keys answer `Unknown`; without `remote` nothing is answerable.
+#[test]
+fn remote_answers_follow_the_local_rules() {
+    let mut l = remote_linker();
+    let srv = Req::server(1, 5, 5, "10.0.0.1:80", "192.0.2.1:1000").ctx(header(7, 8));
+    let s = srv.start(&mut l, 0);
+    let key = ("192.0.2.1:1000".parse().unwrap(), 0);
+    assert!(l.remote_found(key, header(9, 9)));
+    srv.finish(&mut l, 1);
+    let spans = l.poll(2, false);
+    assert_eq!(find(&spans, s).trace_id, [7; 16]);
+    assert_eq!(l.answer(key, 3), Answer::Unknown);
+
+    let mut local_only = linker();
+    let cli = Req::client(2, 6, 6, "192.0.2.1:2000", "10.0.0.1:80");
+    cli.start(&mut local_only, 0);
+    assert_eq!(
+        local_only.answer(("192.0.2.1:2000".parse().unwrap(), 0), 1),
+        Answer::Unknown
+    );
 }

@@ -12,10 +12,11 @@ use tracer_common::{Direction, Role};
 use crate::capture::events::{CaptureEvent, ConnOpened, DataChunk, Meta};
 use crate::enrich::Enricher;
 use crate::http::{self, Chunk, Exchange, HttpConfig, HttpConnection, Stream};
-use crate::link::{LinkConfig, Linker, StartedRequest, context};
+use crate::link::{Answer, LinkConfig, Linker, PeerKey, StartedRequest, context};
 use crate::metrics::Metrics;
 use crate::spans::builder::{ConnMeta, build_span};
 use crate::spans::clock::Clock;
+use crate::spans::resource::Runtime;
 use crate::spans::{Resource, SpanKind, SpanRecord};
 
 #[derive(Debug, Clone, Default)]
@@ -30,6 +31,7 @@ struct Connection {
     meta: ConnMeta,
     tgid: u32,
     resource: Arc<Resource>,
+    runtime: Runtime,
     /// Created with the first data: an idle connection costs only its table entry (about
     /// 150 bytes; the HTTP state is about 1 KiB).
     http: Option<Box<HttpConnection>>,
@@ -134,12 +136,35 @@ impl Pipeline {
         let s = self.linker.stats();
         let m = &self.metrics;
         m.links_by_peer.store(s.by_peer, Ordering::Relaxed);
+        m.links_by_remote_peer
+            .store(s.by_remote_peer, Ordering::Relaxed);
         m.links_by_header.store(s.by_header, Ordering::Relaxed);
         m.links_by_thread.store(s.by_thread, Ordering::Relaxed);
+        for (to, n) in m.link_abstained.iter().zip(s.abstained) {
+            to.store(n, Ordering::Relaxed);
+        }
         m.trace_roots.store(s.roots, Ordering::Relaxed);
         m.link_orphans.store(s.orphans, Ordering::Relaxed);
         m.link_evicted.store(s.evicted, Ordering::Relaxed);
         m.spans_waiting.store(s.waiting, Ordering::Relaxed);
+    }
+
+    /// Another agent asks about CLIENT requests written on this node.
+    pub fn answer(&mut self, keys: &[PeerKey]) -> Vec<Answer> {
+        keys.iter()
+            .map(|&k| self.linker.answer(k, self.now_ns))
+            .collect()
+    }
+
+    /// Callers to look up on other nodes now.
+    pub fn due_lookups(&mut self, now_ns: u64) -> Vec<PeerKey> {
+        self.advance(now_ns);
+        self.linker.due_lookups(self.now_ns)
+    }
+
+    /// Another node's agent traced the caller of a waiting SERVER request.
+    pub fn remote_found(&mut self, key: PeerKey, ctx: context::SpanContext) {
+        self.linker.remote_found(key, ctx);
     }
 
     pub fn active_connections(&self) -> usize {
@@ -181,6 +206,7 @@ impl Pipeline {
         let conn = Connection {
             meta: ConnMeta::new(open.role, open.local, open.peer),
             tgid: open.meta.tgid,
+            runtime: self.enricher.runtime(open.meta.tgid),
             resource,
             http: None,
             last_activity_ns: open.meta.ts_exit_ns,
@@ -243,6 +269,7 @@ impl Pipeline {
                 local: conn.meta.local(),
                 peer: conn.meta.peer(),
                 context: context::extract(&started.context_headers),
+                runtime: conn.runtime,
             };
             self.linker.request_started(request, self.now_ns);
         }

@@ -5,5 +5,6 @@ pub mod builder;
 pub mod clock;
 pub mod model;
 pub mod resource;
+pub mod runtime;
 
 pub use model::*;

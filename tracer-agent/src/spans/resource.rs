@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use super::model::{AttrValue, Resource};
+pub use super::runtime::Runtime;
 
 /// What /proc says about a process; read once per pid.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -15,6 +16,8 @@ pub struct ProcessInfo {
     /// `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` from the process's environment.
     pub otel_service_name: Option<String>,
     pub otel_resource_attributes: Option<String>,
+    /// From the executable's ELF sections; `Native` when it cannot be read.
+    pub runtime: Runtime,
 }
 
 impl ProcessInfo {
@@ -31,11 +34,17 @@ impl ProcessInfo {
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect()
         });
+        // Through /proc, so an executable in another mount namespace (a container) is found.
+        let runtime = std::fs::File::open(dir.join("exe"))
+            .ok()
+            .and_then(|mut f| super::runtime::detect(&mut f).ok())
+            .unwrap_or_default();
         let mut info = ProcessInfo {
             pid,
             comm: comm.to_owned(),
             exe_path,
             command_args,
+            runtime,
             ..Default::default()
         };
         if let Ok(environ) = std::fs::read(dir.join("environ")) {
@@ -100,6 +109,9 @@ pub fn process_resource(info: &ProcessInfo, host_name: &str) -> Resource {
     ));
     if let Some(path) = &info.exe_path {
         attributes.push(("process.executable.path".into(), path.clone().into()));
+    }
+    if let Some(name) = info.runtime.otel_name() {
+        attributes.push(("process.runtime.name".into(), name.into()));
     }
     attributes.push(("host.name".into(), host_name.into()));
     attributes.push(("telemetry.sdk.name".into(), "tracer-agent".into()));

@@ -1,0 +1,400 @@
+//! Root integration suite: one trace across nodes. Two agents run on this kernel, each
+//! scoped to its own "node" (a set of processes, `--pid`), as a DaemonSet runs one agent per
+//! node: agent 1 traces the load client and the middle service, agent 2 the downstream
+//! server. The hop middle → downstream is seen half by each agent; only the agent-to-agent
+//! exchange (`--exchange-addr`, `--peer`) can join its halves.
+//!
+//! Ground truth is the load client's own ids: request N is `GET /work?id=N`, and the
+//! middle (thread per request) calls `GET /down?id=N`. A request is WHOLE when its four
+//! spans (load CLIENT, middle SERVER, middle CLIENT, downstream SERVER) are one trace, parent
+//! by parent.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tracer_tests::harness::{Agent, Server};
+use tracer_tests::linking::{LOAD_CLIENT, parse_load_report, query_param, threads_middle};
+use tracer_tests::programs::{
+    WAIT, agent_exporting_to, python, python_app_server, receiver, span_pid, spans_of, summary,
+};
+use tracer_tests::{OtlpReceiver, ReceivedSpan, unused_local_addr};
+
+const TOKEN: &str = "test-exchange-token-0123456789";
+
+/// One test at a time: each starts two agents that would otherwise see each other's
+/// traffic counted.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The load client, started now but waiting for a line on stdin: its pid must be known
+/// before the agents start (they trace by pid), and its requests must come after.
+struct GatedClient {
+    child: Child,
+}
+
+impl GatedClient {
+    fn start(port: u16, count: u32, workers: u32) -> GatedClient {
+        let mut cmd = python();
+        cmd.arg("-c")
+            .arg("import sys; sys.stdin.readline(); exec(sys.argv.pop(1))")
+            .arg(LOAD_CLIENT)
+            .args([
+                port.to_string(),
+                "1".into(),
+                count.to_string(),
+                workers.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        GatedClient {
+            child: cmd.spawn().expect("start the load client"),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Opens the gate and waits for the client's report.
+    fn run(mut self) -> String {
+        let mut stdin = self.child.stdin.take().expect("piped");
+        stdin.write_all(b"go\n").expect("open the gate");
+        drop(stdin);
+        let out = self.child.wait_with_output().expect("load client");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "load client failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+}
+
+/// Agent of one "node": traces `pids`, answers lookups on `exchange`, asks `peers`.
+async fn node_agent(
+    rx: &OtlpReceiver,
+    pids: &[u32],
+    exchange: SocketAddr,
+    peers: &[SocketAddr],
+) -> Agent {
+    let mut args: Vec<String> = vec!["--exchange-addr".into(), exchange.to_string()];
+    for p in pids {
+        args.extend(["--pid".into(), p.to_string()]);
+    }
+    for p in peers {
+        args.extend(["--peer".into(), p.to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // SAFETY: the tests of this binary run one at a time (SERIAL) and set it before any
+    // agent starts; the harness passes the environment on to the agent.
+    unsafe { std::env::set_var("TRACER_EXCHANGE_TOKEN", TOKEN) };
+    agent_exporting_to(rx, &args).await.expect("agent starts")
+}
+
+struct Scenario {
+    downstream: Server,
+    middle: Server,
+}
+
+impl Scenario {
+    fn start() -> Scenario {
+        let downstream = python_app_server("127.0.0.1", false).expect("downstream server");
+        let middle = threads_middle(downstream.port).expect("middle service");
+        Scenario { downstream, middle }
+    }
+}
+
+/// Per request: whole, or which hop broke and how.
+#[derive(Debug, Default)]
+struct Verdict {
+    whole: usize,
+    /// Downstream SERVER spans whose parent is the middle CLIENT span of the same request.
+    cross_node_right: usize,
+    /// … of another span.
+    cross_node_wrong: usize,
+    /// … of nothing (exported on their own).
+    cross_node_unlinked: usize,
+    problems: Vec<String>,
+}
+
+fn judge(spans: &[ReceivedSpan], load: u32, middle: u32, down: u32, count: u32) -> Verdict {
+    let id_of = |s: &ReceivedSpan| -> Option<u32> {
+        let q = s.attr_str("url.query").map(str::to_owned).or_else(|| {
+            s.attr_str("url.full")
+                .and_then(|u| u.split_once('?').map(|(_, q)| q.to_owned()))
+        })?;
+        query_param(&q, "id")?.parse().ok()
+    };
+    let mut by_role: HashMap<(u32, &str, u32), Vec<&ReceivedSpan>> = HashMap::new();
+    for s in spans {
+        if let Some(id) = id_of(s) {
+            by_role
+                .entry((span_pid(s), s.kind.as_str(), id))
+                .or_default()
+                .push(s);
+        }
+    }
+    let mut v = Verdict::default();
+    for id in 1..=count {
+        let get = |pid: u32, kind: &str| -> Option<&ReceivedSpan> {
+            match by_role.get(&(pid, kind, id)).map(Vec::as_slice) {
+                Some([one]) => Some(*one),
+                _ => None,
+            }
+        };
+        let chain = [
+            get(load, "CLIENT"),
+            get(middle, "SERVER"),
+            get(middle, "CLIENT"),
+            get(down, "SERVER"),
+        ];
+        let [Some(a), Some(b), Some(c), Some(d)] = chain else {
+            v.problems
+                .push(format!("request {id}: spans missing or doubled"));
+            continue;
+        };
+        if d.parent_span_id == c.span_id && d.trace_id == c.trace_id {
+            v.cross_node_right += 1;
+        } else if d.parent_span_id.is_empty() {
+            v.cross_node_unlinked += 1;
+        } else {
+            v.cross_node_wrong += 1;
+            v.problems.push(format!(
+                "request {id}: downstream parent {} is not its caller",
+                d.parent_span_id
+            ));
+        }
+        let whole = a.is_root()
+            && b.parent_span_id == a.span_id
+            && c.parent_span_id == b.span_id
+            && d.parent_span_id == c.span_id
+            && [b, c, d].iter().all(|s| s.trace_id == a.trace_id);
+        if whole {
+            v.whole += 1;
+        }
+    }
+    v
+}
+
+/// Runs `count` requests from `workers` client threads through the two nodes, returns
+/// the verdict and both agents' metrics.
+async fn run_across_nodes(count: u32, workers: u32) -> (Verdict, String, String) {
+    let scenario = Scenario::start();
+    let client = GatedClient::start(scenario.middle.port, count, workers);
+    let rx = receiver().await.expect("receiver");
+    let (ex1, ex2) = (unused_local_addr().unwrap(), unused_local_addr().unwrap());
+    let node2 = node_agent(&rx, &[scenario.downstream.pid()], ex2, &[ex1]).await;
+    let node1 = node_agent(&rx, &[client.pid(), scenario.middle.pid()], ex1, &[ex2]).await;
+    let load = client.pid();
+    let out = client.run();
+    let report = parse_load_report(&out).expect("load report");
+    assert_eq!(
+        report.ok,
+        u64::from(count),
+        "every request answered 200: {out}"
+    );
+
+    let pids = [load, scenario.middle.pid(), scenario.downstream.pid()];
+    let want = 4 * count as usize;
+    let waited = rx
+        .wait_for_spans(|s| spans_of(s, &pids).len() >= want, WAIT)
+        .await;
+    let (m1, m2) = (
+        node1.metrics().await.unwrap_or_default(),
+        node2.metrics().await.unwrap_or_default(),
+    );
+    node1.stop().expect("agent 1 stops cleanly");
+    node2.stop().expect("agent 2 stops cleanly");
+    let spans = spans_of(&rx.spans(), &pids);
+    assert!(
+        waited.is_ok() && spans.len() == want,
+        "want {want} spans, got {}:\n{}",
+        spans.len(),
+        summary(&spans)
+    );
+    let v = judge(
+        &spans,
+        load,
+        scenario.middle.pid(),
+        scenario.downstream.pid(),
+        count,
+    );
+    (v, m1, m2)
+}
+
+fn exchange_lines(metrics: &str) -> String {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("tracer_peer_lookups_total")
+                || l.starts_with("tracer_exchange_requests_total")
+                || l.starts_with("tracer_links_by_remote_peer_total")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// 100 requests one after another through two nodes: 100 whole traces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_sequential_requests_give_whole_traces() {
+    let _serial = SERIAL.lock().await;
+    let (v, m1, m2) = run_across_nodes(100, 1).await;
+    println!(
+        "two nodes, 100 sequential: whole={} cross-node right={} wrong={} unlinked={}\nagent 1:\n{}\nagent 2:\n{}",
+        v.whole,
+        v.cross_node_right,
+        v.cross_node_wrong,
+        v.cross_node_unlinked,
+        exchange_lines(&m1),
+        exchange_lines(&m2)
+    );
+    assert!(v.problems.is_empty(), "{:#?}", v.problems);
+    assert_eq!(v.whole, 100, "every request one whole trace");
+}
+
+/// 400 requests from 16 concurrent clients: the cross-node hop links every request to
+/// its own caller, like a local peer match, and nothing is linked wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_concurrent_requests_link_like_one_node() {
+    let _serial = SERIAL.lock().await;
+    let (v, m1, m2) = run_across_nodes(400, 16).await;
+    println!(
+        "two nodes, 400 from 16 clients: whole={} cross-node right={} wrong={} unlinked={}\nagent 1:\n{}\nagent 2:\n{}",
+        v.whole,
+        v.cross_node_right,
+        v.cross_node_wrong,
+        v.cross_node_unlinked,
+        exchange_lines(&m1),
+        exchange_lines(&m2)
+    );
+    assert!(v.problems.is_empty(), "{:#?}", v.problems);
+    assert_eq!(v.cross_node_right, 400, "the cross-node hop is exact");
+    assert_eq!(v.whole, 400, "every request one whole trace");
+}
+
+/// A peer that is down, or that does not hold the token, costs the span its caller and
+/// nothing else: spans are exported on their own within the link window, counted, and the
+/// agent keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_or_hostile_peers_never_stall_the_agent() {
+    let _serial = SERIAL.lock().await;
+    let scenario = Scenario::start();
+    let rx = receiver().await.expect("receiver");
+    // The peer address: nothing listens there.
+    let dead = unused_local_addr().unwrap();
+    let ex = unused_local_addr().unwrap();
+    let agent = node_agent(&rx, &[scenario.downstream.pid()], ex, &[dead]).await;
+    let started = std::time::Instant::now();
+    for n in 0..5 {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!(
+                "http://127.0.0.1:{}/down?id={n}",
+                scenario.downstream.port
+            ))
+            .output()
+            .expect("curl");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    }
+    let pids = [scenario.downstream.pid()];
+    rx.wait_for_spans(|s| spans_of(s, &pids).len() >= 5, Duration::from_secs(10))
+        .await
+        .expect("spans exported without their caller");
+    let took = started.elapsed();
+    let spans = spans_of(&rx.spans(), &pids);
+    assert!(
+        spans.iter().all(ReceivedSpan::is_root),
+        "{}",
+        summary(&spans)
+    );
+    // The link window (1 s) plus export batching; a stalled lookup would show here.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+
+    // Someone without the token, then someone sending garbage: refused, counted.
+    let http = reqwest::Client::new();
+    let url = format!("http://{ex}/v1/callers");
+    let lookup = r#"{"lookups":[{"client":"127.0.0.1:1","seq":0}]}"#;
+    let no_token = http.post(&url).body(lookup).send().await.unwrap();
+    assert_eq!(no_token.status(), 401);
+    assert!(
+        no_token.bytes().await.unwrap().is_empty(),
+        "nothing but the status"
+    );
+    let wrong = http
+        .post(&url)
+        .bearer_auth("not-the-token-at-all-0000")
+        .body(lookup)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let garbage = http
+        .post(&url)
+        .bearer_auth(TOKEN)
+        .body(vec![0xffu8; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), 400);
+    let huge = http
+        .post(&url)
+        .bearer_auth(TOKEN)
+        .body(vec![b' '; 1 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), 413);
+    let ok = http
+        .post(&url)
+        .bearer_auth(TOKEN)
+        .body(lookup)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(
+        ok.text().await.unwrap(),
+        r#"{"answers":[{"state":"unknown"}]}"#
+    );
+
+    let metrics = agent.metrics().await.unwrap();
+    let value = |line: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        value("tracer_exchange_requests_total{result=\"unauthorized\"}"),
+        2
+    );
+    assert_eq!(
+        value("tracer_exchange_requests_total{result=\"malformed\"}"),
+        1
+    );
+    assert_eq!(
+        value("tracer_exchange_requests_total{result=\"answered\"}"),
+        1
+    );
+    let failed = value(&format!(
+        "tracer_peer_lookups_total{{peer=\"{dead}\",result=\"failed\"}}"
+    ));
+    let skipped = value(&format!(
+        "tracer_peer_lookups_total{{peer=\"{dead}\",result=\"skipped\"}}"
+    ));
+    assert!(
+        failed >= 1,
+        "failed lookups counted:\n{}",
+        exchange_lines(&metrics)
+    );
+    assert!(
+        failed + skipped >= 5,
+        "every lookup accounted:\n{}",
+        exchange_lines(&metrics)
+    );
+    agent.stop().expect("agent stops cleanly");
+}

@@ -1,0 +1,412 @@
+//! Agent-to-agent exchange: one trace across nodes.
+//!
+//! An agent sees only its node's half of a hop between nodes: the SERVER span here, the
+//! CLIENT span on the caller's node. The agent holding a SERVER span whose caller no local
+//! span matched asks the other agents for the CLIENT span of that exchange, keyed as local
+//! peer matching is keyed: the caller's address:port (the server's peer address; DNAT
+//! rewrites the destination, not the source) and the request's position on the connection.
+//! The answer (trace id, span id, sampled flag) links the SERVER span exactly as a local
+//! match does. No application byte changes, and the key is the connection, not a header.
+//!
+//! ```text
+//! linker ──due_lookups──▶ Client task ──POST /v1/callers──▶ other agent's Server
+//!        ◀─remote_found── (batches, deadline,               (answers from its linker
+//!                          backoff per peer)                  through the main loop)
+//! ```
+//!
+//! Threat model: the exchange port is reachable from the cluster network. Every request
+//! must carry the shared token (`Authorization: Bearer`); anything else gets 401 and no
+//! body. A request is bounded (size, lookups) and malformed ones get 400. An answer holds
+//! ids and a sampled flag only, so a token holder learns which exchanges on this node it
+//! can name, and their trace ids; it can never read an attribute. A hostile peer holding the
+//! token can at worst attach a server span to a trace of its choosing (as a forged
+//! `traceparent` header could), never stall or crash the agent: lookups have a deadline,
+//! answers are validated whole, and a peer that fails is backed off.
+
+pub mod wire;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::link::{Answer, PeerKey, SpanContext};
+use crate::metrics::Metrics;
+
+/// How long one lookup request to a peer may take.
+const LOOKUP_TIMEOUT: Duration = Duration::from_millis(300);
+/// Lookup batches waiting to be sent; beyond it they are dropped and counted.
+const QUEUED_BATCHES: usize = 256;
+/// First and longest pause before a failed peer is asked again.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Outcomes of lookups, per peer, for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LookupResult {
+    Found,
+    Pending,
+    Unknown,
+    /// The peer did not answer in time, or the connection failed.
+    Failed,
+    /// The peer refused the request (wrong token, malformed) or answered garbage.
+    Rejected,
+    /// Not sent: the peer was backed off after a failure, or the queue was full.
+    Skipped,
+}
+
+impl LookupResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LookupResult::Found => "found",
+            LookupResult::Pending => "pending",
+            LookupResult::Unknown => "unknown",
+            LookupResult::Failed => "failed",
+            LookupResult::Rejected => "rejected",
+            LookupResult::Skipped => "skipped",
+        }
+    }
+}
+
+/// Requests this agent answered, by outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ServedResult {
+    Answered,
+    Unauthorized,
+    Malformed,
+}
+
+impl ServedResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServedResult::Answered => "answered",
+            ServedResult::Unauthorized => "unauthorized",
+            ServedResult::Malformed => "malformed",
+        }
+    }
+}
+
+/// Counters of the exchange, rendered by `Metrics`.
+#[derive(Debug, Default)]
+pub struct PeerMetrics {
+    lookups: Mutex<BTreeMap<(String, LookupResult), u64>>,
+    served: Mutex<BTreeMap<ServedResult, u64>>,
+}
+
+impl PeerMetrics {
+    pub fn lookups(&self, peer: &str, result: LookupResult, n: u64) {
+        let mut m = self.lookups.lock().expect("metrics lock");
+        *m.entry((peer.to_owned(), result)).or_default() += n;
+    }
+
+    pub fn served(&self, result: ServedResult) {
+        *self
+            .served
+            .lock()
+            .expect("metrics lock")
+            .entry(result)
+            .or_default() += 1;
+    }
+
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            out,
+            "# HELP tracer_peer_lookups_total Callers looked up on other nodes' agents, by peer and result."
+        );
+        let _ = writeln!(out, "# TYPE tracer_peer_lookups_total counter");
+        for ((peer, result), n) in self.lookups.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "tracer_peer_lookups_total{{peer=\"{peer}\",result=\"{}\"}} {n}",
+                result.as_str()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tracer_exchange_requests_total Lookup requests from other agents, by outcome."
+        );
+        let _ = writeln!(out, "# TYPE tracer_exchange_requests_total counter");
+        for (result, n) in self.served.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "tracer_exchange_requests_total{{result=\"{}\"}} {n}",
+                result.as_str()
+            );
+        }
+    }
+}
+
+/// A batch of lookups from another agent, answered by the main loop (which owns the linker).
+pub struct Question {
+    pub keys: Vec<PeerKey>,
+    pub reply: oneshot::Sender<Vec<Answer>>,
+}
+
+#[derive(Clone)]
+struct ServerState {
+    token: Arc<[u8]>,
+    questions: mpsc::Sender<Question>,
+    metrics: Arc<Metrics>,
+}
+
+/// Constant-time comparison: the token must not leak through timing.
+fn token_matches(headers: &HeaderMap, token: &[u8]) -> bool {
+    let Some(got) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+    else {
+        return false;
+    };
+    got.len() == token.len() && got.iter().zip(token).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+async fn callers(
+    State(s): State<ServerState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    if !token_matches(&headers, &s.token) {
+        s.metrics.peers.served(ServedResult::Unauthorized);
+        return (StatusCode::UNAUTHORIZED, Vec::new());
+    }
+    let keys = match wire::decode_lookups(&body) {
+        Ok(k) => k,
+        Err(e) => {
+            s.metrics.peers.served(ServedResult::Malformed);
+            return (StatusCode::BAD_REQUEST, format!("{e}\n").into_bytes());
+        }
+    };
+    let (reply, answer) = oneshot::channel();
+    if s.questions.send(Question { keys, reply }).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, Vec::new());
+    }
+    match answer.await {
+        Ok(answers) => {
+            s.metrics.peers.served(ServedResult::Answered);
+            (StatusCode::OK, wire::encode_answers(&answers))
+        }
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Vec::new()),
+    }
+}
+
+/// Serves other agents' lookups on `addr`; questions arrive on the returned channel.
+pub async fn serve(
+    addr: SocketAddr,
+    token: Arc<[u8]>,
+    metrics: Arc<Metrics>,
+) -> Result<(SocketAddr, mpsc::Receiver<Question>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on --exchange-addr {addr}: choose another address")
+    })?;
+    let bound = listener.local_addr()?;
+    let (questions, rx) = mpsc::channel(64);
+    let app = Router::new()
+        .route("/v1/callers", post(callers))
+        .layer(DefaultBodyLimit::max(wire::MAX_BODY_BYTES))
+        .with_state(ServerState {
+            token,
+            questions,
+            metrics,
+        });
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("exchange server stopped: {e}");
+        }
+    });
+    Ok((bound, rx))
+}
+
+/// The asking side: batches of keys in, found contexts out.
+pub struct Client {
+    keys: mpsc::Sender<Vec<PeerKey>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Client {
+    /// Starts the task that asks `peers` (host:port each). Found contexts arrive on the
+    /// returned channel.
+    pub fn start(
+        peers: Vec<String>,
+        token: Arc<[u8]>,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Client, mpsc::Receiver<(PeerKey, SpanContext)>)> {
+        let http = reqwest::Client::builder()
+            .timeout(LOOKUP_TIMEOUT)
+            .user_agent(crate::EXPORTER_USER_AGENT)
+            .build()
+            .context("cannot build the exchange client")?;
+        let (keys_tx, mut keys_rx) = mpsc::channel::<Vec<PeerKey>>(QUEUED_BATCHES);
+        let (found_tx, found_rx) = mpsc::channel(4096);
+        let bearer = format!("Bearer {}", String::from_utf8_lossy(&token));
+        let task_metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut peers: Vec<Peer> = peers.into_iter().map(Peer::new).collect();
+            while let Some(mut keys) = keys_rx.recv().await {
+                // Whatever queued meanwhile goes in the same requests.
+                while keys.len() < wire::MAX_LOOKUPS {
+                    match keys_rx.try_recv() {
+                        Ok(more) => keys.extend(more),
+                        Err(_) => break,
+                    }
+                }
+                let asks = peers.iter_mut().map(|peer| {
+                    let (http, bearer, found, metrics) =
+                        (&http, bearer.as_str(), &found_tx, &task_metrics.peers);
+                    let keys = &keys;
+                    async move { peer.ask(http, bearer, keys, found, metrics).await }
+                });
+                futures::future::join_all(asks).await;
+            }
+        });
+        Ok((
+            Client {
+                keys: keys_tx,
+                metrics,
+            },
+            found_rx,
+        ))
+    }
+
+    /// Queues keys to look up; never blocks the caller (a full queue drops and counts).
+    pub fn lookup(&self, keys: Vec<PeerKey>) {
+        let n = keys.len() as u64;
+        if self.keys.try_send(keys).is_err() {
+            self.metrics.peers.lookups("*", LookupResult::Skipped, n);
+        }
+    }
+}
+
+struct Peer {
+    addr: String,
+    url: String,
+    failures: u32,
+    retry_at: Option<tokio::time::Instant>,
+}
+
+impl Peer {
+    fn new(addr: String) -> Peer {
+        let url = format!("http://{addr}/v1/callers");
+        Peer {
+            addr,
+            url,
+            failures: 0,
+            retry_at: None,
+        }
+    }
+
+    async fn ask(
+        &mut self,
+        http: &reqwest::Client,
+        bearer: &str,
+        keys: &[PeerKey],
+        found: &mpsc::Sender<(PeerKey, SpanContext)>,
+        metrics: &PeerMetrics,
+    ) {
+        let n = keys.len() as u64;
+        if self
+            .retry_at
+            .is_some_and(|at| tokio::time::Instant::now() < at)
+        {
+            metrics.lookups(&self.addr, LookupResult::Skipped, n);
+            return;
+        }
+        for chunk in keys.chunks(wire::MAX_LOOKUPS) {
+            let sent = http
+                .post(&self.url)
+                .header(reqwest::header::AUTHORIZATION, bearer)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(wire::encode_lookups(chunk))
+                .send()
+                .await;
+            let response = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!("exchange peer {}: {e}", self.addr);
+                    metrics.lookups(&self.addr, LookupResult::Failed, n);
+                    self.back_off();
+                    return;
+                }
+            };
+            let status = response.status();
+            let body = match response.bytes().await {
+                Ok(b) => b,
+                Err(_) => {
+                    metrics.lookups(&self.addr, LookupResult::Failed, n);
+                    self.back_off();
+                    return;
+                }
+            };
+            let answers = match (
+                status.is_success(),
+                wire::decode_answers(&body, chunk.len()),
+            ) {
+                (true, Ok(a)) => a,
+                (_, decoded) => {
+                    if status == reqwest::StatusCode::UNAUTHORIZED {
+                        tracing::warn!(
+                            "exchange peer {} refused our token: give every agent the same exchange token",
+                            self.addr
+                        );
+                    } else if let Err(e) = decoded {
+                        tracing::debug!("exchange peer {} answered {status}: {e}", self.addr);
+                    }
+                    metrics.lookups(&self.addr, LookupResult::Rejected, n);
+                    self.back_off();
+                    return;
+                }
+            };
+            self.failures = 0;
+            self.retry_at = None;
+            for (key, answer) in chunk.iter().zip(answers) {
+                let result = match answer {
+                    Answer::Found(ctx) => {
+                        // The main loop reads these every tick; if it is that far behind,
+                        // the span is decided without its caller, as with no peer at all.
+                        let _ = found.try_send((*key, ctx));
+                        LookupResult::Found
+                    }
+                    Answer::Pending => LookupResult::Pending,
+                    Answer::Unknown => LookupResult::Unknown,
+                };
+                metrics.lookups(&self.addr, result, 1);
+            }
+        }
+    }
+
+    fn back_off(&mut self) {
+        self.failures = self.failures.saturating_add(1);
+        let pause = BACKOFF_MIN
+            .saturating_mul(1 << self.failures.min(8).saturating_sub(1))
+            .min(BACKOFF_MAX);
+        self.retry_at = Some(tokio::time::Instant::now() + pause);
+    }
+}
+
+/// The shared token from the environment or a file (a mounted Secret); surrounding
+/// whitespace is ignored. Errors name what to do.
+pub fn load_token(file: Option<&std::path::Path>, env: Option<String>) -> Result<Arc<[u8]>> {
+    let raw = match (file, env) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --exchange-token-file {}", path.display()))?,
+        (None, Some(v)) => v,
+        (None, None) => anyhow::bail!(
+            "the agent-to-agent exchange needs a shared token: set TRACER_EXCHANGE_TOKEN or --exchange-token-file (the same on every agent)"
+        ),
+    };
+    let token = raw.trim();
+    anyhow::ensure!(
+        token.len() >= 16 && token.bytes().all(|b| b.is_ascii_graphic()),
+        "the exchange token must be at least 16 printable characters without spaces"
+    );
+    Ok(Arc::from(token.as_bytes()))
+}

@@ -1,0 +1,210 @@
+//! Which runtime a traced executable was built with, from its ELF section headers.
+//!
+//! The linker needs to know whether a process's threads mean anything: Go schedules its
+//! goroutines M:N over threads, so the thread that wrote a request says nothing about the
+//! goroutine (and so the request) it was written for. Every Go executable since Go 1.13
+//! carries a `.go.buildinfo` section (kept by `-ldflags=-s -w`, which strips only the
+//! symbol table and DWARF), and `go build` adds a `.note.go.buildid` note.
+//!
+//! Only the ELF header, the section header table and the section-name string table are
+//! read, never the whole (often tens of MiB) executable.
+
+use std::io::{Read, Seek, SeekFrom};
+
+use thiserror::Error;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Runtime {
+    /// Nothing known that moves work between threads: a thread is a unit of causality when
+    /// it serves one request at a time.
+    #[default]
+    Native,
+    /// The Go runtime (M:N goroutine scheduling).
+    Go,
+}
+
+impl Runtime {
+    /// `process.runtime.name` by the OpenTelemetry semantic conventions, where known.
+    pub fn otel_name(self) -> Option<&'static str> {
+        match self {
+            Runtime::Native => None,
+            Runtime::Go => Some("go"),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ElfError {
+    #[error("cannot read the executable: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a 64-bit little-endian ELF file")]
+    NotElf64,
+    #[error("implausible section header table ({0})")]
+    BadSections(&'static str),
+}
+
+/// Section headers read at most: real executables have a few dozen.
+const MAX_SECTIONS: usize = 4096;
+/// Largest section-name string table read.
+const MAX_SHSTRTAB: u64 = 1 << 20;
+
+const GO_SECTIONS: [&[u8]; 2] = [b".go.buildinfo", b".note.go.buildid"];
+
+/// The runtime of the ELF executable `file` (64-bit little-endian: the targets the
+/// programs are built for).
+pub fn detect(file: &mut (impl Read + Seek)) -> Result<Runtime, ElfError> {
+    let names = section_names(file)?;
+    let go = names
+        .split(|&b| b == 0)
+        .any(|name| GO_SECTIONS.contains(&name));
+    Ok(if go { Runtime::Go } else { Runtime::Native })
+}
+
+/// The raw section-name string table (`.shstrtab`).
+fn section_names(file: &mut (impl Read + Seek)) -> Result<Vec<u8>, ElfError> {
+    let mut ehdr = [0u8; 64];
+    file.seek(SeekFrom::Start(0))?;
+    file.read_exact(&mut ehdr).map_err(|_| ElfError::NotElf64)?;
+    // Magic, ELFCLASS64, ELFDATA2LSB.
+    if ehdr[..4] != *b"\x7fELF" || ehdr[4] != 2 || ehdr[5] != 1 {
+        return Err(ElfError::NotElf64);
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([ehdr[o], ehdr[o + 1]]);
+    let shoff = u64::from_le_bytes(ehdr[0x28..0x30].try_into().expect("8 bytes"));
+    let shentsize = u16_at(0x3a) as usize;
+    let mut shnum = u16_at(0x3c) as usize;
+    let mut shstrndx = u16_at(0x3e) as usize;
+    if shoff == 0 {
+        return Err(ElfError::BadSections("no section headers"));
+    }
+    if shentsize < 64 {
+        return Err(ElfError::BadSections("entry size"));
+    }
+    let read_shdr = |file: &mut dyn ReadSeek, index: usize| -> Result<[u8; 64], ElfError> {
+        let mut shdr = [0u8; 64];
+        let at = shoff
+            .checked_add((index * shentsize) as u64)
+            .ok_or(ElfError::BadSections("offset"))?;
+        file.seek(SeekFrom::Start(at))?;
+        file.read_exact(&mut shdr)
+            .map_err(|_| ElfError::BadSections("truncated"))?;
+        Ok(shdr)
+    };
+    // More than 0xff00 sections, or the string table index beyond 0xff00: the real values
+    // are in section 0 (`sh_size`, `sh_link`).
+    if shnum == 0 || shstrndx == 0xffff {
+        let zero = read_shdr(file, 0)?;
+        if shnum == 0 {
+            shnum = u64::from_le_bytes(zero[0x20..0x28].try_into().expect("8 bytes")) as usize;
+        }
+        if shstrndx == 0xffff {
+            shstrndx = u32::from_le_bytes(zero[0x28..0x2c].try_into().expect("4 bytes")) as usize;
+        }
+    }
+    if shnum > MAX_SECTIONS {
+        return Err(ElfError::BadSections("too many sections"));
+    }
+    if shstrndx >= shnum {
+        return Err(ElfError::BadSections("string table index"));
+    }
+    let strtab = read_shdr(file, shstrndx)?;
+    let offset = u64::from_le_bytes(strtab[0x18..0x20].try_into().expect("8 bytes"));
+    let size = u64::from_le_bytes(strtab[0x20..0x28].try_into().expect("8 bytes"));
+    if size > MAX_SHSTRTAB {
+        return Err(ElfError::BadSections("string table size"));
+    }
+    let mut names = vec![0u8; size as usize];
+    file.seek(SeekFrom::Start(offset))?;
+    file.read_exact(&mut names)
+        .map_err(|_| ElfError::BadSections("truncated string table"))?;
+    Ok(names)
+}
+
+trait ReadSeek: Read + Seek {}
+impl<T: Read + Seek> ReadSeek for T {}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use super::*;
+
+    /// A minimal ELF64 file: a null section, the string table, and sections named `names`.
+    fn elf(names: &[&str]) -> Vec<u8> {
+        let mut strtab = vec![0u8];
+        let mut name_offsets = Vec::new();
+        for n in std::iter::once(".shstrtab").chain(names.iter().copied()) {
+            name_offsets.push(strtab.len() as u32);
+            strtab.extend_from_slice(n.as_bytes());
+            strtab.push(0);
+        }
+        let strtab_off = 64u64;
+        let shoff = strtab_off + strtab.len() as u64;
+        let shnum = 2 + names.len() as u16;
+        let mut out = vec![0u8; 64];
+        out[..4].copy_from_slice(b"\x7fELF");
+        out[4] = 2;
+        out[5] = 1;
+        out[6] = 1;
+        out[0x28..0x30].copy_from_slice(&shoff.to_le_bytes());
+        out[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+        out[0x3c..0x3e].copy_from_slice(&shnum.to_le_bytes());
+        out[0x3e..0x40].copy_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(&strtab);
+        out.extend_from_slice(&[0u8; 64]); // null section
+        for (i, name) in name_offsets.iter().enumerate() {
+            let mut shdr = [0u8; 64];
+            shdr[..4].copy_from_slice(&name.to_le_bytes());
+            if i == 0 {
+                shdr[4..8].copy_from_slice(&3u32.to_le_bytes()); // SHT_STRTAB
+                shdr[0x18..0x20].copy_from_slice(&strtab_off.to_le_bytes());
+                shdr[0x20..0x28].copy_from_slice(&(strtab.len() as u64).to_le_bytes());
+            }
+            out.extend_from_slice(&shdr);
+        }
+        out
+    }
+
+    fn runtime_of(bytes: Vec<u8>) -> Result<Runtime, ElfError> {
+        detect(&mut Cursor::new(bytes))
+    }
+
+    #[test]
+    fn go_sections_mark_go_executables() {
+        let go = elf(&[".text", ".go.buildinfo", ".data"]);
+        assert_eq!(runtime_of(go).unwrap(), Runtime::Go);
+        let stripped_note_only = elf(&[".note.go.buildid", ".text"]);
+        assert_eq!(runtime_of(stripped_note_only).unwrap(), Runtime::Go);
+        let native = elf(&[".text", ".data", ".go.buildinfo.not"]);
+        assert_eq!(runtime_of(native).unwrap(), Runtime::Native);
+    }
+
+    /// The test binary itself is a Rust executable.
+    #[test]
+    fn this_executable_is_native() {
+        let mut f = std::fs::File::open("/proc/self/exe").unwrap();
+        assert_eq!(detect(&mut f).unwrap(), Runtime::Native);
+    }
+
+    #[test]
+    fn garbage_and_truncation_are_errors_never_panics() {
+        assert!(matches!(
+            runtime_of(b"#!/bin/sh\n".to_vec()),
+            Err(ElfError::NotElf64)
+        ));
+        assert!(runtime_of(Vec::new()).is_err());
+        let whole = elf(&[".go.buildinfo"]);
+        for cut in 0..whole.len() {
+            // Every prefix is an error or, once the names are complete, the right answer.
+            if let Ok(r) = runtime_of(whole[..cut].to_vec()) {
+                assert_eq!(r, Runtime::Go, "cut at {cut}");
+            }
+        }
+        let mut bad_index = elf(&[".text"]);
+        bad_index[0x3e..0x40].copy_from_slice(&9u16.to_le_bytes());
+        assert!(runtime_of(bad_index).is_err());
+        let mut huge = elf(&[".text"]);
+        huge[0x3c..0x3e].copy_from_slice(&0u16.to_le_bytes()); // count in section 0: zero
+        assert!(runtime_of(huge).is_err());
+    }
+}
