@@ -1,5 +1,5 @@
 // The Go middle service of the linking suite (stdlib only): `middle MODE DOWNSTREAM_PORT`,
-// prints its port, then answers `GET /work?id=N` after a jitter of (N*7919)%9 ms and
+// prints its port, then answers `GET /work?id=N` (and `/down?id=N`) after a jitter of (N*7919)%9 ms and
 // downstream calls through one keep-alive pooled http.Client:
 //
 //	plain:  one call `/down?id=N` from the handler's goroutine;
@@ -63,7 +63,7 @@ func main() {
 			}
 		}()
 	}
-	http.HandleFunc("/work", func(w http.ResponseWriter, r *http.Request) {
+	work := func(w http.ResponseWriter, r *http.Request) {
 		id := r.URL.Query().Get("id")
 		n, err := strconv.Atoi(id)
 		if err != nil {
@@ -102,7 +102,10 @@ func main() {
 			return
 		}
 		fmt.Fprintf(w, "ok %s\n", id)
-	})
+	}
+	// `/down` too, so that one middle can call another: Go → Go → Python.
+	http.HandleFunc("/work", work)
+	http.HandleFunc("/down", work)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		panic(err)

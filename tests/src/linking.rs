@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, ensure};
 
 use crate::ReceivedSpan;
 use crate::harness::Server;
-use crate::programs::{TempDir, go_build, python, python_packages_dir, spawn_printing_port};
+use crate::programs::{TempDir, go_build_with, python, python_packages_dir, spawn_printing_port};
 
 /// Go `net/http` middle: `middle plain|fanout|pool DOWNSTREAM_PORT`.
 pub const GO_MIDDLE: &str = include_str!("../linking/middle.go");
@@ -32,6 +32,22 @@ pub const FIRST_ID: u32 = 1;
 /// Concurrent load-client workers: requests overlap in the middle.
 pub const WORKERS: u32 = 16;
 
+/// How many requests, from how many concurrent workers.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub requests: u32,
+    pub workers: u32,
+}
+
+impl Default for Load {
+    fn default() -> Self {
+        Load {
+            requests: REQUESTS,
+            workers: WORKERS,
+        }
+    }
+}
+
 /// How the Go middle calls downstream.
 #[derive(Debug, Clone, Copy)]
 pub enum GoMode {
@@ -45,7 +61,17 @@ pub enum GoMode {
 
 /// Builds and starts the Go middle; `dir` holds the binary.
 pub fn go_middle(dir: &TempDir, mode: GoMode, downstream_port: u16) -> Result<Server> {
-    let bin = go_build(dir, "middle", GO_MIDDLE)?;
+    go_middle_built(dir, mode, downstream_port, &[])
+}
+
+/// [`go_middle`] built with extra `go build` flags.
+pub fn go_middle_built(
+    dir: &TempDir,
+    mode: GoMode,
+    downstream_port: u16,
+    flags: &[&str],
+) -> Result<Server> {
+    let bin = go_build_with(dir, "middle", GO_MIDDLE, flags)?;
     let mut cmd = Command::new(bin);
     cmd.arg(match mode {
         GoMode::Plain => "plain",
@@ -97,13 +123,13 @@ pub fn require_python_module(module: &str) -> Result<()> {
 }
 
 /// The load client against the middle on `port`; run it with `run_client`.
-pub fn load_client(port: u16) -> Command {
+pub fn load_client(port: u16, load: Load) -> Command {
     let mut cmd = python();
     cmd.arg("-c").arg(LOAD_CLIENT).args([
         port.to_string(),
         FIRST_ID.to_string(),
-        REQUESTS.to_string(),
-        WORKERS.to_string(),
+        load.requests.to_string(),
+        load.workers.to_string(),
     ]);
     cmd
 }

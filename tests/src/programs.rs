@@ -463,10 +463,16 @@ func main() {
 /// Builds a single-file, stdlib-only Go program into `dir` (Go's build cache makes
 /// rebuilds cheap).
 pub fn go_build(dir: &TempDir, name: &str, source: &str) -> Result<PathBuf> {
+    go_build_with(dir, name, source, &[])
+}
+
+/// [`go_build`] with extra `go build` flags (`-ldflags=-s -w` for a stripped binary).
+pub fn go_build_with(dir: &TempDir, name: &str, source: &str, flags: &[&str]) -> Result<PathBuf> {
     let src = dir.write(&format!("{name}.go"), source)?;
     let bin = dir.join(name);
     let out = Command::new("go")
         .arg("build")
+        .args(flags)
         .arg("-o")
         .arg(&bin)
         .arg(&src)

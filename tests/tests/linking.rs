@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 
 use tracer_tests::harness::Server;
 use tracer_tests::linking::{
-    FIRST_ID, GoMode, REQUESTS, Tally, aiohttp_middle, go_middle, link_metrics, load_client,
-    node_middle, parse_load_report, peer_links, tally, threads_middle,
+    FIRST_ID, GoMode, Load, REQUESTS, Tally, aiohttp_middle, go_middle, go_middle_built,
+    link_metrics, load_client, node_middle, parse_load_report, peer_links, tally, threads_middle,
 };
 use tracer_tests::programs::{
     TempDir, WAIT, agent_exporting_to, collect, counts, python_app_server, receiver, run_client,
@@ -28,20 +28,21 @@ async fn measure(
     middle: &Server,
     downstream: &Server,
     parts: &[Option<&str>],
-) -> Tally {
+    load: Load,
+) -> (Tally, String) {
     let rx = receiver().await.unwrap();
     let agent = agent_exporting_to(&rx, &[]).await.unwrap();
-    let (load_pid, out) = run_client(load_client(middle.port), "load client").unwrap();
+    let (load_pid, out) = run_client(load_client(middle.port, load), "load client").unwrap();
     let report = parse_load_report(&out).unwrap();
-    let ids: Vec<u32> = (FIRST_ID..FIRST_ID + REQUESTS).collect();
+    let ids: Vec<u32> = (FIRST_ID..FIRST_ID + load.requests).collect();
     assert_eq!(report.sent, ids, "the load client sends each id once");
     assert_eq!(
         report.ok,
-        u64::from(REQUESTS),
+        u64::from(load.requests),
         "every request answered 200 (the load client's count): {out}"
     );
 
-    let requests = REQUESTS as usize;
+    let requests = load.requests as usize;
     let calls = requests * parts.len();
     let (spans, metrics) = collect(
         &rx,
@@ -94,7 +95,7 @@ async fn measure(
         "{line}: CLIENT spans linked to a span other than their request's SERVER span:\n{}",
         t.wrong_cases.join("\n")
     );
-    t
+    (t, metrics)
 }
 
 fn downstream() -> Server {
@@ -103,13 +104,52 @@ fn downstream() -> Server {
 }
 
 /// Go `net/http`: handlers are goroutines, which Go's scheduler moves between threads, and
-/// a pooled connection is written by whichever thread runs the goroutine at that moment.
+/// a pooled connection's requests are written by its own `writeLoop` goroutine. The agent
+/// follows the goroutines (uprobes): the handler's goroutine read the request, its
+/// `roundTrip` names the connection, the connection's writer writes for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_net_http_one_call_per_request() {
     let down = downstream();
     let dir = TempDir::new("linking-go").unwrap();
     let middle = go_middle(&dir, GoMode::Plain, down.port).unwrap();
-    measure("go", &middle, &down, &[None]).await;
+    let (t, _) = measure("go", &middle, &down, &[None], Load::default()).await;
+    assert_eq!(
+        t.right, REQUESTS as usize,
+        "linking go: {t}: goroutines followed"
+    );
+}
+
+/// The same at 64 concurrent clients, 640 requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_net_http_64_concurrent_clients() {
+    let down = downstream();
+    let dir = TempDir::new("linking-go-64").unwrap();
+    let middle = go_middle(&dir, GoMode::Plain, down.port).unwrap();
+    let load = Load {
+        requests: 640,
+        workers: 64,
+    };
+    let (t, _) = measure("go-64", &middle, &down, &[None], load).await;
+    assert_eq!(t.right, 640, "linking go-64: {t}");
+}
+
+/// The probes stay out of the program's way: 10,000 requests through the Go middle with
+/// its goroutines followed, every one answered (the client's count) and linked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_probes_hold_under_10000_requests() {
+    let down = downstream();
+    let dir = TempDir::new("linking-go-10k").unwrap();
+    let middle = go_middle(&dir, GoMode::Plain, down.port).unwrap();
+    let load = Load {
+        requests: 10_000,
+        workers: 16,
+    };
+    let (t, _) = measure("go-10k", &middle, &down, &[None], load).await;
+    assert_eq!(t.right, 10_000, "linking go-10k: {t}");
+    assert!(
+        std::path::Path::new(&format!("/proc/{}", middle.pid())).exists(),
+        "the Go program is still running"
+    );
 }
 
 /// Node.js `http`: every request is in flight on one thread (the event loop) at once.
@@ -117,7 +157,7 @@ async fn go_net_http_one_call_per_request() {
 async fn node_http_one_call_per_request() {
     let down = downstream();
     let middle = node_middle(down.port).unwrap();
-    measure("node", &middle, &down, &[None]).await;
+    measure("node", &middle, &down, &[None], Load::default()).await;
 }
 
 /// Python asyncio (aiohttp server and `ClientSession`): one event loop, like Node.js.
@@ -125,7 +165,7 @@ async fn node_http_one_call_per_request() {
 async fn python_asyncio_aiohttp_one_call_per_request() {
     let down = downstream();
     let middle = aiohttp_middle(down.port).unwrap();
-    measure("asyncio", &middle, &down, &[None]).await;
+    measure("asyncio", &middle, &down, &[None], Load::default()).await;
 }
 
 /// Python threads (`ThreadingHTTPServer`, `requests`): the thread that read the request
@@ -135,7 +175,7 @@ async fn python_asyncio_aiohttp_one_call_per_request() {
 async fn python_threads_one_call_per_request() {
     let down = downstream();
     let middle = threads_middle(down.port).unwrap();
-    let t = measure("python-threads", &middle, &down, &[None]).await;
+    let (t, _) = measure("python-threads", &middle, &down, &[None], Load::default()).await;
     assert!(
         t.right >= REQUESTS as usize - 2,
         "linking python-threads: {t}: thread per request must link"
@@ -143,23 +183,92 @@ async fn python_threads_one_call_per_request() {
 }
 
 /// Go fan-out: two goroutines per request call downstream in parallel; both calls belong
-/// to the request, on whatever threads they run.
+/// to the request, on whatever threads they run (the goroutines a handler starts work for
+/// its request).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_fan_out_two_calls_per_request() {
     let down = downstream();
     let dir = TempDir::new("linking-go-fanout").unwrap();
     let middle = go_middle(&dir, GoMode::FanOut, down.port).unwrap();
-    measure("go-fanout", &middle, &down, &[Some("a"), Some("b")]).await;
+    let parts = [Some("a"), Some("b")];
+    let (t, _) = measure("go-fanout", &middle, &down, &parts, Load::default()).await;
+    assert_eq!(t.right, 2 * REQUESTS as usize, "linking go-fanout: {t}");
 }
 
 /// Go worker pool: 4 goroutines started at boot make every call for the handlers. Nothing
-/// on the calling goroutine belongs to the request, so the CLIENT span must never be
-/// attached to one picked by thread or by "the only request in flight" (a link here is
-/// only acceptable if it is the right one).
+/// ties the calling goroutine to a request, so every CLIENT span starts its own trace
+/// (counted), never under a request picked by thread or by "the only one in flight".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_worker_pool_calls_for_the_handlers() {
     let down = downstream();
     let dir = TempDir::new("linking-go-pool").unwrap();
     let middle = go_middle(&dir, GoMode::WorkerPool, down.port).unwrap();
-    measure("go-pool", &middle, &down, &[None]).await;
+    let (t, metrics) = measure("go-pool", &middle, &down, &[None], Load::default()).await;
+    assert_eq!(t.unlinked, REQUESTS as usize, "linking go-pool: {t}");
+    assert_eq!(
+        metric(
+            &metrics,
+            "tracer_link_abstained_total{reason=\"goroutine_unknown\"}"
+        ),
+        u64::from(REQUESTS)
+    );
+}
+
+/// A stripped Go binary (`-ldflags=-s -w`) has no symbol table to find the functions to
+/// probe: the agent says so, and its calls abstain (never a guess by thread).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_stripped_binary_abstains() {
+    let down = downstream();
+    let dir = TempDir::new("linking-go-stripped").unwrap();
+    let middle = go_middle_built(&dir, GoMode::Plain, down.port, &["-ldflags=-s -w"]).unwrap();
+    let (t, metrics) = measure("go-stripped", &middle, &down, &[None], Load::default()).await;
+    assert_eq!(t.unlinked, REQUESTS as usize, "linking go-stripped: {t}");
+    assert!(metric(&metrics, "tracer_go_processes_unsupported_total") >= 1);
+    assert_eq!(
+        metric(&metrics, "tracer_link_abstained_total{reason=\"runtime\"}"),
+        u64::from(REQUESTS)
+    );
+}
+
+/// Go → Go → Python: both Go services in the middle, 16 clients. Each Go hop links its
+/// own calls; the trace runs whole from the load client to Python.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_calling_go_calling_python() {
+    let down = downstream();
+    let dir_b = TempDir::new("linking-go-b").unwrap();
+    let back = go_middle(&dir_b, GoMode::Plain, down.port).unwrap();
+    let dir_a = TempDir::new("linking-go-a").unwrap();
+    let front = go_middle(&dir_a, GoMode::Plain, back.port).unwrap();
+    let rx = receiver().await.unwrap();
+    let agent = agent_exporting_to(&rx, &[]).await.unwrap();
+    let load = Load::default();
+    let (load_pid, out) = run_client(load_client(front.port, load), "load client").unwrap();
+    let report = parse_load_report(&out).unwrap();
+    assert_eq!(report.ok, u64::from(load.requests), "{out}");
+    let n = load.requests as usize;
+    let pids = [load_pid, front.pid(), back.pid(), down.pid()];
+    let (spans, metrics) = collect(&rx, agent, &pids, 6 * n, WAIT).await.unwrap();
+    assert_eq!(spans.len(), 6 * n, "{}", summary(&spans));
+    let ids: Vec<u32> = (FIRST_ID..FIRST_ID + load.requests).collect();
+    let (a, b) = (
+        tally(&spans, front.pid(), &ids, &[None]),
+        tally(&spans, back.pid(), &ids, &[None]),
+    );
+    println!("linking go->go front: {a}\nlinking go->go back: {b}");
+    for l in link_metrics(&metrics) {
+        println!("  {l}");
+    }
+    assert_eq!((a.right, a.wrong, b.right, b.wrong), (n, 0, n, 0));
+    assert_eq!(peer_links(&spans, front.pid(), back.pid()), (n, n));
+    let traces: std::collections::HashSet<&str> =
+        spans.iter().map(|s| s.trace_id.as_str()).collect();
+    assert_eq!(traces.len(), n, "one trace per request");
+}
+
+/// A value from the agent's `/metrics` text (0 when absent).
+fn metric(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
 }

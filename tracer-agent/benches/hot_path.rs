@@ -141,6 +141,7 @@ impl Workload {
                 flags: 0,
                 syscall_len: payload.len() as u32,
                 captured_len: payload.len() as u32,
+                goid: 0,
             };
             encode_data(&h, payload)
         };

@@ -231,6 +231,10 @@ async fn run(args: Args) -> Result<()> {
         metrics.clone(),
     );
     pipeline.set_enricher(enricher);
+    // Go processes running already: follow them before their next request.
+    for tgid in go_processes(&args.pids) {
+        follow_go(&mut capture, tgid, &metrics);
+    }
     let ring = capture.take_ring().context("ring buffer already taken")?;
     // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register(ring) }.context("cannot poll the ring buffer")?;
@@ -247,6 +251,9 @@ async fn run(args: Args) -> Result<()> {
                 let mut guard = guard?;
                 drain(guard.get_inner_mut(), &mut pipeline, &metrics);
                 guard.clear_ready();
+                for tgid in pipeline.take_new_go_processes() {
+                    follow_go(&mut capture, tgid, &metrics);
+                }
             }
             _ = drops_refresh.tick() => {
                 for (slot, value) in metrics.kernel_drops.iter().zip(capture.drops()) {
@@ -255,6 +262,9 @@ async fn run(args: Args) -> Result<()> {
             }
             _ = link_tick.tick() => {
                 drain(ring.get_mut(), &mut pipeline, &metrics);
+                for tgid in pipeline.take_new_go_processes() {
+                    follow_go(&mut capture, tgid, &metrics);
+                }
                 let now = Clock::monotonic_now_ns();
                 if let Some(client) = &peer_client {
                     let due = pipeline.due_lookups(now);
@@ -272,7 +282,10 @@ async fn run(args: Args) -> Result<()> {
                 let _ = q.reply.send(pipeline.answer(&q.keys));
             }
             Some((key, ctx)) = recv_some(&mut found) => pipeline.remote_found(key, ctx),
-            _ = housekeeping.tick() => pipeline.tick(),
+            _ = housekeeping.tick() => {
+                pipeline.tick();
+                capture.prune_go();
+            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
@@ -290,6 +303,43 @@ async fn run(args: Args) -> Result<()> {
     sink.shutdown(tokio::time::Instant::now() + Duration::from_secs(5))
         .await;
     Ok(())
+}
+
+/// Follows a Go process's goroutines; says once per process why it cannot.
+fn follow_go(capture: &mut loader::Capture, tgid: u32, metrics: &Metrics) {
+    match capture.follow_go(tgid) {
+        loader::GoFollow::Followed { version, functions } => {
+            Metrics::inc(&metrics.go_followed);
+            tracing::info!(
+                "following the goroutines of Go process {tgid} (go{}.{}, {functions} functions probed)",
+                version.0,
+                version.1
+            );
+        }
+        loader::GoFollow::Unsupported(why) => {
+            Metrics::inc(&metrics.go_unsupported);
+            tracing::info!(
+                "Go process {tgid}: goroutines not followed, its calls get no in-process parent: {why}"
+            );
+        }
+    }
+}
+
+/// Traced processes running a Go executable now.
+fn go_processes(only: &[u32]) -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me && (only.is_empty() || only.contains(&pid)))
+        .filter(|pid| {
+            std::fs::File::open(format!("/proc/{pid}/exe"))
+                .ok()
+                .and_then(|mut f| tracer_agent::spans::runtime::detect(&mut f).ok())
+                == Some(tracer_agent::spans::resource::Runtime::Go)
+        })
+        .collect()
 }
 
 /// The next message of an optional channel; pending forever without one.

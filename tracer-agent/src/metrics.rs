@@ -13,7 +13,7 @@ macro_rules! counters {
             pub kernel_drops: [AtomicU64; tracer_common::DROP_REASON_COUNT],
             /// CLIENT spans the thread rule left without a parent, per
             /// `link::Abstained::ALL`, copied in by the pipeline.
-            pub link_abstained: [AtomicU64; 3],
+            pub link_abstained: [AtomicU64; 4],
             /// The agent-to-agent exchange.
             pub peers: crate::peers::PeerMetrics,
             pub ready: AtomicBool,
@@ -63,6 +63,9 @@ counters! {
     links_by_remote_peer => ("tracer_links_by_remote_peer_total", "counter", "SERVER spans linked to the CLIENT span of the same exchange traced by another node's agent."),
     links_by_header => ("tracer_links_by_header_total", "counter", "Spans linked to trace context from request headers."),
     links_by_thread => ("tracer_links_by_thread_total", "counter", "CLIENT spans linked to the SERVER span their thread was serving."),
+    links_by_goroutine => ("tracer_links_by_goroutine_total", "counter", "CLIENT spans of followed Go processes linked to the SERVER span their goroutine works for."),
+    go_followed => ("tracer_go_processes_followed_total", "counter", "Go processes whose goroutines are followed (uprobes attached)."),
+    go_unsupported => ("tracer_go_processes_unsupported_total", "counter", "Go processes whose goroutines cannot be followed (release, symbols); their calls get no in-process parent."),
     trace_roots => ("tracer_trace_roots_total", "counter", "Spans exported as the root of a new trace."),
     link_orphans => ("tracer_link_orphans_total", "counter", "Spans whose parent never resolved, exported as roots."),
     link_evicted => ("tracer_link_evicted_total", "counter", "Requests given up by the linker because too many were in flight."),

@@ -15,6 +15,16 @@ pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_DROPS: &str = "DROPS";
 pub const MAP_TRACED_PIDS: &str = "TRACED_PIDS";
 pub const MAP_CONNS: &str = "CONNS";
+pub const MAP_GO_PROCS: &str = "GO_PROCS";
+
+/// Uprobe programs on Go executables and the function each enters (Go ≥ 1.17, amd64
+/// register ABI: arguments in RAX, RBX, RCX…, the current goroutine in R14).
+pub const GO_UPROBES: [(&str, &str); 4] = [
+    ("go_round_trip", "net/http.(*persistConn).roundTrip"),
+    ("go_conn_write", "net/http.persistConnWriter.Write"),
+    ("go_newproc1", "runtime.newproc1"),
+    ("go_runqput", "runtime.runqput"),
+];
 
 /// Names of the globals the loader sets before the programs are verified.
 pub const GLOBAL_AGENT_TGID: &str = "AGENT_TGID";
@@ -40,6 +50,8 @@ pub enum EventKind {
     Data = 2,
     /// The process closed the connection's file descriptor.
     Close = 3,
+    /// A uprobe on a Go executable saw a goroutine hand-off ([`GoEvent`]).
+    Go = 4,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,7 +123,7 @@ macro_rules! tag_try_from {
         }
     };
 }
-tag_try_from!(EventKind, "event kind", [ConnOpen, Data, Close]);
+tag_try_from!(EventKind, "event kind", [ConnOpen, Data, Close, Go]);
 tag_try_from!(Role, "role", [Unknown, Server, Client]);
 tag_try_from!(Direction, "direction", [Ingress, Egress]);
 tag_try_from!(
@@ -189,6 +201,38 @@ pub struct DataEventHeader {
     pub syscall_len: u32,
     /// Payload bytes copied into the record.
     pub captured_len: u32,
+    /// The goroutine (`runtime.g.goid`) that made the syscall, in a followed Go process;
+    /// 0 otherwise.
+    pub goid: u64,
+}
+
+/// `GoEvent::what`: `net/http` is about to write a request on the connection `arg` (a
+/// `*persistConn`) for goroutine `goid` (`persistConn.roundTrip`).
+pub const GO_ROUND_TRIP: u32 = 1;
+/// `GoEvent::what`: goroutine `goid` writes the requests of connection `arg`
+/// (`persistConnWriter.Write`, called from the connection's `writeLoop`).
+pub const GO_CONN_WRITE: u32 = 2;
+/// `GoEvent::what`: goroutine `goid` started goroutine `arg` (`newproc1` then `runqput`).
+pub const GO_SPAWN: u32 = 3;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct GoEvent {
+    pub header: EventHeader,
+    /// A `GO_*` value.
+    pub what: u32,
+    pub _pad: u32,
+    pub goid: u64,
+    pub arg: u64,
+}
+
+/// Per followed Go process (`GO_PROCS`, by tgid): where the goroutine id lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct GoProc {
+    /// Offset of `goid` in `runtime.g`.
+    pub goid_offset: u32,
+    pub _pad: u32,
 }
 
 /// The largest record: header plus the maximum payload. The eBPF side fills one of these in
@@ -221,7 +265,8 @@ pub struct KernelOffsets {
     pub sock_common_v6_rcv_saddr: u32,
     /// Offset of `sock.sk_protocol` (u16) or `u32::MAX` when it is a bitfield (old kernels).
     pub sock_protocol: u32,
-    pub _pad: u32,
+    /// Offset of `task_struct.stack`: a syscall's user registers sit at its top.
+    pub task_struct_stack: u32,
 }
 
 impl KernelOffsets {
@@ -241,7 +286,7 @@ impl KernelOffsets {
         sock_common_v6_daddr: 0,
         sock_common_v6_rcv_saddr: 0,
         sock_protocol: u32::MAX,
-        _pad: 0,
+        task_struct_stack: 0,
     };
 }
 
@@ -276,6 +321,7 @@ mod pod {
     // SAFETY: all are repr(C), contain only integers and arrays with explicit padding.
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::ConnState {}
+    unsafe impl aya::Pod for super::GoProc {}
 }
 
 #[cfg(test)]
@@ -287,14 +333,21 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<EventHeader>(), 48);
         assert_eq!(size_of::<ConnEvent>(), 48 + 8 + 8 + 32 + 16);
-        assert_eq!(size_of::<DataEventHeader>(), 64);
+        assert_eq!(size_of::<DataEventHeader>(), 72);
+        assert_eq!(size_of::<GoEvent>(), 48 + 24);
+        assert_eq!(size_of::<GoProc>(), 8);
         assert_eq!(size_of::<KernelOffsets>(), 15 * 4);
         assert_eq!(size_of::<ConnState>(), 24);
     }
 
     #[test]
     fn tags_round_trip_and_reject_unknown() {
-        for k in [EventKind::ConnOpen, EventKind::Data, EventKind::Close] {
+        for k in [
+            EventKind::ConnOpen,
+            EventKind::Data,
+            EventKind::Close,
+            EventKind::Go,
+        ] {
             assert_eq!(EventKind::try_from(k as u32), Ok(k));
         }
         assert!(EventKind::try_from(0).is_err());

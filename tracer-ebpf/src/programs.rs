@@ -7,15 +7,15 @@ use aya_ebpf::{
         bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_user, bpf_probe_read_user_buf,
     },
-    macros::{map, tracepoint},
+    macros::{map, tracepoint, uprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{ProbeContext, TracePointContext},
 };
 use tracer_common::{
     AF_INET, AF_INET6, CONN_FLAG_ADDRS_KNOWN, ConnEvent, ConnState, DATA_FLAG_GAP_BEFORE,
     DATA_FLAG_TRUNCATED, DEFAULT_CAPTURE_BYTES, DataEvent, DataEventHeader, Direction, DropReason,
-    EventHeader, EventKind, KernelOffsets, MAX_CAPTURE_BYTES, PROTO_HTTP1, PROTO_OTHER,
-    PROTO_UNKNOWN, Role, conn_key,
+    EventHeader, EventKind, GO_CONN_WRITE, GO_ROUND_TRIP, GO_SPAWN, GoEvent, GoProc, KernelOffsets,
+    MAX_CAPTURE_BYTES, PROTO_HTTP1, PROTO_OTHER, PROTO_UNKNOWN, Role, conn_key,
 };
 
 #[unsafe(no_mangle)]
@@ -72,6 +72,13 @@ static INFLIGHT_CONNECT: LruHashMap<u64, InflightConnect> = LruHashMap::with_max
 static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static CONN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+/// Go processes whose goroutines are followed, by tgid (filled in by the agent).
+#[map]
+static GO_PROCS: HashMap<u32, GoProc> = HashMap::with_max_entries(4096, 0);
+/// `runtime.newproc1` entered on this thread, by pid_tgid: the creating goroutine's id,
+/// until the `runtime.runqput` of the new goroutine right after it.
+#[map]
+static GO_SPAWNING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
 
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -598,17 +605,18 @@ fn on_data_exit(ctx: &TracePointContext) {
     // SAFETY: the LRU map value stays valid for the duration of the program.
     let state = unsafe { &mut *state };
     let moved = ret as u64;
+    let goid = syscall_goid((pid_tgid >> 32) as u32);
     match inflight.kind {
-        BUF_PLAIN => emit_data(pid_tgid, &inflight, inflight.buf, moved, moved, state),
-        BUF_NONE => emit_data(pid_tgid, &inflight, 0, moved, 0, state),
-        _ => emit_iovecs(pid_tgid, &inflight, moved, state),
+        BUF_PLAIN => emit_data(pid_tgid, &inflight, inflight.buf, moved, moved, state, goid),
+        BUF_NONE => emit_data(pid_tgid, &inflight, 0, moved, 0, state, goid),
+        _ => emit_iovecs(pid_tgid, &inflight, moved, state, goid),
     }
 }
 
 /// One record per iovec, in order, covering exactly the `moved` bytes; the last record
 /// accounts for whatever lies beyond `MAX_IOVECS`.
 #[inline(always)]
-fn emit_iovecs(pid_tgid: u64, inflight: &InflightIo, moved: u64, state: &mut ConnState) {
+fn emit_iovecs(pid_tgid: u64, inflight: &InflightIo, moved: u64, state: &mut ConnState, goid: u64) {
     let mut remaining = moved;
     for i in 0..MAX_IOVECS {
         if remaining == 0 || i >= inflight.iov_count {
@@ -626,7 +634,7 @@ fn emit_iovecs(pid_tgid: u64, inflight: &InflightIo, moved: u64, state: &mut Con
         let part = if len < remaining { len } else { remaining };
         let last = i + 1 == MAX_IOVECS || i + 1 == inflight.iov_count;
         let accounted = if last { remaining } else { part };
-        emit_data(pid_tgid, inflight, base, accounted, part, state);
+        emit_data(pid_tgid, inflight, base, accounted, part, state, goid);
         remaining -= accounted;
     }
 }
@@ -664,6 +672,7 @@ fn emit_data(
     moved: u64,
     available: u64,
     state: &mut ConnState,
+    goid: u64,
 ) {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
@@ -719,6 +728,7 @@ fn emit_data(
         flags,
         syscall_len: moved as u32,
         captured_len: len as u32,
+        goid,
     };
     let total = size_of::<DataEventHeader>() + len;
     // SAFETY: `event` is a DataEvent, at least `total` bytes long.
@@ -740,4 +750,150 @@ fn emit_data(
     } else {
         state.lost &= !bit;
     }
+}
+
+// ---- Go goroutines -----------------------------------------------------------------------
+
+/// x86-64 kernel stacks are 16 KiB (without KASAN); a syscall's user registers are saved
+/// at the top, below 16 bytes of padding on kernels built with FRED.
+const THREAD_SIZE: u64 = 16384;
+const PT_REGS_SIZE: u64 = 168;
+const PT_REGS_R14: u64 = 8;
+const PT_REGS_CS: u64 = 136;
+const USER_CS: u64 = 0x33;
+
+/// The id of the goroutine whose syscall this is, in a followed Go process (Go keeps the
+/// current `g` in R14, saved with the user registers at syscall entry); 0 if unknown.
+#[inline(always)]
+fn syscall_goid(tgid: u32) -> u64 {
+    // SAFETY: copied out at once.
+    let Some(go) = (unsafe { GO_PROCS.get(tgid) }).copied() else {
+        return 0;
+    };
+    let off = KERNEL_OFFSETS.load();
+    if off.task_struct_stack == 0 {
+        return 0;
+    }
+    // SAFETY: bpf_probe_read_* tolerate bad addresses (they return an error).
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let Ok(stack) = read_ptr(task, off.task_struct_stack) else {
+            return 0;
+        };
+        let top = stack as u64 + THREAD_SIZE;
+        // Which of the two layouts: the saved code segment must be the user one.
+        for pad in [0u64, 16] {
+            let regs = top - pad - PT_REGS_SIZE;
+            let Ok(cs) = bpf_probe_read_kernel((regs + PT_REGS_CS) as *const u64) else {
+                return 0;
+            };
+            if cs & 0xffff != USER_CS {
+                continue;
+            }
+            let Ok(g) = bpf_probe_read_kernel((regs + PT_REGS_R14) as *const u64) else {
+                return 0;
+            };
+            return goid_of(g, &go);
+        }
+    }
+    0
+}
+
+/// `g.goid` of the goroutine at user address `g`; 0 if unreadable.
+#[inline(always)]
+fn goid_of(g: u64, go: &GoProc) -> u64 {
+    if g == 0 {
+        return 0;
+    }
+    // SAFETY: the helper validates the user pointer.
+    unsafe { bpf_probe_read_user((g + go.goid_offset as u64) as *const u64) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn go_proc(pid_tgid: u64) -> Option<GoProc> {
+    // SAFETY: copied out at once.
+    unsafe { GO_PROCS.get((pid_tgid >> 32) as u32) }.copied()
+}
+
+#[inline(always)]
+fn emit_go(pid_tgid: u64, what: u32, goid: u64, arg: u64) {
+    let now = {
+        // SAFETY: helper without preconditions.
+        unsafe { bpf_ktime_get_ns() }
+    };
+    let event = GoEvent {
+        header: header(EventKind::Go, pid_tgid, 0, 0, now),
+        what,
+        _pad: 0,
+        goid,
+        arg,
+    };
+    if EVENTS.output::<GoEvent>(&event, wakeup_flags()).is_err() {
+        count_drop(DropReason::RingBufferFull);
+    }
+}
+
+/// A request about to be written on `pc` (RAX, the receiver) for the current goroutine.
+#[uprobe]
+pub fn go_round_trip(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(go) = go_proc(pid_tgid) else {
+        return 0;
+    };
+    // SAFETY: `regs` is the probe's own register context.
+    let (g, pc) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rax) };
+    emit_go(pid_tgid, GO_ROUND_TRIP, goid_of(g, &go), pc);
+    0
+}
+
+/// The connection's writeLoop goroutine writes for `pc` (RAX: `persistConnWriter` is one
+/// pointer, passed by value).
+#[uprobe]
+pub fn go_conn_write(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(go) = go_proc(pid_tgid) else {
+        return 0;
+    };
+    // SAFETY: as above.
+    let (g, pc) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rax) };
+    emit_go(pid_tgid, GO_CONN_WRITE, goid_of(g, &go), pc);
+    0
+}
+
+/// `newproc1(fn, callergp, callerpc)`: remember who is starting a goroutine on this thread.
+#[uprobe]
+pub fn go_newproc1(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(go) = go_proc(pid_tgid) else {
+        return 0;
+    };
+    // SAFETY: as above.
+    let callergp = unsafe { (*ctx.regs).rbx };
+    let creator = goid_of(callergp, &go);
+    if creator != 0 {
+        let _ = GO_SPAWNING.insert(pid_tgid, creator, 0);
+    }
+    0
+}
+
+/// `runqput(pp, gp, next)` right after `newproc1` on the same thread queues the new
+/// goroutine: report creator → child. Other callers (a goroutine made ready) find no entry.
+#[uprobe]
+pub fn go_runqput(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: copied out before removal.
+    let Some(creator) = (unsafe { GO_SPAWNING.get(pid_tgid) }).copied() else {
+        return 0;
+    };
+    let _ = GO_SPAWNING.remove(pid_tgid);
+    let Some(go) = go_proc(pid_tgid) else {
+        return 0;
+    };
+    // SAFETY: as above.
+    let gp = unsafe { (*ctx.regs).rbx };
+    let child = goid_of(gp, &go);
+    if child != 0 {
+        emit_go(pid_tgid, GO_SPAWN, creator, child);
+    }
+    0
 }

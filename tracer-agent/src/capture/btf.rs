@@ -259,7 +259,7 @@ impl Btf {
             sock_common_v6_daddr: common("skc_v6_daddr")?,
             sock_common_v6_rcv_saddr: common("skc_v6_rcv_saddr")?,
             sock_protocol: protocol,
-            _pad: 0,
+            task_struct_stack: self.byte_offset("task_struct", "stack")?,
         })
     }
 }

@@ -5,7 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use thiserror::Error;
 use tracer_common::{
     AF_INET, AF_INET6, CONN_FLAG_ADDRS_KNOWN, ConnEvent, DATA_FLAG_GAP_BEFORE, DATA_FLAG_TRUNCATED,
-    DataEventHeader, Direction, EventHeader, EventKind, Role, UnknownTag,
+    DataEventHeader, Direction, EventHeader, EventKind, GO_CONN_WRITE, GO_ROUND_TRIP, GO_SPAWN,
+    GoEvent, Role, UnknownTag,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -48,7 +49,26 @@ pub struct DataChunk<'a> {
     pub truncated: bool,
     /// Earlier events of this connection were lost.
     pub gap_before: bool,
+    /// The goroutine that made the syscall (followed Go processes only).
+    pub goid: Option<u64>,
     pub payload: &'a [u8],
+}
+
+/// What a uprobe on a followed Go executable saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoHandOff {
+    /// Goroutine `goid` is about to write a request on connection `conn` (a `*persistConn`).
+    RoundTrip { goid: u64, conn: u64 },
+    /// Goroutine `goid` writes the requests of connection `conn` (its `writeLoop`).
+    ConnWriter { goid: u64, conn: u64 },
+    /// Goroutine `parent` started goroutine `child`.
+    Spawn { parent: u64, child: u64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GoObserved {
+    pub tgid: u32,
+    pub hand_off: GoHandOff,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +76,7 @@ pub enum CaptureEvent<'a> {
     Opened(ConnOpened),
     Data(DataChunk<'a>),
     Closed(Meta),
+    Go(GoObserved),
 }
 
 fn read_struct<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
@@ -138,10 +159,38 @@ pub fn decode(record: &[u8]) -> Result<CaptureEvent<'_>, DecodeError> {
                 syscall_len: ev.syscall_len,
                 truncated: ev.flags & DATA_FLAG_TRUNCATED != 0,
                 gap_before: ev.flags & DATA_FLAG_GAP_BEFORE != 0,
+                goid: (ev.goid != 0).then_some(ev.goid),
                 payload,
             }))
         }
         EventKind::Close => Ok(CaptureEvent::Closed(meta(&header))),
+        EventKind::Go => {
+            let ev: GoEvent = read_struct(record)?;
+            let hand_off = match ev.what {
+                GO_ROUND_TRIP => GoHandOff::RoundTrip {
+                    goid: ev.goid,
+                    conn: ev.arg,
+                },
+                GO_CONN_WRITE => GoHandOff::ConnWriter {
+                    goid: ev.goid,
+                    conn: ev.arg,
+                },
+                GO_SPAWN => GoHandOff::Spawn {
+                    parent: ev.goid,
+                    child: ev.arg,
+                },
+                value => {
+                    return Err(DecodeError::Tag(UnknownTag {
+                        what: "go event",
+                        value,
+                    }));
+                }
+            };
+            Ok(CaptureEvent::Go(GoObserved {
+                tgid: ev.header.tgid,
+                hand_off,
+            }))
+        }
     }
 }
 
@@ -168,6 +217,13 @@ pub fn encode_data(header: &DataEventHeader, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(size_of::<DataEventHeader>() + payload.len());
     struct_bytes(header, &mut out);
     out.extend_from_slice(payload);
+    out
+}
+
+/// The inverse of [`decode`] for a uprobe event on a Go executable.
+pub fn encode_go(ev: &GoEvent) -> Vec<u8> {
+    let mut out = Vec::with_capacity(size_of::<GoEvent>());
+    struct_bytes(ev, &mut out);
     out
 }
 
@@ -203,6 +259,7 @@ mod tests {
             flags: DATA_FLAG_TRUNCATED | DATA_FLAG_GAP_BEFORE,
             syscall_len: 100,
             captured_len: 3,
+            goid: 42,
         };
         let mut rec = encode_data(&h, b"GET");
         let CaptureEvent::Data(d) = decode(&rec).unwrap() else {
@@ -213,12 +270,56 @@ mod tests {
         assert!(d.truncated && d.gap_before);
         assert_eq!(d.direction, Direction::Egress);
         assert_eq!(d.meta.conn_id, 99);
+        assert_eq!(d.goid, Some(42));
         // A record shorter than its claimed payload is rejected, not read past its end.
         rec.truncate(rec.len() - 1);
         assert!(matches!(
             decode(&rec),
             Err(DecodeError::PayloadLength { .. })
         ));
+    }
+
+    #[test]
+    fn decodes_go_hand_offs_and_rejects_unknown_ones() {
+        let ev = |what, goid, arg| GoEvent {
+            header: header(EventKind::Go),
+            what,
+            _pad: 0,
+            goid,
+            arg,
+        };
+        let cases = [
+            (
+                GO_ROUND_TRIP,
+                GoHandOff::RoundTrip {
+                    goid: 7,
+                    conn: 0xc000,
+                },
+            ),
+            (
+                GO_CONN_WRITE,
+                GoHandOff::ConnWriter {
+                    goid: 7,
+                    conn: 0xc000,
+                },
+            ),
+            (
+                GO_SPAWN,
+                GoHandOff::Spawn {
+                    parent: 7,
+                    child: 0xc000,
+                },
+            ),
+        ];
+        for (what, want) in cases {
+            let CaptureEvent::Go(g) = decode(&encode_go(&ev(what, 7, 0xc000))).unwrap() else {
+                panic!("not a go event")
+            };
+            assert_eq!((g.tgid, g.hand_off), (10, want));
+        }
+        assert!(decode(&encode_go(&ev(9, 1, 2))).is_err());
+        let short = encode_go(&ev(GO_SPAWN, 1, 2));
+        assert!(decode(&short[..short.len() - 1]).is_err());
     }
 
     #[test]

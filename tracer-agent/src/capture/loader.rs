@@ -5,13 +5,15 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{ProgramError, TracePoint},
+    programs::{ProgramError, TracePoint, UProbe, uprobe::UProbeScope},
 };
 use tracer_common::{
     DROP_REASON_COUNT, GLOBAL_AGENT_TGID, GLOBAL_CAPTURE_BYTES, GLOBAL_FILTER_PIDS,
-    GLOBAL_FORK_CHILD_PID_OFFSET, GLOBAL_OFFSETS, GLOBAL_WAKEUP_BYTES, KernelOffsets, MAP_DROPS,
-    MAP_EVENTS, MAP_TRACED_PIDS, MAX_CAPTURE_BYTES,
+    GLOBAL_FORK_CHILD_PID_OFFSET, GLOBAL_OFFSETS, GLOBAL_WAKEUP_BYTES, GO_UPROBES, GoProc,
+    KernelOffsets, MAP_DROPS, MAP_EVENTS, MAP_GO_PROCS, MAP_TRACED_PIDS, MAX_CAPTURE_BYTES,
 };
+
+use crate::spans::runtime::{self, GoVersion};
 
 /// The compiled eBPF object, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -52,10 +54,24 @@ pub struct CaptureConfig {
 
 pub struct Capture {
     /// Keeps programs attached and maps alive; dropping it detaches everything.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     ring: Option<RingBuf<MapData>>,
     drops: PerCpuArray<MapData, u64>,
     pub attached: usize,
+    /// Go executables (device, inode) whose uprobes are attached, and the functions found.
+    go_binaries: std::collections::HashMap<(u64, u64), usize>,
+    /// Why Go goroutines cannot be followed at all on this kernel, if so.
+    go_unavailable: Option<String>,
+}
+
+/// Whether the goroutines of a Go process are followed, and why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GoFollow {
+    Followed {
+        version: GoVersion,
+        functions: usize,
+    },
+    Unsupported(String),
 }
 
 impl Capture {
@@ -139,14 +155,126 @@ impl Capture {
             }
         }
 
+        // Loaded now (verified once), attached per Go executable as they are found.
+        let mut go_unavailable = None;
+        for (program, _) in GO_UPROBES {
+            let loaded = ebpf
+                .program_mut(program)
+                .with_context(|| format!("program {program} missing from the eBPF object"))
+                .and_then(|p| {
+                    let up: &mut UProbe = p.try_into()?;
+                    up.load().map_err(|e| verifier_error(program, e))
+                });
+            if let Err(e) = loaded {
+                tracing::warn!("Go goroutines will not be followed: {e:#}");
+                go_unavailable = Some(format!("{e:#}"));
+                break;
+            }
+        }
+        if offsets_missing_stack(&cfg.offsets) && go_unavailable.is_none() {
+            go_unavailable = Some("task_struct.stack not found in the kernel's BTF".into());
+        }
+
         let ring = RingBuf::try_from(ebpf.take_map(MAP_EVENTS).context("EVENTS map missing")?)?;
         let drops = PerCpuArray::try_from(ebpf.take_map(MAP_DROPS).context("DROPS map missing")?)?;
         Ok(Capture {
-            _ebpf: ebpf,
+            ebpf,
             ring: Some(ring),
             drops,
             attached,
+            go_binaries: Default::default(),
+            go_unavailable,
         })
+    }
+
+    /// Follows the goroutines of Go process `tgid`: uprobes on its executable (once per
+    /// file: they fire for every process running it) and its entry in `GO_PROCS`, which
+    /// makes the syscall programs report the goroutine of each read and write.
+    pub fn follow_go(&mut self, tgid: u32) -> GoFollow {
+        match self.try_follow_go(tgid) {
+            Ok(f) => f,
+            Err(e) => GoFollow::Unsupported(format!("{e:#}")),
+        }
+    }
+
+    fn try_follow_go(&mut self, tgid: u32) -> Result<GoFollow> {
+        if let Some(why) = &self.go_unavailable {
+            bail!("{why}");
+        }
+        use std::os::unix::fs::MetadataExt as _;
+        let exe = format!("/proc/{tgid}/exe");
+        let mut file = std::fs::File::open(&exe).with_context(|| format!("cannot open {exe}"))?;
+        let version = runtime::go_version(&mut file)?
+            .context("no Go release in its build info (before Go 1.18, or a development build)")?;
+        let goid_offset = runtime::goid_offset(version).with_context(|| {
+            format!(
+                "go{}.{}: the goroutine layout of this release is not known",
+                version.0, version.1
+            )
+        })?;
+        let meta = file.metadata()?;
+        let inode = (meta.dev(), meta.ino());
+        let functions = match self.go_binaries.get(&inode) {
+            Some(n) => *n,
+            None => {
+                let mut found = 0;
+                let mut missing = Vec::new();
+                for (program, symbol) in GO_UPROBES {
+                    let up: &mut UProbe = self
+                        .ebpf
+                        .program_mut(program)
+                        .with_context(|| format!("program {program} missing"))?
+                        .try_into()?;
+                    match up.attach(symbol, &exe, UProbeScope::AllProcesses) {
+                        Ok(_) => found += 1,
+                        Err(e) => missing.push(format!("{symbol}: {e}")),
+                    }
+                }
+                if found == 0 {
+                    bail!(
+                        "no function to probe (a stripped executable has no symbol table): {}",
+                        missing.join("; ")
+                    );
+                }
+                if !missing.is_empty() {
+                    tracing::debug!("{exe}: not probed: {}", missing.join("; "));
+                }
+                self.go_binaries.insert(inode, found);
+                found
+            }
+        };
+        let mut procs: BpfHashMap<_, u32, GoProc> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(MAP_GO_PROCS)
+                .context("GO_PROCS map missing")?,
+        )?;
+        procs.insert(
+            tgid,
+            GoProc {
+                goid_offset,
+                _pad: 0,
+            },
+            0,
+        )?;
+        Ok(GoFollow::Followed { version, functions })
+    }
+
+    /// Forgets followed Go processes that exited.
+    pub fn prune_go(&mut self) {
+        let Some(map) = self.ebpf.map_mut(MAP_GO_PROCS) else {
+            return;
+        };
+        let Ok(mut procs) = BpfHashMap::<_, u32, GoProc>::try_from(map) else {
+            return;
+        };
+        let gone: Vec<u32> = procs
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|tgid| !std::path::Path::new(&format!("/proc/{tgid}")).exists())
+            .collect();
+        for tgid in gone {
+            let _ = procs.remove(&tgid);
+        }
     }
 
     /// The ring buffer, handed out once to the reader.
@@ -164,6 +292,10 @@ impl Capture {
         }
         totals
     }
+}
+
+fn offsets_missing_stack(offsets: &KernelOffsets) -> bool {
+    offsets.valid == 0 || offsets.task_struct_stack == 0
 }
 
 /// Offset of `child_pid` in the `sched_process_fork` record, from its tracefs format. The

@@ -46,6 +46,7 @@ use std::net::SocketAddr;
 // seeded per map and several times cheaper than SipHash on such small keys.
 use foldhash::{HashMap, HashMapExt};
 
+use crate::capture::events::GoHandOff;
 use crate::spans::builder::IdGenerator;
 use crate::spans::resource::Runtime;
 use crate::spans::{SpanId, SpanKind, SpanRecord, TraceId};
@@ -97,6 +98,9 @@ pub struct StartedRequest {
     pub context: Option<SpanContext>,
     /// How the process schedules its work: decides whether its threads mean anything.
     pub runtime: Runtime,
+    /// The goroutine that read (server) or wrote (client) the request head, in a followed
+    /// Go process.
+    pub goid: Option<u64>,
 }
 
 /// Why the thread rule gave a CLIENT span no parent although its process was serving
@@ -107,15 +111,20 @@ pub enum Abstained {
     SeveralOnThread,
     /// None on the writing thread, some elsewhere in the process (a hand-off).
     OtherThread,
-    /// A runtime that moves its tasks between threads (Go).
+    /// A runtime that moves its tasks between threads, not followed (Go without probes:
+    /// an unsupported release, no symbols, or a request before the probes were attached).
     Runtime,
+    /// A followed Go process whose writing goroutine works for no request the agent knows
+    /// (a goroutine started before it was followed, or by one serving nothing).
+    Goroutine,
 }
 
 impl Abstained {
-    pub const ALL: [Abstained; 3] = [
+    pub const ALL: [Abstained; 4] = [
         Abstained::SeveralOnThread,
         Abstained::OtherThread,
         Abstained::Runtime,
+        Abstained::Goroutine,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -123,6 +132,7 @@ impl Abstained {
             Abstained::SeveralOnThread => "several_on_thread",
             Abstained::OtherThread => "other_thread",
             Abstained::Runtime => "runtime",
+            Abstained::Goroutine => "goroutine_unknown",
         }
     }
 }
@@ -137,7 +147,9 @@ pub struct LinkStats {
     pub by_thread: u64,
     /// CLIENT spans the thread rule left without a parent, by [`Abstained`] (indexed by
     /// its position in [`Abstained::ALL`]).
-    pub abstained: [u64; 3],
+    pub abstained: [u64; 4],
+    /// CLIENT spans linked to the request their goroutine works for (followed Go).
+    pub by_goroutine: u64,
     pub roots: u64,
     pub orphans: u64,
     pub evicted: u64,
@@ -206,6 +218,8 @@ struct Node {
     kind: SpanKind,
     tgid: u32,
     tid: u32,
+    /// The goroutine serving this SERVER request (followed Go), else 0.
+    goid: u64,
     request: (u64, u64),
     client_key: Option<PeerKey>,
     server_key: Option<PeerKey>,
@@ -241,7 +255,34 @@ pub struct Linker {
     /// CLIENT requests other agents may ask about, oldest first (bounded).
     answerable: HashMap<PeerKey, SpanId>,
     answerable_order: VecDeque<PeerKey>,
+    goroutines: Goroutines,
     stats: LinkStats,
+}
+
+/// What the agent knows of the goroutines of followed Go processes (`capture` reports
+/// their hand-offs from uprobes): which request each goroutine works for, which goroutine
+/// writes each `net/http` client connection's requests, and for which request a connection
+/// writes now. Every map is bounded; when one overflows it is emptied, which only makes
+/// later calls abstain.
+#[derive(Default)]
+struct Goroutines {
+    /// (tgid, goid) → the SERVER request it read, or that its creator worked for when it
+    /// was started.
+    works_for: HashMap<(u32, u64), SpanId>,
+    /// (tgid, writeLoop goid) → its connection (`*persistConn`).
+    writer_conn: HashMap<(u32, u64), u64>,
+    /// (tgid, connection) → the request its next write is for (`None`: made by a goroutine
+    /// working for no known request).
+    conn_for: HashMap<(u32, u64), Option<SpanId>>,
+}
+
+const GOROUTINES_TRACKED: usize = 65_536;
+
+fn bounded_insert<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, k: K, v: V) {
+    if map.len() >= GOROUTINES_TRACKED && !map.contains_key(&k) {
+        map.clear();
+    }
+    map.insert(k, v);
 }
 
 impl Linker {
@@ -264,6 +305,7 @@ impl Linker {
             lookups: BinaryHeap::new(),
             answerable: HashMap::new(),
             answerable_order: VecDeque::new(),
+            goroutines: Goroutines::default(),
             stats: LinkStats::default(),
         }
     }
@@ -314,7 +356,7 @@ impl Linker {
                 },
             },
             SpanKind::Client => {
-                let parent = match self.serving_parent(r.tgid, r.tid, r.runtime) {
+                let parent = match self.serving_parent(r.tgid, r.tid, r.runtime, r.goid) {
                     Some(p) => Parent::Local(p),
                     None => match &r.context {
                         Some(ctx) => Parent::Remote(ctx.clone()),
@@ -357,6 +399,9 @@ impl Linker {
                 .or_default()
                 .push(span_id);
             *self.serving_by_process.entry(r.tgid).or_default() += 1;
+            if let Some(g) = r.goid {
+                bounded_insert(&mut self.goroutines.works_for, (r.tgid, g), span_id);
+            }
         }
         let own_trace = self.ids.trace_id();
         self.nodes.insert(
@@ -371,6 +416,10 @@ impl Linker {
                 kind: r.kind,
                 tgid: r.tgid,
                 tid: r.tid,
+                goid: match r.kind {
+                    SpanKind::Server => r.goid.unwrap_or(0),
+                    _ => 0,
+                },
                 request: (r.conn_id, r.seq),
                 client_key,
                 server_key,
@@ -398,7 +447,7 @@ impl Linker {
         };
         if let Some(node) = self.nodes.remove(&span_id) {
             if node.kind == SpanKind::Server {
-                self.stop_serving(span_id, node.tgid, node.tid);
+                self.stop_serving(span_id, node.tgid, node.tid, node.goid);
             }
             if let Some(key) = node.client_key {
                 self.clients_by_source.remove(&key);
@@ -427,7 +476,18 @@ impl Linker {
 
     /// Rule 3: the SERVER request a CLIENT request written by `tid` was certainly made for,
     /// or none (counted when the process was serving something, so a choice was refused).
-    fn serving_parent(&mut self, tgid: u32, tid: u32, runtime: Runtime) -> Option<SpanId> {
+    fn serving_parent(
+        &mut self,
+        tgid: u32,
+        tid: u32,
+        runtime: Runtime,
+        goid: Option<u64>,
+    ) -> Option<SpanId> {
+        if runtime == Runtime::Go
+            && let Some(g) = goid
+        {
+            return self.goroutine_parent(tgid, g);
+        }
         let in_process = self.serving_by_process.get(&tgid).copied().unwrap_or(0);
         if in_process == 0 {
             return None;
@@ -450,7 +510,53 @@ impl Linker {
         None
     }
 
-    fn stop_serving(&mut self, span: SpanId, tgid: u32, tid: u32) {
+    /// The request a followed Go process's goroutine `w` writes a request for: through the
+    /// connection it writes for (a `net/http` writeLoop) or its own work. Never the thread.
+    fn goroutine_parent(&mut self, tgid: u32, w: u64) -> Option<SpanId> {
+        let g = &self.goroutines;
+        let cause = match g.writer_conn.get(&(tgid, w)) {
+            Some(conn) => g.conn_for.get(&(tgid, *conn)).copied().flatten(),
+            None => g.works_for.get(&(tgid, w)).copied(),
+        };
+        match cause {
+            Some(_) => self.stats.by_goroutine += 1,
+            None => self.stats.abstained[Abstained::Goroutine as usize] += 1,
+        }
+        cause
+    }
+
+    /// A hand-off in a followed Go process, seen by a uprobe before the writes it explains.
+    pub fn go_hand_off(&mut self, tgid: u32, hand_off: GoHandOff) {
+        let g = &mut self.goroutines;
+        match hand_off {
+            GoHandOff::RoundTrip { goid, conn } => {
+                let span = g.works_for.get(&(tgid, goid)).copied();
+                bounded_insert(&mut g.conn_for, (tgid, conn), span);
+            }
+            GoHandOff::ConnWriter { goid, conn } => {
+                bounded_insert(&mut g.writer_conn, (tgid, goid), conn);
+            }
+            GoHandOff::Spawn { parent, child } => {
+                if let Some(span) = g.works_for.get(&(tgid, parent)).copied() {
+                    bounded_insert(&mut g.works_for, (tgid, child), span);
+                }
+            }
+        }
+    }
+
+    /// A process exited or was replaced: its goroutine ids mean nothing any more.
+    pub fn forget_process(&mut self, tgid: u32) {
+        let g = &mut self.goroutines;
+        g.works_for.retain(|(t, _), _| *t != tgid);
+        g.writer_conn.retain(|(t, _), _| *t != tgid);
+        g.conn_for.retain(|(t, _), _| *t != tgid);
+    }
+
+    fn stop_serving(&mut self, span: SpanId, tgid: u32, tid: u32, goid: u64) {
+        // The goroutine that read it is done with it; goroutines it started keep it.
+        if goid != 0 && self.goroutines.works_for.get(&(tgid, goid)) == Some(&span) {
+            self.goroutines.works_for.remove(&(tgid, goid));
+        }
         // Emptied lists stay (up to a bound, against thread churn) so the next request of a
         // busy thread or process reuses them instead of allocating; empty means absent.
         let Some(list) = self.serving_by_thread.get_mut(&(tgid, tid)) else {
@@ -494,9 +600,10 @@ impl Linker {
         node.span = Some(span);
         node.finished_ns = now_ns;
         self.finished.push_back(span_id);
-        let (kind, tgid, tid, client_key) = (node.kind, node.tgid, node.tid, node.client_key);
+        let (kind, tgid, tid, goid, client_key) =
+            (node.kind, node.tgid, node.tid, node.goid, node.client_key);
         if kind == SpanKind::Server {
-            self.stop_serving(span_id, tgid, tid);
+            self.stop_serving(span_id, tgid, tid, goid);
         }
         // Its server, if traced, has read the request by now (it answered it).
         if let Some(key) = client_key
@@ -522,7 +629,7 @@ impl Linker {
         if let Some(node) = self.nodes.remove(&span_id) {
             self.take_request(node.request.0, node.request.1);
             if node.kind == SpanKind::Server {
-                self.stop_serving(span_id, node.tgid, node.tid);
+                self.stop_serving(span_id, node.tgid, node.tid, node.goid);
             }
             if let Some(key) = node.client_key {
                 self.clients_by_source.remove(&key);

@@ -50,6 +50,7 @@ struct Req {
     peer: &'static str,
     context: Option<SpanContext>,
     runtime: Runtime,
+    goid: Option<u64>,
 }
 
 impl Req {
@@ -64,6 +65,7 @@ impl Req {
             peer,
             context: None,
             runtime: Runtime::Native,
+            goid: None,
         }
     }
     fn client(conn: u64, tgid: u32, tid: u32, local: &'static str, peer: &'static str) -> Req {
@@ -75,6 +77,14 @@ impl Req {
     fn go(self) -> Req {
         Req {
             runtime: Runtime::Go,
+            ..self
+        }
+    }
+    /// In a followed Go process, by goroutine `goid`.
+    fn goroutine(self, goid: u64) -> Req {
+        Req {
+            runtime: Runtime::Go,
+            goid: Some(goid),
             ..self
         }
     }
@@ -99,6 +109,7 @@ impl Req {
                 peer: addr(self.peer),
                 context: self.context.clone(),
                 runtime: self.runtime,
+                goid: self.goid,
             },
             now,
         )
@@ -324,7 +335,7 @@ fn event_loop_with_several_in_flight_abstains() {
     assert_eq!(find(&spans, ca).parent_span_id, Some(sa));
     let stats = l.stats();
     assert_eq!(stats.by_thread, 1);
-    assert_eq!(stats.abstained, [1, 0, 0]);
+    assert_eq!(stats.abstained, [1, 0, 0, 0]);
 }
 
 /// A call written by a thread serving nothing while the process serves one request
@@ -347,7 +358,7 @@ fn calls_from_other_threads_are_never_adopted() {
     assert_eq!(find(&spans, c).parent_span_id, None);
     assert_eq!(find(&spans, i).parent_span_id, None);
     let stats = l.stats();
-    assert_eq!((stats.by_thread, stats.abstained), (0, [0, 1, 0]));
+    assert_eq!((stats.by_thread, stats.abstained), (0, [0, 1, 0, 0]));
 }
 
 /// Go moves goroutines between threads: even the thread that read the only request in
@@ -363,7 +374,7 @@ fn go_processes_never_link_by_thread() {
     srv.finish(&mut l, 3);
     let spans = l.poll(WINDOW + 10, false);
     assert_eq!(find(&spans, c).parent_span_id, None);
-    assert_eq!(l.stats().abstained, [0, 0, 1]);
+    assert_eq!(l.stats().abstained, [0, 0, 1, 0]);
 }
 
 /// Thread-per-request servers link every call, whatever the other threads do.
@@ -395,7 +406,7 @@ fn thread_per_request_links_each_call_to_its_own_request() {
     for (call, parent) in expect {
         assert_eq!(find(&spans, call).parent_span_id, Some(parent));
     }
-    assert_eq!(l.stats().abstained, [0, 0, 0]);
+    assert_eq!(l.stats().abstained, [0, 0, 0, 0]);
 }
 
 #[test]
@@ -595,4 +606,141 @@ fn remote_answers_follow_the_local_rules() {
         local_only.answer(("192.0.2.1:2000".parse().unwrap(), 0), 1),
         Answer::Unknown
     );
+}
+
+/// Followed Go: two requests served by goroutines 10 and 11 on whatever threads; each
+/// handler's call goes out on a pooled connection whose writeLoop goroutine (20, 21)
+/// writes it, on yet other threads. A goroutine started by handler 10 calls for it too.
+/// Goroutine 30 (a pool started at boot) works for nobody: its call abstains. After
+/// request 10 is answered, goroutine 10 works for nothing any more.
+#[test]
+fn go_calls_follow_goroutines_not_threads() {
+    use crate::capture::events::GoHandOff::*;
+    const P: u32 = 9;
+    let mut l = linker();
+    let a = Req::server(1, P, 91, "10.0.0.1:8080", "192.0.2.1:1").goroutine(10);
+    let b = Req::server(2, P, 91, "10.0.0.1:8080", "192.0.2.1:2").goroutine(11);
+    let sa = a.start(&mut l, 0);
+    let sb = b.start(&mut l, 1);
+    // b's handler calls first, on connection 0xb; a's on 0xa; the writers swap threads.
+    l.go_hand_off(
+        P,
+        RoundTrip {
+            goid: 11,
+            conn: 0xb,
+        },
+    );
+    l.go_hand_off(
+        P,
+        ConnWriter {
+            goid: 21,
+            conn: 0xb,
+        },
+    );
+    let call_b = Req::client(3, P, 92, "10.0.0.1:41001", "10.0.0.2:80").goroutine(21);
+    let cb = call_b.start(&mut l, 2);
+    l.go_hand_off(
+        P,
+        RoundTrip {
+            goid: 10,
+            conn: 0xa,
+        },
+    );
+    l.go_hand_off(
+        P,
+        ConnWriter {
+            goid: 20,
+            conn: 0xa,
+        },
+    );
+    let call_a = Req::client(4, P, 91, "10.0.0.1:41000", "10.0.0.2:80").goroutine(20);
+    let ca = call_a.start(&mut l, 3);
+    // A goroutine a's handler started, calling on b's (now idle) connection.
+    l.go_hand_off(
+        P,
+        Spawn {
+            parent: 10,
+            child: 12,
+        },
+    );
+    l.go_hand_off(
+        P,
+        RoundTrip {
+            goid: 12,
+            conn: 0xb,
+        },
+    );
+    let call_a2 = Req::client(5, P, 93, "10.0.0.1:41001", "10.0.0.2:80")
+        .seq(1)
+        .goroutine(21);
+    let ca2 = call_a2.start(&mut l, 4);
+    // The pool goroutine, on the connection a's handler used before.
+    l.go_hand_off(
+        P,
+        RoundTrip {
+            goid: 30,
+            conn: 0xa,
+        },
+    );
+    let pool = Req::client(6, P, 91, "10.0.0.1:41000", "10.0.0.2:80")
+        .seq(1)
+        .goroutine(20);
+    let cp = pool.start(&mut l, 5);
+    // a answered: its goroutine's next call (if any) is not a's.
+    a.finish(&mut l, 6);
+    l.go_hand_off(
+        P,
+        RoundTrip {
+            goid: 10,
+            conn: 0xa,
+        },
+    );
+    let late = Req::client(7, P, 91, "10.0.0.1:41000", "10.0.0.2:80")
+        .seq(2)
+        .goroutine(20);
+    let cl = late.start(&mut l, 7);
+    for r in [&call_a, &call_b, &call_a2, &pool, &late, &b] {
+        r.finish(&mut l, 8);
+    }
+    let spans = l.poll(WINDOW + 10, false);
+    assert_eq!(find(&spans, ca).parent_span_id, Some(sa));
+    assert_eq!(find(&spans, cb).parent_span_id, Some(sb));
+    assert_eq!(
+        find(&spans, ca2).parent_span_id,
+        Some(sa),
+        "the child goroutine's call"
+    );
+    assert_eq!(find(&spans, cp).parent_span_id, None, "the pool's call");
+    assert_eq!(
+        find(&spans, cl).parent_span_id,
+        None,
+        "after the request was answered"
+    );
+    let stats = l.stats();
+    assert_eq!((stats.by_goroutine, stats.by_thread), (3, 0));
+    assert_eq!(stats.abstained, [0, 0, 0, 2]);
+}
+
+/// A Go process whose goroutines are not followed (no goroutine in its events) never links
+/// by thread; a replaced process's goroutine ids are forgotten.
+#[test]
+fn go_without_goroutines_abstains_and_reused_pids_start_afresh() {
+    use crate::capture::events::GoHandOff::*;
+    let mut l = linker();
+    let srv = Req::server(1, 4, 40, "10.0.0.1:8080", "192.0.2.1:1").goroutine(7);
+    srv.start(&mut l, 0);
+    let unfollowed = Req::client(2, 4, 40, "10.0.0.1:41000", "10.0.0.2:80").go();
+    let c = unfollowed.start(&mut l, 1);
+    l.forget_process(4);
+    l.go_hand_off(4, RoundTrip { goid: 7, conn: 0x1 });
+    l.go_hand_off(4, ConnWriter { goid: 8, conn: 0x1 });
+    let after = Req::client(3, 4, 40, "10.0.0.1:41001", "10.0.0.2:80").goroutine(8);
+    let c2 = after.start(&mut l, 2);
+    for r in [&unfollowed, &after, &srv] {
+        r.finish(&mut l, 3);
+    }
+    let spans = l.poll(WINDOW + 10, false);
+    assert_eq!(find(&spans, c).parent_span_id, None);
+    assert_eq!(find(&spans, c2).parent_span_id, None);
+    assert_eq!(l.stats().abstained, [0, 0, 1, 1]);
 }

@@ -64,6 +64,9 @@ pub struct Pipeline {
     /// Scratch lists reused for every event instead of a fresh allocation per request.
     started: Vec<http::StartedRequest>,
     exchanges: Vec<Exchange>,
+    /// Go processes seen, and those not yet handed to the capture layer to follow.
+    go_seen: std::collections::HashSet<u32>,
+    new_go_processes: Vec<u32>,
 }
 
 impl Pipeline {
@@ -78,6 +81,8 @@ impl Pipeline {
             now_ns: 0,
             started: Vec::new(),
             exchanges: Vec::new(),
+            go_seen: Default::default(),
+            new_go_processes: Vec::new(),
         }
     }
 
@@ -105,6 +110,7 @@ impl Pipeline {
                 self.advance(meta.ts_exit_ns);
                 self.on_close(meta)
             }
+            CaptureEvent::Go(go) => self.linker.go_hand_off(go.tgid, go.hand_off),
         }
         self.metrics
             .connections_active
@@ -140,6 +146,8 @@ impl Pipeline {
             .store(s.by_remote_peer, Ordering::Relaxed);
         m.links_by_header.store(s.by_header, Ordering::Relaxed);
         m.links_by_thread.store(s.by_thread, Ordering::Relaxed);
+        m.links_by_goroutine
+            .store(s.by_goroutine, Ordering::Relaxed);
         for (to, n) in m.link_abstained.iter().zip(s.abstained) {
             to.store(n, Ordering::Relaxed);
         }
@@ -147,6 +155,12 @@ impl Pipeline {
         m.link_orphans.store(s.orphans, Ordering::Relaxed);
         m.link_evicted.store(s.evicted, Ordering::Relaxed);
         m.spans_waiting.store(s.waiting, Ordering::Relaxed);
+    }
+
+    /// Go processes whose first connection was just seen: the capture layer follows their
+    /// goroutines (uprobes) from now on.
+    pub fn take_new_go_processes(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.new_go_processes)
     }
 
     /// Another agent asks about CLIENT requests written on this node.
@@ -203,10 +217,16 @@ impl Pipeline {
         else {
             return;
         };
+        let runtime = self.enricher.runtime(open.meta.tgid);
+        if runtime == Runtime::Go && self.go_seen.insert(open.meta.tgid) {
+            // A process not seen before (or a reused pid): its goroutine ids start afresh.
+            self.linker.forget_process(open.meta.tgid);
+            self.new_go_processes.push(open.meta.tgid);
+        }
         let conn = Connection {
             meta: ConnMeta::new(open.role, open.local, open.peer),
             tgid: open.meta.tgid,
-            runtime: self.enricher.runtime(open.meta.tgid),
+            runtime,
             resource,
             http: None,
             last_activity_ns: open.meta.ts_exit_ns,
@@ -270,6 +290,7 @@ impl Pipeline {
                 peer: conn.meta.peer(),
                 context: context::extract(&started.context_headers),
                 runtime: conn.runtime,
+                goid: chunk.goid,
             };
             self.linker.request_started(request, self.now_ns);
         }
@@ -318,6 +339,16 @@ impl Pipeline {
         for id in gone {
             Metrics::inc(&self.metrics.connections_of_exited);
             self.close(id, self.now_ns);
+        }
+        let exited: Vec<u32> = self
+            .go_seen
+            .iter()
+            .copied()
+            .filter(|&tgid| !self.enricher.process_alive(tgid))
+            .collect();
+        for tgid in exited {
+            self.go_seen.remove(&tgid);
+            self.linker.forget_process(tgid);
         }
     }
 
@@ -406,6 +437,7 @@ mod tests {
             syscall_len: payload.len() as u32,
             truncated: false,
             gap_before: false,
+            goid: None,
             payload,
         })
     }

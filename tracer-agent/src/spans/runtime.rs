@@ -53,15 +53,74 @@ const GO_SECTIONS: [&[u8]; 2] = [b".go.buildinfo", b".note.go.buildid"];
 /// The runtime of the ELF executable `file` (64-bit little-endian: the targets the
 /// programs are built for).
 pub fn detect(file: &mut (impl Read + Seek)) -> Result<Runtime, ElfError> {
-    let names = section_names(file)?;
+    let (names, _) = sections(file)?;
     let go = names
         .split(|&b| b == 0)
         .any(|name| GO_SECTIONS.contains(&name));
     Ok(if go { Runtime::Go } else { Runtime::Native })
 }
 
-/// The raw section-name string table (`.shstrtab`).
-fn section_names(file: &mut (impl Read + Seek)) -> Result<Vec<u8>, ElfError> {
+/// A Go release, `(1, 19)` for `go1.19.8`.
+pub type GoVersion = (u32, u32);
+
+/// The Go release a Go executable was built with, from its `.go.buildinfo` section
+/// (the inline format of Go 1.18 and later; older builds give `None`).
+pub fn go_version(file: &mut (impl Read + Seek)) -> Result<Option<GoVersion>, ElfError> {
+    let (names, headers) = sections(file)?;
+    let name_at = |off: u32| -> &[u8] {
+        let rest = names.get(off as usize..).unwrap_or_default();
+        &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())]
+    };
+    let Some(info) = headers.iter().find(|h| name_at(h.name) == b".go.buildinfo") else {
+        return Ok(None);
+    };
+    let mut head = vec![0u8; info.size.min(32 + 10 + 64) as usize];
+    file.seek(SeekFrom::Start(info.offset))?;
+    file.read_exact(&mut head)
+        .map_err(|_| ElfError::BadSections("truncated .go.buildinfo"))?;
+    Ok(parse_buildinfo_version(&head))
+}
+
+/// `\xff Go buildinf:`, pointer size, flags (bit 1: version and module info inline), then
+/// at offset 32 the version as a uvarint-prefixed string.
+fn parse_buildinfo_version(head: &[u8]) -> Option<GoVersion> {
+    const MAGIC: &[u8] = b"\xff Go buildinf:";
+    if !head.starts_with(MAGIC) || head.get(15)? & 2 == 0 {
+        return None;
+    }
+    let len = *head.get(32)? as usize;
+    if len >= 0x80 {
+        return None; // a multi-byte length: no version string is that long
+    }
+    let version = std::str::from_utf8(head.get(33..33 + len)?).ok()?;
+    let mut parts = version.strip_prefix("go")?.split(['.', '-', ' ']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?;
+    let digits = minor.bytes().take_while(u8::is_ascii_digit).count();
+    let minor = minor[..digits].parse().ok()?;
+    Some((major, minor))
+}
+
+/// Offset of `goid` in `runtime.g` on amd64, for the releases whose layout is known:
+/// stack, stackguard0/1, _panic, _defer, m, sched (7 words), syscallsp, syscallpc,
+/// [syscallbp since 1.23,] stktopsp, param, atomicstatus, stackLock, then goid. Go before
+/// 1.17 passed arguments on the stack (no goroutine in R14): not followed.
+pub fn goid_offset(version: GoVersion) -> Option<u32> {
+    match version {
+        (1, 17..=22) => Some(152),
+        (1, 23..=24) => Some(160),
+        _ => None,
+    }
+}
+
+struct SectionHeader {
+    name: u32,
+    offset: u64,
+    size: u64,
+}
+
+/// The section-name string table (`.shstrtab`) and every section's header.
+fn sections(file: &mut (impl Read + Seek)) -> Result<(Vec<u8>, Vec<SectionHeader>), ElfError> {
     let mut ehdr = [0u8; 64];
     file.seek(SeekFrom::Start(0))?;
     file.read_exact(&mut ehdr).map_err(|_| ElfError::NotElf64)?;
@@ -113,11 +172,20 @@ fn section_names(file: &mut (impl Read + Seek)) -> Result<Vec<u8>, ElfError> {
     if size > MAX_SHSTRTAB {
         return Err(ElfError::BadSections("string table size"));
     }
+    let mut headers = Vec::with_capacity(shnum);
+    for index in 0..shnum {
+        let h = read_shdr(file, index)?;
+        headers.push(SectionHeader {
+            name: u32::from_le_bytes(h[..4].try_into().expect("4 bytes")),
+            offset: u64::from_le_bytes(h[0x18..0x20].try_into().expect("8 bytes")),
+            size: u64::from_le_bytes(h[0x20..0x28].try_into().expect("8 bytes")),
+        });
+    }
     let mut names = vec![0u8; size as usize];
     file.seek(SeekFrom::Start(offset))?;
     file.read_exact(&mut names)
         .map_err(|_| ElfError::BadSections("truncated string table"))?;
-    Ok(names)
+    Ok((names, headers))
 }
 
 trait ReadSeek: Read + Seek {}
@@ -184,6 +252,41 @@ mod tests {
     fn this_executable_is_native() {
         let mut f = std::fs::File::open("/proc/self/exe").unwrap();
         assert_eq!(detect(&mut f).unwrap(), Runtime::Native);
+    }
+
+    #[test]
+    fn go_versions_from_build_info() {
+        let info = |flags: u8, version: &str| {
+            let mut h = b"\xff Go buildinf:".to_vec();
+            h.extend([8, flags]);
+            h.resize(32, 0);
+            h.push(version.len() as u8);
+            h.extend_from_slice(version.as_bytes());
+            h.extend_from_slice(b"\x00path\tcommand-line-arguments");
+            h
+        };
+        assert_eq!(parse_buildinfo_version(&info(2, "go1.19.8")), Some((1, 19)));
+        assert_eq!(parse_buildinfo_version(&info(3, "go1.24.4")), Some((1, 24)));
+        assert_eq!(
+            parse_buildinfo_version(&info(2, "go1.21rc2")),
+            Some((1, 21))
+        );
+        assert_eq!(parse_buildinfo_version(&info(2, "devel +abc")), None);
+        // Go 1.17 and older point at the version instead of holding it.
+        assert_eq!(parse_buildinfo_version(&info(0, "go1.17.2")), None);
+        assert_eq!(parse_buildinfo_version(b"\xff Go buildinf:"), None);
+        let whole = info(2, "go1.19.8");
+        for cut in 0..whole.len() {
+            let got = parse_buildinfo_version(&whole[..cut]);
+            assert!(
+                got.is_none() || got == Some((1, 19)),
+                "cut at {cut}: {got:?}"
+            );
+        }
+        assert_eq!(goid_offset((1, 19)), Some(152));
+        assert_eq!(goid_offset((1, 23)), Some(160));
+        assert_eq!(goid_offset((1, 16)), None);
+        assert_eq!(goid_offset((2, 0)), None);
     }
 
     #[test]
