@@ -214,20 +214,24 @@ async fn go_worker_pool_calls_for_the_handlers() {
     );
 }
 
-/// A stripped Go binary (`-ldflags=-s -w`) has no symbol table to find the functions to
-/// probe: the agent says so, and its calls abstain (never a guess by thread).
+/// A stripped Go binary (`-ldflags=-s -w`) has no symbol table: the functions to probe are
+/// found in its `.gopclntab`, which the Go runtime keeps for its own stack traces.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn go_stripped_binary_abstains() {
+async fn go_stripped_binary_is_followed_too() {
     let down = downstream();
     let dir = TempDir::new("linking-go-stripped").unwrap();
     let middle = go_middle_built(&dir, GoMode::Plain, down.port, &["-ldflags=-s -w"]).unwrap();
-    let (t, metrics) = measure("go-stripped", &middle, &down, &[None], Load::default()).await;
-    assert_eq!(t.unlinked, REQUESTS as usize, "linking go-stripped: {t}");
-    assert!(metric(&metrics, "tracer_go_processes_unsupported_total") >= 1);
-    assert_eq!(
-        metric(&metrics, "tracer_link_abstained_total{reason=\"runtime\"}"),
-        u64::from(REQUESTS)
+    let symbols = std::process::Command::new("nm")
+        .arg(dir.join("middle"))
+        .output()
+        .expect("nm (binutils)");
+    assert!(
+        !String::from_utf8_lossy(&symbols.stdout).contains("roundTrip"),
+        "the binary is stripped"
     );
+    let (t, metrics) = measure("go-stripped", &middle, &down, &[None], Load::default()).await;
+    assert_eq!(t.right, REQUESTS as usize, "linking go-stripped: {t}");
+    assert_eq!(metric(&metrics, "tracer_go_processes_unsupported_total"), 0);
 }
 
 /// Go → Go → Python: both Go services in the middle, 16 clients. Each Go hop links its

@@ -219,22 +219,36 @@ impl Capture {
             None => {
                 let mut found = 0;
                 let mut missing = Vec::new();
-                for (program, symbol) in GO_UPROBES {
+                // The symbol table when there is one; else the runtime's own function table
+                // (.gopclntab), which stripped executables keep.
+                let symbols: Vec<&str> = GO_UPROBES.iter().map(|(_, s)| *s).collect();
+                let from_pclntab = runtime::go_function_offsets(&mut file, &symbols);
+                for (i, (program, symbol)) in GO_UPROBES.iter().enumerate() {
                     let up: &mut UProbe = self
                         .ebpf
                         .program_mut(program)
                         .with_context(|| format!("program {program} missing"))?
                         .try_into()?;
-                    match up.attach(symbol, &exe, UProbeScope::AllProcesses) {
-                        Ok(_) => found += 1,
+                    let attached = up
+                        .attach(*symbol, &exe, UProbeScope::AllProcesses)
+                        .map(drop)
+                        .or_else(|by_symbol| match &from_pclntab {
+                            Ok(offsets) => match offsets[i] {
+                                Some(offset) => up
+                                    .attach(offset, &exe, UProbeScope::AllProcesses)
+                                    .map(drop)
+                                    .map_err(|e| format!("at {offset:#x}: {e}")),
+                                None => Err(format!("{by_symbol}; not in .gopclntab either")),
+                            },
+                            Err(e) => Err(format!("{by_symbol}; .gopclntab: {e}")),
+                        });
+                    match attached {
+                        Ok(()) => found += 1,
                         Err(e) => missing.push(format!("{symbol}: {e}")),
                     }
                 }
                 if found == 0 {
-                    bail!(
-                        "no function to probe (a stripped executable has no symbol table): {}",
-                        missing.join("; ")
-                    );
+                    bail!("no function to probe: {}", missing.join("; "));
                 }
                 if !missing.is_empty() {
                     tracing::debug!("{exe}: not probed: {}", missing.join("; "));

@@ -113,8 +113,80 @@ pub fn goid_offset(version: GoVersion) -> Option<u32> {
     }
 }
 
+/// Largest `.gopclntab` read (real ones are a few MiB).
+const MAX_PCLNTAB: u64 = 256 << 20;
+
+/// File offsets of the entries of the Go functions `names` in the executable, from its
+/// `.gopclntab` (which even stripped binaries keep: the runtime needs it for stack traces).
+/// Go 1.18+ layout; `None` for a name not found.
+pub fn go_function_offsets(
+    file: &mut (impl Read + Seek),
+    names: &[&str],
+) -> Result<Vec<Option<u64>>, ElfError> {
+    let (strtab, headers) = sections(file)?;
+    let name_at = |off: u32| -> &[u8] {
+        let rest = strtab.get(off as usize..).unwrap_or_default();
+        &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())]
+    };
+    let find = |n: &[u8]| headers.iter().find(|h| name_at(h.name) == n);
+    let pcln = find(b".gopclntab").ok_or(ElfError::BadSections("no .gopclntab"))?;
+    let text = find(b".text").ok_or(ElfError::BadSections("no .text"))?;
+    if pcln.size > MAX_PCLNTAB {
+        return Err(ElfError::BadSections(".gopclntab size"));
+    }
+    let mut table = vec![0u8; pcln.size as usize];
+    file.seek(SeekFrom::Start(pcln.offset))?;
+    file.read_exact(&mut table)
+        .map_err(|_| ElfError::BadSections("truncated .gopclntab"))?;
+    let entries = pclntab_entries(&table, names)
+        .ok_or(ElfError::BadSections("unknown .gopclntab layout"))?;
+    Ok(entries
+        .into_iter()
+        .map(|vaddr| {
+            let vaddr = vaddr?;
+            let inside = vaddr >= text.addr && vaddr < text.addr + text.size;
+            inside.then(|| vaddr - text.addr + text.offset)
+        })
+        .collect())
+}
+
+/// Entry addresses of `names` in a Go 1.18+ `pclntab`: the `pcHeader` (magic, pad, pad,
+/// minLC, ptrSize, then nfunc, nfiles, textStart, funcnameOffset, cuOffset,
+/// filetabOffset, pctabOffset, pclnOffset as words), then at `pclnOffset` the function
+/// table of `(entryOff, funcOff)` u32 pairs, each `funcOff` pointing at a `_func` whose
+/// second u32 is the name's offset in the name table.
+fn pclntab_entries(t: &[u8], names: &[&str]) -> Option<Vec<Option<u64>>> {
+    let u32_at = |o: usize| Some(u32::from_le_bytes(t.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(t.get(o..o + 8)?.try_into().ok()?));
+    let magic = u32_at(0)?;
+    if !matches!(magic, 0xffff_fff0 | 0xffff_fff1) || *t.get(7)? != 8 {
+        return None;
+    }
+    let nfunc = usize::try_from(u64_at(8)?).ok()?;
+    let text_start = u64_at(24)?;
+    let funcnames = usize::try_from(u64_at(32)?).ok()?;
+    let functab = usize::try_from(u64_at(64)?).ok()?;
+    if nfunc > t.len() / 8 {
+        return None;
+    }
+    let mut found = vec![None; names.len()];
+    for i in 0..nfunc {
+        let at = functab.checked_add(i * 8)?;
+        let entry_off = u32_at(at)?;
+        let func_off = u32_at(at + 4)? as usize;
+        let name_off = u32_at(functab.checked_add(func_off)?.checked_add(4)?)? as usize;
+        let name = t.get(funcnames.checked_add(name_off)?..)?;
+        let name = &name[..name.iter().position(|&b| b == 0)?];
+        if let Some(k) = names.iter().position(|n| n.as_bytes() == name) {
+            found[k] = Some(text_start + u64::from(entry_off));
+        }
+    }
+    Some(found)
+}
+
 struct SectionHeader {
     name: u32,
+    addr: u64,
     offset: u64,
     size: u64,
 }
@@ -177,6 +249,7 @@ fn sections(file: &mut (impl Read + Seek)) -> Result<(Vec<u8>, Vec<SectionHeader
         let h = read_shdr(file, index)?;
         headers.push(SectionHeader {
             name: u32::from_le_bytes(h[..4].try_into().expect("4 bytes")),
+            addr: u64::from_le_bytes(h[0x10..0x18].try_into().expect("8 bytes")),
             offset: u64::from_le_bytes(h[0x18..0x20].try_into().expect("8 bytes")),
             size: u64::from_le_bytes(h[0x20..0x28].try_into().expect("8 bytes")),
         });
@@ -287,6 +360,67 @@ mod tests {
         assert_eq!(goid_offset((1, 23)), Some(160));
         assert_eq!(goid_offset((1, 16)), None);
         assert_eq!(goid_offset((2, 0)), None);
+    }
+
+    /// A synthetic pclntab with three functions, in the Go 1.20 layout.
+    fn pclntab(funcs: &[(&str, u32)]) -> Vec<u8> {
+        let mut names = Vec::new();
+        let mut name_offs = Vec::new();
+        for (n, _) in funcs {
+            name_offs.push(names.len() as u32);
+            names.extend_from_slice(n.as_bytes());
+            names.push(0);
+        }
+        let header = 72usize;
+        let funcnames = header;
+        let functab = funcnames + names.len();
+        // functab: nfunc + 1 pairs, then the _func records (entryOff, nameOff, ...).
+        let funcs_at = (funcs.len() + 1) * 8;
+        let mut t = vec![0u8; header];
+        t[..4].copy_from_slice(&0xffff_fff1u32.to_le_bytes());
+        t[6] = 1;
+        t[7] = 8;
+        t[8..16].copy_from_slice(&(funcs.len() as u64).to_le_bytes());
+        t[24..32].copy_from_slice(&0x40_1000u64.to_le_bytes());
+        t[32..40].copy_from_slice(&(funcnames as u64).to_le_bytes());
+        t[64..72].copy_from_slice(&(functab as u64).to_le_bytes());
+        t.extend_from_slice(&names);
+        for (i, (_, entry)) in funcs.iter().enumerate() {
+            t.extend_from_slice(&entry.to_le_bytes());
+            t.extend_from_slice(&((funcs_at + i * 16) as u32).to_le_bytes());
+        }
+        t.extend_from_slice(&[0xff; 8]);
+        for (i, (_, entry)) in funcs.iter().enumerate() {
+            t.extend_from_slice(&entry.to_le_bytes());
+            t.extend_from_slice(&name_offs[i].to_le_bytes());
+            t.extend_from_slice(&[0; 8]);
+        }
+        t
+    }
+
+    #[test]
+    fn function_entries_from_pclntab() {
+        let t = pclntab(&[
+            ("runtime.newproc1", 0x100),
+            ("net/http.(*persistConn).roundTrip", 0x2340),
+            ("main.main", 0x9000),
+        ]);
+        let got = pclntab_entries(
+            &t,
+            &["net/http.(*persistConn).roundTrip", "runtime.newproc1", "absent"],
+        )
+        .unwrap();
+        assert_eq!(got, vec![Some(0x40_3340), Some(0x40_1100), None]);
+        // Any truncation or corruption is `None` or a short answer, never a panic.
+        for cut in 0..t.len() {
+            let _ = pclntab_entries(&t[..cut], &["main.main"]);
+        }
+        let mut bad = t.clone();
+        bad[0] = 0;
+        assert!(pclntab_entries(&bad, &["main.main"]).is_none());
+        let mut huge = t;
+        huge[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(pclntab_entries(&huge, &["main.main"]).is_none());
     }
 
     #[test]
