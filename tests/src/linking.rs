@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, ensure};
 
 use crate::ReceivedSpan;
 use crate::harness::Server;
-use crate::programs::{TempDir, go_build_with, python, python_packages_dir, spawn_printing_port};
+use crate::programs::{TempDir, go_build_by, python, python_packages_dir, spawn_printing_port};
 
 /// Go `net/http` middle: `middle plain|fanout|pool DOWNSTREAM_PORT`.
 pub const GO_MIDDLE: &str = include_str!("../linking/middle.go");
@@ -71,7 +71,24 @@ pub fn go_middle_built(
     downstream_port: u16,
     flags: &[&str],
 ) -> Result<Server> {
-    let bin = go_build_with(dir, "middle", GO_MIDDLE, flags)?;
+    go_middle_by(
+        std::path::Path::new("go"),
+        dir,
+        mode,
+        downstream_port,
+        flags,
+    )
+}
+
+/// [`go_middle_built`] by a given `go` command (another Go release).
+pub fn go_middle_by(
+    go: &std::path::Path,
+    dir: &TempDir,
+    mode: GoMode,
+    downstream_port: u16,
+    flags: &[&str],
+) -> Result<Server> {
+    let bin = go_build_by(go, dir, "middle", GO_MIDDLE, flags)?;
     let mut cmd = Command::new(bin);
     cmd.arg(match mode {
         GoMode::Plain => "plain",

@@ -468,9 +468,20 @@ pub fn go_build(dir: &TempDir, name: &str, source: &str) -> Result<PathBuf> {
 
 /// [`go_build`] with extra `go build` flags (`-ldflags=-s -w` for a stripped binary).
 pub fn go_build_with(dir: &TempDir, name: &str, source: &str, flags: &[&str]) -> Result<PathBuf> {
+    go_build_by(Path::new("go"), dir, name, source, flags)
+}
+
+/// [`go_build_with`] by a given `go` command (another Go release).
+pub fn go_build_by(
+    go: &Path,
+    dir: &TempDir,
+    name: &str,
+    source: &str,
+    flags: &[&str],
+) -> Result<PathBuf> {
     let src = dir.write(&format!("{name}.go"), source)?;
     let bin = dir.join(name);
-    let out = Command::new("go")
+    let out = Command::new(go)
         .arg("build")
         .args(flags)
         .arg("-o")
@@ -478,6 +489,8 @@ pub fn go_build_with(dir: &TempDir, name: &str, source: &str, flags: &[&str]) ->
         .arg(&src)
         .env("GO111MODULE", "off")
         .env("CGO_ENABLED", "0")
+        // Never reach for another toolchain over the network.
+        .env("GOTOOLCHAIN", "local")
         .output()
         .context("cannot start go (install golang-go, or run `cargo xtask test` which does)")?;
     ensure!(

@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use tracer_tests::harness::Server;
 use tracer_tests::linking::{
     FIRST_ID, GoMode, Load, REQUESTS, Tally, aiohttp_middle, go_middle, go_middle_built,
-    link_metrics, load_client, node_middle, parse_load_report, peer_links, tally, threads_middle,
+    go_middle_by, link_metrics, load_client, node_middle, parse_load_report, peer_links, tally,
+    threads_middle,
 };
 use tracer_tests::programs::{
     TempDir, WAIT, agent_exporting_to, collect, counts, python_app_server, receiver, run_client,
@@ -231,6 +232,39 @@ async fn go_stripped_binary_is_followed_too() {
     );
     let (t, metrics) = measure("go-stripped", &middle, &down, &[None], Load::default()).await;
     assert_eq!(t.right, REQUESTS as usize, "linking go-stripped: {t}");
+    assert_eq!(metric(&metrics, "tracer_go_processes_unsupported_total"), 0);
+}
+
+/// A Go middle built by a newer release (Debian trixie's Go 1.24, fetched by `cargo xtask
+/// test`): `runtime.g` changed layout since Debian 12's Go 1.19, and the agent must find the
+/// goroutine id (and the functions) there too. Stripped as well, at 64 clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_newer_release_is_followed() {
+    let go = std::env::var_os("TRACER_GO_NEWER").expect(
+        "TRACER_GO_NEWER is not set: run the suite with `cargo xtask test`, which fetches a newer Go",
+    );
+    let version = std::process::Command::new(&go)
+        .arg("version")
+        .output()
+        .expect("go version");
+    println!("{}", String::from_utf8_lossy(&version.stdout).trim());
+    let down = downstream();
+    let dir = TempDir::new("linking-go-newer").unwrap();
+    let middle = go_middle_by(
+        std::path::Path::new(&go),
+        &dir,
+        GoMode::FanOut,
+        down.port,
+        &["-ldflags=-s -w"],
+    )
+    .unwrap();
+    let load = Load {
+        requests: 320,
+        workers: 64,
+    };
+    let parts = [Some("a"), Some("b")];
+    let (t, metrics) = measure("go-newer", &middle, &down, &parts, load).await;
+    assert_eq!(t.right, 640, "linking go-newer: {t}");
     assert_eq!(metric(&metrics, "tracer_go_processes_unsupported_total"), 0);
 }
 

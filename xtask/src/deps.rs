@@ -35,6 +35,38 @@ pub fn ensure_test_tools() -> Result<()> {
     ensure_python_test_packages()
 }
 
+/// A second Go release for the linking suite, next to the distribution's `go`: the goroutine
+/// layout the agent reads differs between releases. Debian trixie's, unpacked under
+/// `target/test-tools/` (the system is not touched). Returns its `go` command.
+pub const NEWER_GO_SUITE: &str = "trixie";
+pub const NEWER_GO: &str = "1.24";
+
+pub fn ensure_newer_go() -> Result<std::path::PathBuf> {
+    let dest = crate::workspace_root().join(format!("target/test-tools/go-{NEWER_GO}"));
+    let go = dest.join(format!("usr/lib/go-{NEWER_GO}/bin/go"));
+    if go.is_file() {
+        return Ok(go);
+    }
+    eprintln!(
+        "==> fetching Go {NEWER_GO} from Debian {NEWER_GO_SUITE} into {}",
+        dest.display()
+    );
+    let _ = std::fs::remove_dir_all(&dest);
+    crate::debian::fetch_unpacked(
+        NEWER_GO_SUITE,
+        &[
+            &format!("golang-{NEWER_GO}-go"),
+            &format!("golang-{NEWER_GO}-src"),
+        ],
+        &dest,
+    )
+    .with_context(|| format!("fetching Go {NEWER_GO} from Debian {NEWER_GO_SUITE}"))?;
+    if !go.is_file() {
+        bail!("the golang-{NEWER_GO}-go package has no {}", go.display());
+    }
+    Ok(go)
+}
+
 /// Python packages the suites import, installed with pip into `target/test-tools/python`
 /// (on `PYTHONPATH` in the tests), not into the system: (module, pinned requirement).
 /// `requests` for the fidelity suite, `aiohttp` for the asyncio service of the linking

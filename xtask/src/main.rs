@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: everything a developer runs, with the toolchain bootstrap built in.
 
 mod bench;
+mod debian;
 mod demo;
 mod deps;
 mod image;
@@ -175,6 +176,7 @@ fn test(filter: Option<String>) -> Result<()> {
     cmd.env("TRACER_TOOLCHAIN_DIR", &tools);
     cmd.env("TRACER_AGENT_BIN", &bin);
     cmd.env("TRACER_DEMO_DIR", &demo_deps);
+    cmd.env("TRACER_GO_NEWER", deps::ensure_newer_go()?);
     // The podman suite runs the agent's image, built from this tree (its own tag, so a
     // release image from `cargo xtask image` is left alone).
     let agent_image = "localhost/tracer-agent:test";

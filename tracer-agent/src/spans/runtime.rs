@@ -138,8 +138,8 @@ pub fn go_function_offsets(
     file.seek(SeekFrom::Start(pcln.offset))?;
     file.read_exact(&mut table)
         .map_err(|_| ElfError::BadSections("truncated .gopclntab"))?;
-    let entries = pclntab_entries(&table, names)
-        .ok_or(ElfError::BadSections("unknown .gopclntab layout"))?;
+    let entries =
+        pclntab_entries(&table, names).ok_or(ElfError::BadSections("unknown .gopclntab layout"))?;
     Ok(entries
         .into_iter()
         .map(|vaddr| {
@@ -407,7 +407,11 @@ mod tests {
         ]);
         let got = pclntab_entries(
             &t,
-            &["net/http.(*persistConn).roundTrip", "runtime.newproc1", "absent"],
+            &[
+                "net/http.(*persistConn).roundTrip",
+                "runtime.newproc1",
+                "absent",
+            ],
         )
         .unwrap();
         assert_eq!(got, vec![Some(0x40_3340), Some(0x40_1100), None]);

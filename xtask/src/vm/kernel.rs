@@ -9,6 +9,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::debian::PrivateApt;
 use crate::run_cmd;
 
 /// A kernel of the matrix: the version users name and the Debian suite that ships it.
@@ -51,7 +52,7 @@ pub fn spec(version: &str) -> Result<KernelSpec> {
 }
 
 const METAPACKAGE: &str = "linux-image-cloud-amd64";
-const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+use crate::debian::KEYRING;
 /// Overrides the mirror taken from apt's configuration (for hosts without a Debian source).
 pub const MIRROR_ENV: &str = "TRACER_VM_DEBIAN_MIRROR";
 const STAMP: &str = "kernel.txt";
@@ -99,59 +100,6 @@ fn cached(dir: &Path) -> Option<Kernel> {
         vmlinuz,
         downloaded: false,
     })
-}
-
-/// apt with a private configuration rooted in `dir`: only the given suite, no system state.
-struct PrivateApt {
-    root: PathBuf,
-}
-
-impl PrivateApt {
-    fn new(root: PathBuf, mirror: &str, suite: &str) -> Result<Self> {
-        for sub in ["lists/partial", "cache/archives/partial", "parts", "prefs"] {
-            std::fs::create_dir_all(root.join(sub))?;
-        }
-        std::fs::write(root.join("status"), "")?;
-        std::fs::write(
-            root.join("sources.list"),
-            format!("deb [signed-by={KEYRING} target=Packages] {mirror} {suite} main\n"),
-        )?;
-        Ok(PrivateApt { root })
-    }
-
-    fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(program);
-        let r = |p: &str| self.root.join(p).display().to_string();
-        for (key, value) in [
-            ("Dir::Etc::SourceList", r("sources.list")),
-            ("Dir::Etc::SourceParts", r("parts")),
-            ("Dir::Etc::Preferences", r("prefs/none")),
-            ("Dir::Etc::PreferencesParts", r("prefs")),
-            ("Dir::State::Lists", r("lists")),
-            ("Dir::State::status", r("status")),
-            ("Dir::Cache", r("cache")),
-        ] {
-            cmd.arg("-o").arg(format!("{key}={value}"));
-        }
-        cmd.env("DEBIAN_FRONTEND", "noninteractive");
-        cmd
-    }
-
-    fn output(&self, program: &str, args: &[&str]) -> Result<String> {
-        let mut cmd = self.command(program);
-        cmd.args(args);
-        let out = cmd
-            .output()
-            .with_context(|| format!("cannot run {program}"))?;
-        if !out.status.success() {
-            bail!(
-                "{program} {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
 }
 
 fn download(spec: KernelSpec, dir: &Path) -> Result<Kernel> {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
+pub use kernel::debian_mirror;
 pub use qemu::Accel;
 
 /// Environment variable passed through to the guest: require the chain to be one trace.
