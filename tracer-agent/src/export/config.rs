@@ -94,7 +94,10 @@ impl Default for RetryConfig {
         RetryConfig {
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
-            max_attempts: 5,
+            // Retries are bounded by the batch's export timeout (OTEL_BSP_EXPORT_TIMEOUT,
+            // 30 s), not by a count: five attempts gave up after about 1.5 s, so a collector
+            // restarting for a few seconds lost every batch in flight.
+            max_attempts: u32::MAX,
         }
     }
 }
