@@ -92,6 +92,11 @@ struct Args {
     #[arg(long, env = "TRACER_EXCHANGE_TOKEN_FILE", value_name = "PATH")]
     exchange_token_file: Option<std::path::PathBuf>,
 
+    /// Follow the goroutines of Go processes (uprobes) so their downstream calls get their
+    /// parent; `false` leaves Go's CLIENT spans without an in-process parent.
+    #[arg(long, env = "TRACER_FOLLOW_GO", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    follow_go: bool,
+
     #[command(flatten)]
     enrich: tracer_agent::enrich::cli::EnrichArgs,
 }
@@ -209,13 +214,22 @@ async fn run(args: Args) -> Result<()> {
         ring_buffer_bytes: args.ring_buffer_bytes,
         offsets,
     })?;
+    // Go processes running already are followed before readiness: a request made once
+    // /readyz answers is linked like any later one.
+    let follow = args.follow_go;
+    if follow {
+        for tgid in go_processes(&args.pids) {
+            follow_go(&mut capture, tgid, &metrics);
+        }
+    }
     // Handlers before readiness: a SIGTERM right after /readyz must mean a clean shutdown.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     metrics.ready.store(true, Ordering::Relaxed);
     tracing::info!(
-        "tracing HTTP: {} programs attached; health and metrics on http://{bound}",
-        capture.attached
+        "tracing HTTP: {} programs attached, {} loaded for Go executables; health and metrics on http://{bound}",
+        capture.attached,
+        capture.go_programs
     );
 
     let mut pipeline = Pipeline::new(
@@ -231,10 +245,6 @@ async fn run(args: Args) -> Result<()> {
         metrics.clone(),
     );
     pipeline.set_enricher(enricher);
-    // Go processes running already: follow them before their next request.
-    for tgid in go_processes(&args.pids) {
-        follow_go(&mut capture, tgid, &metrics);
-    }
     let ring = capture.take_ring().context("ring buffer already taken")?;
     // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register(ring) }.context("cannot poll the ring buffer")?;
@@ -252,7 +262,9 @@ async fn run(args: Args) -> Result<()> {
                 drain(guard.get_inner_mut(), &mut pipeline, &metrics);
                 guard.clear_ready();
                 for tgid in pipeline.take_new_go_processes() {
-                    follow_go(&mut capture, tgid, &metrics);
+                    if follow {
+                        follow_go(&mut capture, tgid, &metrics);
+                    }
                 }
             }
             _ = drops_refresh.tick() => {
@@ -263,7 +275,9 @@ async fn run(args: Args) -> Result<()> {
             _ = link_tick.tick() => {
                 drain(ring.get_mut(), &mut pipeline, &metrics);
                 for tgid in pipeline.take_new_go_processes() {
-                    follow_go(&mut capture, tgid, &metrics);
+                    if follow {
+                        follow_go(&mut capture, tgid, &metrics);
+                    }
                 }
                 let now = Clock::monotonic_now_ns();
                 if let Some(client) = &peer_client {
@@ -316,6 +330,7 @@ fn follow_go(capture: &mut loader::Capture, tgid: u32, metrics: &Metrics) {
                 version.1
             );
         }
+        loader::GoFollow::AlreadyFollowed => {}
         loader::GoFollow::Unsupported(why) => {
             Metrics::inc(&metrics.go_unsupported);
             tracing::info!(

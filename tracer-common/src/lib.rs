@@ -19,12 +19,14 @@ pub const MAP_GO_PROCS: &str = "GO_PROCS";
 
 /// Uprobe programs on Go executables and the function each enters (Go ≥ 1.17, amd64
 /// register ABI: arguments in RAX, RBX, RCX…, the current goroutine in R14).
-pub const GO_UPROBES: [(&str, &str); 4] = [
+pub const GO_UPROBES: [(&str, &str); 3] = [
     ("go_round_trip", "net/http.(*persistConn).roundTrip"),
     ("go_conn_write", "net/http.persistConnWriter.Write"),
     ("go_newproc1", "runtime.newproc1"),
-    ("go_runqput", "runtime.runqput"),
 ];
+/// The program attached at every `RET` of `runtime.newproc1` (never a uretprobe: Go
+/// moves goroutine stacks), where RAX holds the new goroutine.
+pub const GO_NEWPROC1_RET: (&str, &str) = ("go_newproc1_ret", "runtime.newproc1");
 
 /// Names of the globals the loader sets before the programs are verified.
 pub const GLOBAL_AGENT_TGID: &str = "AGENT_TGID";
@@ -212,7 +214,7 @@ pub const GO_ROUND_TRIP: u32 = 1;
 /// `GoEvent::what`: goroutine `goid` writes the requests of connection `arg`
 /// (`persistConnWriter.Write`, called from the connection's `writeLoop`).
 pub const GO_CONN_WRITE: u32 = 2;
-/// `GoEvent::what`: goroutine `goid` started goroutine `arg` (`newproc1` then `runqput`).
+/// `GoEvent::what`: goroutine `goid` started goroutine `arg` (`newproc1`, entry and return).
 pub const GO_SPAWN: u32 = 3;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -305,11 +307,12 @@ pub struct ConnState {
     pub role: u32,
     /// A `PROTO_*` value: what the sniff decided.
     pub protocol: u32,
-    /// Bit `1 << direction` is set when an event of that direction was lost; the next data
-    /// event of the direction carries [`DATA_FLAG_GAP_BEFORE`] so user space resynchronises
-    /// that stream instead of mis-pairing.
-    pub lost: u32,
-    pub _pad: u32,
+    /// Non-zero when an event of that direction was lost; the next data event of the
+    /// direction carries [`DATA_FLAG_GAP_BEFORE`] so user space resynchronises that stream
+    /// instead of mis-pairing. One word per direction: a socket read on one CPU and written
+    /// on another updates them concurrently, and bits of one shared word could be lost.
+    pub lost_ingress: u32,
+    pub lost_egress: u32,
 }
 
 pub const PROTO_UNKNOWN: u32 = 0;

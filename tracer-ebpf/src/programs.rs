@@ -76,7 +76,7 @@ static CONN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static GO_PROCS: HashMap<u32, GoProc> = HashMap::with_max_entries(4096, 0);
 /// `runtime.newproc1` entered on this thread, by pid_tgid: the creating goroutine's id,
-/// until the `runtime.runqput` of the new goroutine right after it.
+/// until it returns the new goroutine.
 #[map]
 static GO_SPAWNING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
 
@@ -310,8 +310,8 @@ fn register_connection(pid_tgid: u64, fd: u32, role: Role, ts_enter: u64) {
         conn_id,
         role: role as u32,
         protocol: PROTO_UNKNOWN,
-        lost: 0,
-        _pad: 0,
+        lost_ingress: 0,
+        lost_egress: 0,
     };
     let key = conn_key((pid_tgid >> 32) as u32, fd);
     if CONNS.insert(key, state, 0).is_err() {
@@ -628,7 +628,7 @@ fn emit_iovecs(pid_tgid: u64, inflight: &InflightIo, moved: u64, state: &mut Con
             bpf_probe_read_user((iov + 8) as *const u64)
         }) else {
             count_drop(DropReason::ReadUserFailed);
-            state.lost |= lost_bit(inflight.direction);
+            *lost_flag(state, inflight.direction) = 1;
             return;
         };
         let part = if len < remaining { len } else { remaining };
@@ -639,10 +639,14 @@ fn emit_iovecs(pid_tgid: u64, inflight: &InflightIo, moved: u64, state: &mut Con
     }
 }
 
-/// The bit of `ConnState::lost` for one `Direction`.
+/// The loss flag of `ConnState` for one `Direction`.
 #[inline(always)]
-fn lost_bit(direction: u32) -> u32 {
-    1 << (direction & 7)
+fn lost_flag(state: &mut ConnState, direction: u32) -> &mut u32 {
+    if direction == Direction::Ingress as u32 {
+        &mut state.lost_ingress
+    } else {
+        &mut state.lost_egress
+    }
 }
 
 #[inline(always)]
@@ -692,7 +696,7 @@ fn emit_data(
         // SAFETY: the helper validates the user pointer.
         if unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut event.data[..len]) }.is_err() {
             count_drop(DropReason::ReadUserFailed);
-            state.lost |= lost_bit(inflight.direction);
+            *lost_flag(state, inflight.direction) = 1;
             return;
         }
     }
@@ -712,8 +716,7 @@ fn emit_data(
     }
     // Losses are tracked per direction: a lost response must not be reported as a gap in
     // the request stream (and leave the response stream silently short).
-    let bit = lost_bit(inflight.direction);
-    if state.lost & bit != 0 {
+    if *lost_flag(state, inflight.direction) != 0 {
         flags |= DATA_FLAG_GAP_BEFORE;
     }
     event.header = DataEventHeader {
@@ -746,9 +749,9 @@ fn emit_data(
         .is_err()
     {
         count_drop(DropReason::RingBufferFull);
-        state.lost |= bit;
+        *lost_flag(state, inflight.direction) = 1;
     } else {
-        state.lost &= !bit;
+        *lost_flag(state, inflight.direction) = 0;
     }
 }
 
@@ -876,10 +879,10 @@ pub fn go_newproc1(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// `runqput(pp, gp, next)` right after `newproc1` on the same thread queues the new
-/// goroutine: report creator → child. Other callers (a goroutine made ready) find no entry.
+/// At a `RET` of `newproc1` (on the system stack: the same thread as its entry): RAX is the
+/// new goroutine, already given its id. Report creator → child.
 #[uprobe]
-pub fn go_runqput(ctx: ProbeContext) -> u32 {
+pub fn go_newproc1_ret(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: copied out before removal.
     let Some(creator) = (unsafe { GO_SPAWNING.get(pid_tgid) }).copied() else {
@@ -890,8 +893,8 @@ pub fn go_runqput(ctx: ProbeContext) -> u32 {
         return 0;
     };
     // SAFETY: as above.
-    let gp = unsafe { (*ctx.regs).rbx };
-    let child = goid_of(gp, &go);
+    let newg = unsafe { (*ctx.regs).rax };
+    let child = goid_of(newg, &go);
     if child != 0 {
         emit_go(pid_tgid, GO_SPAWN, creator, child);
     }

@@ -129,8 +129,15 @@ fn ensure_bpf_linker(tools: &Path) -> Result<()> {
     std::fs::create_dir_all(&llvm_dir)?;
     for link in ["libLLVM.so".to_owned(), llvm_name.clone()] {
         let at = llvm_dir.join(link);
-        let _ = std::fs::remove_file(&at);
-        std::os::unix::fs::symlink(&llvm_lib, &at)
+        if std::fs::read_link(&at).is_ok_and(|target| target == llvm_lib) {
+            continue;
+        }
+        // Made next to it and renamed over it: another xtask running at the same time
+        // (two commands started together) never sees the link missing or fails on it.
+        let fresh = llvm_dir.join(format!(".{}.{}", link_name(&at), std::process::id()));
+        let _ = std::fs::remove_file(&fresh);
+        std::os::unix::fs::symlink(&llvm_lib, &fresh)
+            .and_then(|()| std::fs::rename(&fresh, &at))
             .with_context(|| format!("cannot link {}", at.display()))?;
     }
     if binary.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
@@ -166,4 +173,10 @@ pub fn ensure() -> Result<PathBuf> {
     ensure_nightly()?;
     ensure_bpf_linker(&tools)?;
     Ok(tools)
+}
+
+fn link_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }

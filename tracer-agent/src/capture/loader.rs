@@ -9,8 +9,8 @@ use aya::{
 };
 use tracer_common::{
     DROP_REASON_COUNT, GLOBAL_AGENT_TGID, GLOBAL_CAPTURE_BYTES, GLOBAL_FILTER_PIDS,
-    GLOBAL_FORK_CHILD_PID_OFFSET, GLOBAL_OFFSETS, GLOBAL_WAKEUP_BYTES, GO_UPROBES, GoProc,
-    KernelOffsets, MAP_DROPS, MAP_EVENTS, MAP_GO_PROCS, MAP_TRACED_PIDS, MAX_CAPTURE_BYTES,
+    GLOBAL_FORK_CHILD_PID_OFFSET, GLOBAL_OFFSETS, GLOBAL_WAKEUP_BYTES, GO_NEWPROC1_RET, GO_UPROBES,
+    GoProc, KernelOffsets, MAP_DROPS, MAP_EVENTS, MAP_GO_PROCS, MAP_TRACED_PIDS, MAX_CAPTURE_BYTES,
 };
 
 use crate::spans::runtime::{self, GoVersion};
@@ -58,8 +58,12 @@ pub struct Capture {
     ring: Option<RingBuf<MapData>>,
     drops: PerCpuArray<MapData, u64>,
     pub attached: usize,
+    /// Uprobe programs loaded for Go executables (attached per executable as they are found).
+    pub go_programs: usize,
     /// Go executables (device, inode) whose uprobes are attached, and the functions found.
     go_binaries: std::collections::HashMap<(u64, u64), usize>,
+    /// Go processes in `GO_PROCS`.
+    go_followed: std::collections::HashSet<u32>,
     /// Why Go goroutines cannot be followed at all on this kernel, if so.
     go_unavailable: Option<String>,
 }
@@ -71,6 +75,8 @@ pub enum GoFollow {
         version: GoVersion,
         functions: usize,
     },
+    /// Followed since an earlier call.
+    AlreadyFollowed,
     Unsupported(String),
 }
 
@@ -157,7 +163,8 @@ impl Capture {
 
         // Loaded now (verified once), attached per Go executable as they are found.
         let mut go_unavailable = None;
-        for (program, _) in GO_UPROBES {
+        let mut go_programs = 0;
+        for (program, _) in GO_UPROBES.iter().chain([&GO_NEWPROC1_RET]) {
             let loaded = ebpf
                 .program_mut(program)
                 .with_context(|| format!("program {program} missing from the eBPF object"))
@@ -170,6 +177,7 @@ impl Capture {
                 go_unavailable = Some(format!("{e:#}"));
                 break;
             }
+            go_programs += 1;
         }
         if offsets_missing_stack(&cfg.offsets) && go_unavailable.is_none() {
             go_unavailable = Some("task_struct.stack not found in the kernel's BTF".into());
@@ -182,7 +190,9 @@ impl Capture {
             ring: Some(ring),
             drops,
             attached,
+            go_programs,
             go_binaries: Default::default(),
+            go_followed: Default::default(),
             go_unavailable,
         })
     }
@@ -200,6 +210,9 @@ impl Capture {
     fn try_follow_go(&mut self, tgid: u32) -> Result<GoFollow> {
         if let Some(why) = &self.go_unavailable {
             bail!("{why}");
+        }
+        if self.go_followed.contains(&tgid) {
+            return Ok(GoFollow::AlreadyFollowed);
         }
         use std::os::unix::fs::MetadataExt as _;
         let exe = format!("/proc/{tgid}/exe");
@@ -222,7 +235,7 @@ impl Capture {
                 // The symbol table when there is one; else the runtime's own function table
                 // (.gopclntab), which stripped executables keep.
                 let symbols: Vec<&str> = GO_UPROBES.iter().map(|(_, s)| *s).collect();
-                let from_pclntab = runtime::go_function_offsets(&mut file, &symbols);
+                let from_pclntab = runtime::go_functions(&mut file, &symbols);
                 for (i, (program, symbol)) in GO_UPROBES.iter().enumerate() {
                     let up: &mut UProbe = self
                         .ebpf
@@ -233,11 +246,11 @@ impl Capture {
                         .attach(*symbol, &exe, UProbeScope::AllProcesses)
                         .map(drop)
                         .or_else(|by_symbol| match &from_pclntab {
-                            Ok(offsets) => match offsets[i] {
-                                Some(offset) => up
-                                    .attach(offset, &exe, UProbeScope::AllProcesses)
+                            Ok(functions) => match functions[i] {
+                                Some(f) => up
+                                    .attach(f.offset, &exe, UProbeScope::AllProcesses)
                                     .map(drop)
-                                    .map_err(|e| format!("at {offset:#x}: {e}")),
+                                    .map_err(|e| format!("at {:#x}: {e}", f.offset)),
                                 None => Err(format!("{by_symbol}; not in .gopclntab either")),
                             },
                             Err(e) => Err(format!("{by_symbol}; .gopclntab: {e}")),
@@ -246,6 +259,33 @@ impl Capture {
                         Ok(()) => found += 1,
                         Err(e) => missing.push(format!("{symbol}: {e}")),
                     }
+                }
+                // The returns of newproc1 (where RAX is the new goroutine), found by
+                // decoding its instructions.
+                let (program, symbol) = GO_NEWPROC1_RET;
+                let rets = runtime::go_functions(&mut file, &[symbol])
+                    .map_err(anyhow::Error::from)
+                    .and_then(|f| f[0].context("not in .gopclntab"))
+                    .and_then(|f| {
+                        let rets = runtime::go_function_returns(&mut file, f)?;
+                        anyhow::ensure!(!rets.is_empty(), "no RET found");
+                        Ok(rets.into_iter().map(|r| f.offset + r).collect::<Vec<_>>())
+                    });
+                let up: &mut UProbe = self
+                    .ebpf
+                    .program_mut(program)
+                    .with_context(|| format!("program {program} missing"))?
+                    .try_into()?;
+                let attached = rets.and_then(|offsets| {
+                    for offset in offsets {
+                        up.attach(offset, &exe, UProbeScope::AllProcesses)
+                            .with_context(|| format!("at {offset:#x}"))?;
+                    }
+                    Ok(())
+                });
+                match attached {
+                    Ok(()) => found += 1,
+                    Err(e) => missing.push(format!("{symbol} returns: {e:#}")),
                 }
                 if found == 0 {
                     bail!("no function to probe: {}", missing.join("; "));
@@ -270,6 +310,7 @@ impl Capture {
             },
             0,
         )?;
+        self.go_followed.insert(tgid);
         Ok(GoFollow::Followed { version, functions })
     }
 
@@ -288,6 +329,7 @@ impl Capture {
             .collect();
         for tgid in gone {
             let _ = procs.remove(&tgid);
+            self.go_followed.remove(&tgid);
         }
     }
 

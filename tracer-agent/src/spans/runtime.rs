@@ -116,13 +116,22 @@ pub fn goid_offset(version: GoVersion) -> Option<u32> {
 /// Largest `.gopclntab` read (real ones are a few MiB).
 const MAX_PCLNTAB: u64 = 256 << 20;
 
-/// File offsets of the entries of the Go functions `names` in the executable, from its
-/// `.gopclntab` (which even stripped binaries keep: the runtime needs it for stack traces).
-/// Go 1.18+ layout; `None` for a name not found.
-pub fn go_function_offsets(
+/// A Go function's code in the executable file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GoFunction {
+    /// File offset of its entry (what a uprobe is attached at).
+    pub offset: u64,
+    /// Bytes up to the next function's entry.
+    pub len: u64,
+}
+
+/// The Go functions `names` in the executable, from its `.gopclntab` (which even stripped
+/// binaries keep: the runtime needs it for stack traces). Go 1.18+ layout; `None` for a
+/// name not found.
+pub fn go_functions(
     file: &mut (impl Read + Seek),
     names: &[&str],
-) -> Result<Vec<Option<u64>>, ElfError> {
+) -> Result<Vec<Option<GoFunction>>, ElfError> {
     let (strtab, headers) = sections(file)?;
     let name_at = |off: u32| -> &[u8] {
         let rest = strtab.get(off as usize..).unwrap_or_default();
@@ -142,20 +151,62 @@ pub fn go_function_offsets(
         pclntab_entries(&table, names).ok_or(ElfError::BadSections("unknown .gopclntab layout"))?;
     Ok(entries
         .into_iter()
-        .map(|vaddr| {
-            let vaddr = vaddr?;
-            let inside = vaddr >= text.addr && vaddr < text.addr + text.size;
-            inside.then(|| vaddr - text.addr + text.offset)
+        .map(|range| {
+            let (start, end) = range?;
+            let inside = start >= text.addr && end <= text.addr + text.size && end > start;
+            inside.then(|| GoFunction {
+                offset: start - text.addr + text.offset,
+                len: end - start,
+            })
         })
         .collect())
 }
 
-/// Entry addresses of `names` in a Go 1.18+ `pclntab`: the `pcHeader` (magic, pad, pad,
+/// Longest function whose instructions are decoded.
+const MAX_FUNCTION_BYTES: u64 = 1 << 20;
+
+/// Offsets, from the function's entry, of the `RET` instructions of `function`: where a
+/// return is observed without a uretprobe (which rewrites the return address on the stack,
+/// and Go moves goroutine stacks).
+pub fn go_function_returns(
+    file: &mut (impl Read + Seek),
+    function: GoFunction,
+) -> Result<Vec<u64>, ElfError> {
+    if function.len > MAX_FUNCTION_BYTES {
+        return Err(ElfError::BadSections("function too long"));
+    }
+    let mut code = vec![0u8; function.len as usize];
+    file.seek(SeekFrom::Start(function.offset))?;
+    file.read_exact(&mut code)
+        .map_err(|_| ElfError::BadSections("truncated function"))?;
+    Ok(return_offsets(&code))
+}
+
+/// Decodes x86-64 `code` from its first byte and lists where its `RET`s are. Decoding
+/// stops at the first invalid instruction (the padding between Go functions is `INT3`,
+/// which decodes, and is never a return).
+fn return_offsets(code: &[u8]) -> Vec<u64> {
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+    let mut out = Vec::new();
+    while decoder.can_decode() {
+        let insn = decoder.decode();
+        if insn.is_invalid() {
+            break;
+        }
+        if insn.mnemonic() == Mnemonic::Ret {
+            out.push(insn.ip());
+        }
+    }
+    out
+}
+
+/// Entry and end addresses of `names` in a Go 1.18+ `pclntab`: the `pcHeader` (magic, pad, pad,
 /// minLC, ptrSize, then nfunc, nfiles, textStart, funcnameOffset, cuOffset,
 /// filetabOffset, pctabOffset, pclnOffset as words), then at `pclnOffset` the function
 /// table of `(entryOff, funcOff)` u32 pairs, each `funcOff` pointing at a `_func` whose
 /// second u32 is the name's offset in the name table.
-fn pclntab_entries(t: &[u8], names: &[&str]) -> Option<Vec<Option<u64>>> {
+fn pclntab_entries(t: &[u8], names: &[&str]) -> Option<Vec<Option<(u64, u64)>>> {
     let u32_at = |o: usize| Some(u32::from_le_bytes(t.get(o..o + 4)?.try_into().ok()?));
     let u64_at = |o: usize| Some(u64::from_le_bytes(t.get(o..o + 8)?.try_into().ok()?));
     let magic = u32_at(0)?;
@@ -178,7 +229,12 @@ fn pclntab_entries(t: &[u8], names: &[&str]) -> Option<Vec<Option<u64>>> {
         let name = t.get(funcnames.checked_add(name_off)?..)?;
         let name = &name[..name.iter().position(|&b| b == 0)?];
         if let Some(k) = names.iter().position(|n| n.as_bytes() == name) {
-            found[k] = Some(text_start + u64::from(entry_off));
+            // The table ends with one more entry: the end of the last function.
+            let next = u32_at(at + 8)?;
+            found[k] = Some((
+                text_start + u64::from(entry_off),
+                text_start + u64::from(next),
+            ));
         }
     }
     Some(found)
@@ -389,7 +445,9 @@ mod tests {
             t.extend_from_slice(&entry.to_le_bytes());
             t.extend_from_slice(&((funcs_at + i * 16) as u32).to_le_bytes());
         }
-        t.extend_from_slice(&[0xff; 8]);
+        // The closing entry: where the last function ends.
+        t.extend_from_slice(&0xa000u32.to_le_bytes());
+        t.extend_from_slice(&[0xff; 4]);
         for (i, (_, entry)) in funcs.iter().enumerate() {
             t.extend_from_slice(&entry.to_le_bytes());
             t.extend_from_slice(&name_offs[i].to_le_bytes());
@@ -414,7 +472,14 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(got, vec![Some(0x40_3340), Some(0x40_1100), None]);
+        assert_eq!(
+            got,
+            vec![
+                Some((0x40_3340, 0x40_a000)),
+                Some((0x40_1100, 0x40_3340)),
+                None
+            ]
+        );
         // Any truncation or corruption is `None` or a short answer, never a panic.
         for cut in 0..t.len() {
             let _ = pclntab_entries(&t[..cut], &["main.main"]);
@@ -425,6 +490,28 @@ mod tests {
         let mut huge = t;
         huge[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(pclntab_entries(&huge, &["main.main"]).is_none());
+    }
+
+    /// A Go-shaped function: an early return, a call, the epilogue's return, then INT3
+    /// padding; a `0xc3` byte inside an instruction (an immediate) is not a return.
+    #[test]
+    fn returns_are_found_by_decoding_not_by_byte() {
+        let code = [
+            0x49, 0x3b, 0x66, 0x10, // cmp rsp, [r14+0x10]
+            0x76, 0x1a, // jbe (stack growth)
+            0x48, 0x83, 0xec, 0x18, // sub rsp, 0x18
+            0x48, 0x85, 0xc0, // test rax, rax
+            0x75, 0x05, // jne
+            0x48, 0x83, 0xc4, 0x18, // add rsp, 0x18
+            0xc3, // ret (offset 19)
+            0xb8, 0xc3, 0x00, 0x00, 0x00, // mov eax, 0xc3
+            0x48, 0x83, 0xc4, 0x18, // add rsp, 0x18
+            0xc3, // ret (offset 29)
+            0xcc, 0xcc, // padding
+        ];
+        assert_eq!(return_offsets(&code), vec![19, 29]);
+        assert_eq!(return_offsets(&[]), Vec::<u64>::new());
+        assert_eq!(return_offsets(&[0x48]), Vec::<u64>::new());
     }
 
     #[test]

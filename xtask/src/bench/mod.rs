@@ -46,7 +46,7 @@ pub struct BenchArgs {
     /// Where to write the report [default: BENCHMARKS.md in the workspace].
     #[arg(long)]
     output: Option<PathBuf>,
-    /// Run only these parts (repeatable): fast, typical, micro.
+    /// Run only these parts (repeatable): fast, typical, go, micro.
     #[arg(long = "only", value_enum)]
     only: Vec<Part>,
 }
@@ -55,6 +55,7 @@ pub struct BenchArgs {
 enum Part {
     Fast,
     Typical,
+    Go,
     Micro,
 }
 
@@ -66,6 +67,7 @@ enum Config {
     AgentSampled,
     ProxyHop,
     OtelSdk,
+    AgentGoUnfollowed,
 }
 
 impl Config {
@@ -76,12 +78,14 @@ impl Config {
             Config::AgentSampled => "tracer-agent, 10% sampled",
             Config::ProxyHop => "nginx proxy hop (sidecar stand-in, no tracing)",
             Config::OtelSdk => "OpenTelemetry Python SDK (Flask + requests)",
+            Config::AgentGoUnfollowed => "tracer-agent, goroutines not followed",
         }
     }
     fn agent_args(self) -> Option<&'static [&'static str]> {
         match self {
             Config::Agent => Some(&[]),
             Config::AgentSampled => Some(&["--sample-ratio", "0.1"]),
+            Config::AgentGoUnfollowed => Some(&["--follow-go", "false"]),
             _ => None,
         }
     }
@@ -152,7 +156,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&work)?;
 
     let mut sections = Vec::new();
-    if wants(Part::Fast) || wants(Part::Typical) {
+    if wants(Part::Fast) || wants(Part::Typical) || wants(Part::Go) {
         let tools = setup::tools(wants(Part::Typical))?;
         let sink_log = work.join("otlp-sink.log");
         let (sink, sink_addrs) = start_sink(&tools, &sink_log)?;
@@ -161,6 +165,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         if wants(Part::Typical) {
             sections.push(typical_service(&tools, &plan, &work, &sink_addrs)?);
+        }
+        if wants(Part::Go) {
+            sections.push(go_service(&tools, &plan, &work, &sink_addrs)?);
         }
         drop(sink);
     }
@@ -596,6 +603,84 @@ fn typical_service(tools: &Tools, plan: &Plan, work: &Path, sink: &SinkAddrs) ->
              Saturation: `wrk -t1 -c8 -d{s}s`. Fixed rate: `oha -c8 -q {rate} -z {s}s --latency-correction`, \
              half the untraced maximum ({max:.0} req/s). Spans per request: the agent 4 (wrk, both \
              apps' SERVER and the first app's CLIENT), the SDK 3 (it cannot see wrk).",
+            s = plan.seconds
+        ),
+        &results,
+    ))
+}
+
+// ---- scenario 3: a Go service in the middle -----------------------------------------------
+
+fn go_service(tools: &Tools, plan: &Plan, work: &Path, sink: &SinkAddrs) -> Result<String> {
+    crate::deps::ensure_packages(&[("go", "golang-go")])?;
+    let dir = work.join("go");
+    let origin = setup::Nginx::start(&tools.nginx, &dir.join("origin"), None)?;
+    // The Go service calls `/down?id=…`: nginx serves the file `down`, the query ignored.
+    std::fs::write(origin.html_dir().join("down"), [b'x'; 1024])?;
+    procs::wait_http_ok(origin.addr, "/down?id=0", Duration::from_secs(10))?;
+    let bin = dir.join("go-middle");
+    crate::run_cmd(
+        Command::new("go")
+            .args(["build", "-o"])
+            .arg(&bin)
+            .arg(crate::workspace_root().join("tests/linking/middle.go"))
+            .env("GO111MODULE", "off")
+            .env("CGO_ENABLED", "0")
+            .env("GOTOOLCHAIN", "local"),
+    )?;
+    let start_middle = || -> Result<(Service, SocketAddr)> {
+        let mut cmd = Command::new(&bin);
+        cmd.args(["plain", &origin.addr.port().to_string()]);
+        let service = Service::spawn("go-middle", &mut cmd, &dir.join("go-middle.log"))?;
+        let port: u16 = procs::first_line(&dir.join("go-middle.log"), Duration::from_secs(10))?
+            .trim()
+            .parse()
+            .context("the Go service did not print its port")?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        procs::wait_http_ok(addr, "/work?id=0", Duration::from_secs(10))?;
+        Ok((service, addr))
+    };
+
+    eprintln!("==> go service: calibrating (untraced saturation)");
+    let (middle, addr) = start_middle()?;
+    // id=0: no jitter before the call.
+    let url = format!("http://{addr}/work?id=0");
+    load::wrk(&tools.wrk, &url, 16, 1)?;
+    let max = load::wrk(&tools.wrk, &url, 16, plan.seconds)?.requests_per_sec;
+    drop(middle);
+    let rate = ((max / 2.0).round() as u64).max(1);
+    eprintln!("    untraced maximum {max:.0} req/s: fixed rate {rate} req/s");
+
+    let configs = [Config::Untraced, Config::Agent, Config::AgentGoUnfollowed];
+    let results = rounds("go", &configs, plan, rate, work, sink, |_| {
+        let (middle, addr) = start_middle()?;
+        let pids = vec![middle.pid(), origin.pid()];
+        let stop: Box<dyn FnOnce() -> Result<()>> = Box::new(move || {
+            drop(middle);
+            Ok(())
+        });
+        Ok((
+            Target {
+                url: format!("http://{addr}/work?id=0"),
+                server_pids: pids,
+                saturation_connections: 16,
+                fixed_connections: 16,
+                tools,
+            },
+            stop,
+        ))
+    })?;
+    Ok(section(
+        "Go service: Go net/http calling nginx through a keep-alive pool",
+        &format!(
+            "The linking suite's Go service (`tests/linking/middle.go`, Go's `http.Client` with a \
+             keep-alive pool) makes one call per request to nginx (1 KiB). Saturation: \
+             `wrk -t1 -c16 -d{s}s`. Fixed rate: `oha -c16 -q {rate} -z {s}s --latency-correction`, \
+             half the untraced maximum ({max:.0} req/s). With the agent its goroutines are followed \
+             (about 4 uprobe hits per request: roundTrip, the connection writer, and newproc1's \
+             entry and return for net/http's per-request background-read goroutine), or not \
+             (`--follow-go false`); spans per request: 4 (wrk's CLIENT, the Go SERVER and \
+             CLIENT, nginx's SERVER).",
             s = plan.seconds
         ),
         &results,

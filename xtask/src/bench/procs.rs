@@ -104,6 +104,21 @@ pub fn log_tail(log: &Path, max: usize) -> String {
 
 /// Waits until `url`'s host accepts connections and a GET of it answers 200 (the service's
 /// own readiness), or fails after `timeout` with what the service logged.
+/// The first line a service wrote to its log (its readiness signal), waiting up to `timeout`.
+pub fn first_line(log: &Path, timeout: Duration) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some((line, _)) = text.split_once('\n') {
+            return Ok(line.to_owned());
+        }
+        if Instant::now() > deadline {
+            bail!("{} stayed empty for {timeout:?}", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn wait_http_ok(addr: SocketAddr, path: &str, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let mut last = String::new();

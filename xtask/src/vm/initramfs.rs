@@ -199,6 +199,8 @@ fn stripped(src: &Path, dest: &Path) -> Result<()> {
 pub struct Contents {
     pub init: PathBuf,
     pub agent: PathBuf,
+    /// Statically linked programs stored as they are: (path inside the guest, host file).
+    pub static_files: Vec<(String, PathBuf)>,
 }
 
 /// Builds the image at `out`; returns its size in bytes.
@@ -226,6 +228,10 @@ pub fn build(contents: &Contents, out: &Path, scratch: &Path) -> Result<u64> {
         let data = std::fs::read(&small)?;
         archive.file(guest_path, 0o755, &data)?;
         libs.extend(shared_libraries(host)?);
+    }
+    for (guest_path, host) in &contents.static_files {
+        let data = std::fs::read(host).with_context(|| format!("reading {}", host.display()))?;
+        archive.file(guest_path, 0o755, &data)?;
     }
     archive.symlink("init", "/bin/tracer-vm-guest")?;
     for lib in libs {

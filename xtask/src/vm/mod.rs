@@ -8,8 +8,8 @@ mod initramfs;
 mod kernel;
 mod qemu;
 
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,28 @@ struct Row {
     cases: String,
 }
 
+/// Where the guest finds the Go service of its goroutine case.
+const GO_MIDDLE_IN_GUEST: &str = "bin/go-middle";
+
+/// The linking suite's Go middle service (`tests/linking/middle.go`), built static for the
+/// guest with the host's Go (installed from Debian's `golang-go` when missing).
+fn build_go_middle(vm_dir: &Path) -> Result<PathBuf> {
+    crate::deps::ensure_packages(&[("go", "golang-go")])?;
+    let src = crate::workspace_root().join("tests/linking/middle.go");
+    let out = vm_dir.join("go-middle");
+    eprintln!("==> building the guest's Go service from {}", src.display());
+    crate::run_cmd(
+        Command::new("go")
+            .args(["build", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .env("GO111MODULE", "off")
+            .env("CGO_ENABLED", "0")
+            .env("GOTOOLCHAIN", "local"),
+    )?;
+    Ok(out)
+}
+
 pub fn run(args: VmTestArgs) -> Result<()> {
     let specs = if args.kernels.is_empty() {
         kernel::KERNELS.to_vec()
@@ -86,12 +108,14 @@ pub fn run(args: VmTestArgs) -> Result<()> {
     let (guest_bin, agent_bin) = build_binaries()?;
     let vm_dir = crate::workspace_root().join("target").join("vm");
     std::fs::create_dir_all(&vm_dir)?;
+    let go_middle = build_go_middle(&vm_dir)?;
     let image = vm_dir.join("initramfs.cpio");
     eprintln!("==> building the initramfs {}", image.display());
     let size = initramfs::build(
         &initramfs::Contents {
             init: guest_bin,
             agent: agent_bin,
+            static_files: vec![(GO_MIDDLE_IN_GUEST.to_owned(), go_middle)],
         },
         &image,
         &vm_dir.join("initramfs-staging"),

@@ -70,6 +70,7 @@ pub const CASES: &[(&str, Case)] = &[
     ("http_server_and_client", http_server_and_client),
     ("keep_alive", keep_alive),
     ("two_hop_chain", two_hop_chain),
+    ("go_goroutines", go_goroutines),
 ];
 
 // ---- processes -------------------------------------------------------------------------
@@ -375,6 +376,19 @@ fn attached_count(log: &[String]) -> Option<usize> {
     })
 }
 
+/// `N` from the agent's `… N loaded for Go executables …` (0 without it).
+fn go_program_count(log: &[String]) -> usize {
+    log.iter()
+        .find_map(|l| {
+            let before = l
+                .split(" loaded for Go executables")
+                .next()
+                .filter(|b| b.len() < l.len())?;
+            before.rsplit(' ').next()?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
 /// The BPF programs process `pid` holds, by id, from `/proc/<pid>/fdinfo` (a program fd's
 /// fdinfo has `prog_type:` and `prog_id:` lines; links and maps have no `prog_type:`).
 fn programs_held_by(pid: u32) -> Result<BTreeMap<u32, u32>> {
@@ -405,10 +419,13 @@ fn load_and_attach(_ctx: &Ctx) -> Result<()> {
     let attached = attached_count(&log)
         .with_context(|| format!("no `N programs attached` line in the log: {log:?}"))?;
     ensure!(attached > 0, "no programs attached: {log:?}");
+    // The uprobes for Go executables are loaded (verified) at start and attached per
+    // executable later.
+    let go_programs = go_program_count(&log);
     let held = programs_held_by(agent.pid())?;
     ensure!(
-        held.len() == attached,
-        "the agent reports {attached} programs attached but holds {} loaded programs (id: type): {held:?}",
+        held.len() == attached + go_programs,
+        "the agent reports {attached} programs attached and {go_programs} loaded for Go but holds {} loaded programs (id: type): {held:?}",
         held.len()
     );
     // Each of them is known to the kernel under that id.
@@ -703,6 +720,110 @@ pub fn assert_chain_linked(chain: &Chain) -> Result<()> {
     Ok(())
 }
 
+/// The Go service `xtask vm-test` puts in the image (tests/linking/middle.go).
+const GO_MIDDLE: &str = "/bin/go-middle";
+
+/// A Go `net/http` service in the middle, 4 concurrent clients of 6 requests each: every
+/// call it makes downstream is the child of the request that made it, which only the
+/// goroutine following (uprobes, the goroutine id read at each syscall) can tell on this
+/// kernel.
+fn go_goroutines(ctx: &Ctx) -> Result<()> {
+    ensure!(
+        std::path::Path::new(GO_MIDDLE).exists(),
+        "{GO_MIDDLE} is not in the image: run through `cargo xtask vm-test`"
+    );
+    let rx = receiver(ctx)?;
+    let backend = start_server(ctx, "vm-backend", &[])?;
+    let mut child = Command::new(GO_MIDDLE)
+        .args(["plain", &backend.port.to_string()])
+        .env("OTEL_SERVICE_NAME", "vm-go")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the Go service")?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut middle = Proc { child, port: 0 };
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    middle.port = line
+        .trim()
+        .parse()
+        .with_context(|| format!("the Go service printed {line:?} instead of its port"))?;
+    // Started after the service: the agent follows it from its start-up scan.
+    let agent = GuestAgent::start(Some(&rx.endpoint()), AGENT_READY)?;
+    const CLIENTS: u32 = 4;
+    const EACH: u32 = 6;
+    let runs: Vec<Result<ClientRun>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                let port = middle.port;
+                scope.spawn(move || {
+                    let paths: Vec<String> = (0..EACH)
+                        .map(|i| format!("/work?id={}", c * EACH + i + 1))
+                        .collect();
+                    let mut args = vec!["--keep-alive"];
+                    for p in &paths {
+                        args.extend(["GET", p.as_str()]);
+                    }
+                    run_client(ctx, "vm-client", port, &args)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client thread"))
+            .collect()
+    });
+    let mut pids = vec![middle.pid(), backend.pid()];
+    for run in runs {
+        let run = run?;
+        ensure!(
+            run.exchanges.iter().all(|e| e.status == 200),
+            "a request through the Go service failed: {:?}",
+            run.exchanges.iter().map(|e| e.status).collect::<Vec<_>>()
+        );
+        pids.push(run.pid);
+    }
+    let n = (CLIENTS * EACH) as usize;
+    // The agent's own account, for the failure message.
+    let counters = agent
+        .get("/metrics")
+        .map(|(_, text)| {
+            text.lines()
+                .filter(|l| l.starts_with("tracer_link") || l.starts_with("tracer_go"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_default();
+    let spans = collect(ctx, &rx, agent, &pids, 4 * n)?;
+    let go = middle.pid() as i64;
+    for id in 1..=n {
+        let query = format!("id={id}");
+        let server = one(&spans, &format!("Go SERVER span of {query}"), |s| {
+            s.kind == "SERVER" && pid_of(s) == Some(go) && s.attr_str("url.query") == Some(&query)
+        })?;
+        let call = one(&spans, &format!("Go CLIENT span of {query}"), |s| {
+            s.kind == "CLIENT"
+                && pid_of(s) == Some(go)
+                && s.attr_str("url.full")
+                    .is_some_and(|u| u.ends_with(&format!("?{query}")))
+        })?;
+        check_eq(
+            &format!("parent of the Go service's call for {query} (agent: {counters})"),
+            &call.parent_span_id,
+            &server.span_id,
+        )?;
+        check_eq(
+            &format!("trace of {query}"),
+            &call.trace_id,
+            &server.trace_id,
+        )?;
+    }
+    println!("  {n} calls of the Go service, each the child of its own request");
+    Ok(())
+}
+
 /// Outcome of a whole run.
 pub struct Summary {
     pub passed: usize,
@@ -783,13 +904,15 @@ mod tests {
     fn parses_the_agent_log() {
         let log = vec![
             "2025-01-01T00:00:00Z  INFO tracer_agent::capture::features: kernel features: ring_buffer=yes bpf_loop=no".to_owned(),
-            "  INFO tracer_agent: tracing HTTP: 23 programs attached; health and metrics on http://127.0.0.1:1".to_owned(),
+            "  INFO tracer_agent: tracing HTTP: 23 programs attached, 4 loaded for Go executables; health and metrics on http://127.0.0.1:1".to_owned(),
         ];
         let f = parse_features(&log).unwrap();
         assert_eq!(f["ring_buffer"], "yes");
         assert_eq!(f["bpf_loop"], "no");
         assert_eq!(attached_count(&log), Some(23));
         assert_eq!(attached_count(&log[..1]), None);
+        assert_eq!(go_program_count(&log), 4);
+        assert_eq!(go_program_count(&log[..1]), 0);
     }
 
     #[test]
