@@ -180,9 +180,9 @@ fn judge(spans: &[ReceivedSpan], load: u32, middle: u32, down: u32, count: u32) 
     v
 }
 
-/// Runs `count` requests from `workers` client threads through the two nodes, returns
-/// the verdict and both agents' metrics.
-async fn run_across_nodes(count: u32, workers: u32) -> (Verdict, String, String) {
+/// Runs `count` requests from `workers` client threads through the two nodes, prints the
+/// verdict with both agents' exchange counters, and returns it with no problem in it.
+async fn run_across_nodes(label: &str, count: u32, workers: u32) -> Verdict {
     let scenario = Scenario::start();
     let client = GatedClient::start(scenario.middle.port, count, workers);
     let rx = receiver().await.expect("receiver");
@@ -223,7 +223,17 @@ async fn run_across_nodes(count: u32, workers: u32) -> (Verdict, String, String)
         scenario.downstream.pid(),
         count,
     );
-    (v, m1, m2)
+    println!(
+        "two nodes, {label}: whole={} cross-node right={} wrong={} unlinked={}\nagent 1:\n{}\nagent 2:\n{}",
+        v.whole,
+        v.cross_node_right,
+        v.cross_node_wrong,
+        v.cross_node_unlinked,
+        exchange_lines(&m1),
+        exchange_lines(&m2)
+    );
+    assert!(v.problems.is_empty(), "{:#?}", v.problems);
+    v
 }
 
 fn exchange_lines(metrics: &str) -> String {
@@ -242,17 +252,7 @@ fn exchange_lines(metrics: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_sequential_requests_give_whole_traces() {
     let _serial = SERIAL.lock().await;
-    let (v, m1, m2) = run_across_nodes(100, 1).await;
-    println!(
-        "two nodes, 100 sequential: whole={} cross-node right={} wrong={} unlinked={}\nagent 1:\n{}\nagent 2:\n{}",
-        v.whole,
-        v.cross_node_right,
-        v.cross_node_wrong,
-        v.cross_node_unlinked,
-        exchange_lines(&m1),
-        exchange_lines(&m2)
-    );
-    assert!(v.problems.is_empty(), "{:#?}", v.problems);
+    let v = run_across_nodes("100 sequential", 100, 1).await;
     assert_eq!(v.whole, 100, "every request one whole trace");
 }
 
@@ -261,17 +261,7 @@ async fn two_nodes_sequential_requests_give_whole_traces() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_concurrent_requests_link_like_one_node() {
     let _serial = SERIAL.lock().await;
-    let (v, m1, m2) = run_across_nodes(400, 16).await;
-    println!(
-        "two nodes, 400 from 16 clients: whole={} cross-node right={} wrong={} unlinked={}\nagent 1:\n{}\nagent 2:\n{}",
-        v.whole,
-        v.cross_node_right,
-        v.cross_node_wrong,
-        v.cross_node_unlinked,
-        exchange_lines(&m1),
-        exchange_lines(&m2)
-    );
-    assert!(v.problems.is_empty(), "{:#?}", v.problems);
+    let v = run_across_nodes("400 from 16 clients", 400, 16).await;
     assert_eq!(v.cross_node_right, 400, "the cross-node hop is exact");
     assert_eq!(v.whole, 400, "every request one whole trace");
 }

@@ -608,6 +608,20 @@ fn remote_answers_follow_the_local_rules() {
     );
 }
 
+fn round_trip(l: &mut Linker, goid: u64, conn: u64) {
+    l.go_hand_off(
+        9,
+        crate::capture::events::GoHandOff::RoundTrip { goid, conn },
+    );
+}
+
+fn conn_writer(l: &mut Linker, goid: u64, conn: u64) {
+    l.go_hand_off(
+        9,
+        crate::capture::events::GoHandOff::ConnWriter { goid, conn },
+    );
+}
+
 /// Followed Go: two requests served by goroutines 10 and 11 on whatever threads; each
 /// handler's call goes out on a pooled connection whose writeLoop goroutine (20, 21)
 /// writes it, on yet other threads. A goroutine started by handler 10 calls for it too.
@@ -623,36 +637,12 @@ fn go_calls_follow_goroutines_not_threads() {
     let sa = a.start(&mut l, 0);
     let sb = b.start(&mut l, 1);
     // b's handler calls first, on connection 0xb; a's on 0xa; the writers swap threads.
-    l.go_hand_off(
-        P,
-        RoundTrip {
-            goid: 11,
-            conn: 0xb,
-        },
-    );
-    l.go_hand_off(
-        P,
-        ConnWriter {
-            goid: 21,
-            conn: 0xb,
-        },
-    );
+    round_trip(&mut l, 11, 0xb);
+    conn_writer(&mut l, 21, 0xb);
     let call_b = Req::client(3, P, 92, "10.0.0.1:41001", "10.0.0.2:80").goroutine(21);
     let cb = call_b.start(&mut l, 2);
-    l.go_hand_off(
-        P,
-        RoundTrip {
-            goid: 10,
-            conn: 0xa,
-        },
-    );
-    l.go_hand_off(
-        P,
-        ConnWriter {
-            goid: 20,
-            conn: 0xa,
-        },
-    );
+    round_trip(&mut l, 10, 0xa);
+    conn_writer(&mut l, 20, 0xa);
     let call_a = Req::client(4, P, 91, "10.0.0.1:41000", "10.0.0.2:80").goroutine(20);
     let ca = call_a.start(&mut l, 3);
     // A goroutine a's handler started, calling on b's (now idle) connection.
@@ -663,38 +653,20 @@ fn go_calls_follow_goroutines_not_threads() {
             child: 12,
         },
     );
-    l.go_hand_off(
-        P,
-        RoundTrip {
-            goid: 12,
-            conn: 0xb,
-        },
-    );
+    round_trip(&mut l, 12, 0xb);
     let call_a2 = Req::client(5, P, 93, "10.0.0.1:41001", "10.0.0.2:80")
         .seq(1)
         .goroutine(21);
     let ca2 = call_a2.start(&mut l, 4);
     // The pool goroutine, on the connection a's handler used before.
-    l.go_hand_off(
-        P,
-        RoundTrip {
-            goid: 30,
-            conn: 0xa,
-        },
-    );
+    round_trip(&mut l, 30, 0xa);
     let pool = Req::client(6, P, 91, "10.0.0.1:41000", "10.0.0.2:80")
         .seq(1)
         .goroutine(20);
     let cp = pool.start(&mut l, 5);
     // a answered: its goroutine's next call (if any) is not a's.
     a.finish(&mut l, 6);
-    l.go_hand_off(
-        P,
-        RoundTrip {
-            goid: 10,
-            conn: 0xa,
-        },
-    );
+    round_trip(&mut l, 10, 0xa);
     let late = Req::client(7, P, 91, "10.0.0.1:41000", "10.0.0.2:80")
         .seq(2)
         .goroutine(20);
