@@ -316,6 +316,18 @@ async fn run(args: Args) -> Result<()> {
     drop(ring);
     sink.shutdown(tokio::time::Instant::now() + Duration::from_secs(5))
         .await;
+    // Every span built is accounted for exactly once; benchmarks check the sum.
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    tracing::info!(
+        target: "tracer_agent::accounting",
+        "spans created={} exported={} unsampled={} dropped_queue_full={} dropped_export_failed={} out_of_scope={}",
+        n(&metrics.spans_created),
+        n(&metrics.spans_exported),
+        n(&metrics.spans_unsampled),
+        n(&metrics.spans_dropped_queue_full),
+        n(&metrics.spans_dropped_export_failed),
+        n(&metrics.spans_out_of_scope),
+    );
     Ok(())
 }
 

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 
 use procs::{BpfRunStats, BpfStatsEnabled, Service};
 use report::{Summary, cell, summarize, table};
@@ -259,7 +259,7 @@ fn start_agent(
         &metrics.to_string(),
     ])
     .args(extra)
-    .env("RUST_LOG", "warn");
+    .env("RUST_LOG", "warn,tracer_agent::accounting=info");
     let mut service = Service::spawn("tracer-agent", &mut cmd, log)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     // /readyz turns 200 once every program is attached.
@@ -295,7 +295,8 @@ impl RunningAgent {
         })
     }
 
-    fn stop(self) -> Result<()> {
+    /// SIGTERM (the agent flushes what it holds), then its final span accounting.
+    fn stop(self) -> Result<Accounting> {
         let status = self.service.stop(Duration::from_secs(15))?;
         if !status.success() {
             bail!(
@@ -303,6 +304,57 @@ impl RunningAgent {
                 procs::log_tail(&self.log, 600)
             );
         }
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        Accounting::parse(&log).with_context(|| {
+            format!(
+                "the agent logged no span accounting at exit: {}",
+                procs::log_tail(&self.log, 600)
+            )
+        })
+    }
+}
+
+/// The agent's account of its spans at exit (its `spans created=… exported=…` line).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Accounting {
+    created: u64,
+    exported: u64,
+    /// Unsampled, dropped on a full queue or a failed export, out of scope.
+    not_exported: u64,
+}
+
+impl Accounting {
+    fn parse(log: &str) -> Option<Accounting> {
+        let line = log.lines().rev().find(|l| l.contains("spans created="))?;
+        let field = |key: &str| -> Option<u64> {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+        };
+        Some(Accounting {
+            created: field("created")?,
+            exported: field("exported")?,
+            not_exported: field("unsampled")?
+                + field("dropped_queue_full")?
+                + field("dropped_export_failed")?
+                + field("out_of_scope")?,
+        })
+    }
+
+    /// Every span created was exported or counted as not exported, and the receiver got
+    /// exactly the exported ones.
+    fn check(&self, received: u64) -> Result<()> {
+        ensure!(
+            self.created == self.exported + self.not_exported,
+            "span accounting: {} created, {} exported + {} counted as not exported",
+            self.created,
+            self.exported,
+            self.not_exported
+        );
+        ensure!(
+            received == self.exported,
+            "span accounting: the agent exported {} spans, the receiver got {received}",
+            self.exported
+        );
         Ok(())
     }
 }
@@ -403,16 +455,20 @@ fn measure_round(
     let mut drops = None;
     let mut agent_peak_rss = None;
     let mut agent_rss_anon = None;
+    let mut accounting = None;
     if let Some(agent) = agent {
         agent_rss_anon = procs::rss_anon_bytes(agent.pid());
         drops = Some(agent.drops()?.since(drops_before.unwrap_or_default()));
         agent_peak_rss = procs::peak_rss_bytes(agent.pid());
         // SIGTERM: the agent flushes what it holds before it exits.
-        agent.stop()?;
+        accounting = Some(agent.stop()?);
     }
     // In-process SDKs flush on a clean exit too.
     stop_servers()?;
     let spans = sink.spans()?.saturating_sub(spans_before);
+    if let Some(accounting) = accounting {
+        accounting.check(spans)?;
+    }
     Ok(Round {
         saturation_rps: sat.requests_per_sec,
         saturation_errors: sat.errors,
@@ -979,6 +1035,31 @@ fn http_request(addr: SocketAddr, path: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn span_accounting_from_the_agent_log() {
+        let log = "noise\n\x1b[32m INFO\x1b[0m tracer_agent::accounting: spans created=10 exported=7 unsampled=2 dropped_queue_full=1 dropped_export_failed=0 out_of_scope=0\n";
+        let a = Accounting::parse(log).unwrap();
+        assert_eq!(
+            a,
+            Accounting {
+                created: 10,
+                exported: 7,
+                not_exported: 3
+            }
+        );
+        assert!(a.check(7).is_ok());
+        assert!(
+            a.check(6).is_err(),
+            "the receiver must get every exported span"
+        );
+        let lost = Accounting { created: 11, ..a };
+        assert!(
+            lost.check(7).is_err(),
+            "a span neither exported nor counted"
+        );
+        assert!(Accounting::parse("spans created=1 exported=1").is_none());
+    }
 
     #[test]
     fn kernel_drops_summed_over_reasons() {
