@@ -239,8 +239,8 @@ pub struct Linker {
     /// SERVER requests in flight by the thread that read them, and their count per process.
     serving_by_thread: HashMap<(u32, u32), Vec<SpanId>>,
     serving_by_process: HashMap<u32, u32>,
-    exported: HashMap<SpanId, (TraceId, Option<bool>)>,
-    exported_order: VecDeque<SpanId>,
+    /// Traces (and sampling decisions) of released spans, for late children.
+    exported: FifoMap<SpanId, (TraceId, Option<bool>)>,
     /// Finished spans not yet released, in finishing order.
     finished: VecDeque<SpanId>,
     /// Finished SERVER spans waiting for their client (`Parent::AwaitPeer`), by the time
@@ -252,9 +252,8 @@ pub struct Linker {
     released: Vec<SpanRecord>,
     /// SERVER spans awaiting a caller, by the time of their next lookup on other nodes.
     lookups: BinaryHeap<Reverse<(u64, SpanId)>>,
-    /// CLIENT requests other agents may ask about, oldest first (bounded).
-    answerable: HashMap<PeerKey, SpanId>,
-    answerable_order: VecDeque<PeerKey>,
+    /// CLIENT requests other agents may ask about (bounded, oldest forgotten first).
+    answerable: FifoMap<PeerKey, SpanId>,
     goroutines: Goroutines,
     stats: LinkStats,
 }
@@ -278,6 +277,35 @@ struct Goroutines {
 
 const GOROUTINES_TRACKED: usize = 65_536;
 
+/// A map that keeps its newest `cap` keys: inserting a new key beyond the cap forgets the
+/// oldest one.
+struct FifoMap<K, V> {
+    map: HashMap<K, V>,
+    order: VecDeque<K>,
+    cap: usize,
+}
+
+impl<K: std::hash::Hash + Eq + Copy, V> FifoMap<K, V> {
+    fn new(cap: usize) -> Self {
+        FifoMap {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            cap,
+        }
+    }
+
+    fn insert(&mut self, k: K, v: V) {
+        if self.map.insert(k, v).is_none() {
+            self.order.push_back(k);
+        }
+        while self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+    }
+}
+
 fn bounded_insert<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, k: K, v: V) {
     if map.len() >= GOROUTINES_TRACKED && !map.contains_key(&k) {
         map.clear();
@@ -287,6 +315,7 @@ fn bounded_insert<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, k: K, v: 
 
 impl Linker {
     pub fn new(cfg: LinkConfig) -> Self {
+        let (remembered, answerable) = (cfg.remembered_traces, cfg.answerable);
         Linker {
             cfg,
             ids: IdGenerator::default(),
@@ -297,14 +326,12 @@ impl Linker {
             servers_awaiting: HashMap::new(),
             serving_by_thread: HashMap::new(),
             serving_by_process: HashMap::new(),
-            exported: HashMap::new(),
-            exported_order: VecDeque::new(),
+            exported: FifoMap::new(remembered),
             finished: VecDeque::new(),
             parked: BinaryHeap::new(),
             released: Vec::new(),
             lookups: BinaryHeap::new(),
-            answerable: HashMap::new(),
-            answerable_order: VecDeque::new(),
+            answerable: FifoMap::new(answerable),
             goroutines: Goroutines::default(),
             stats: LinkStats::default(),
         }
@@ -366,7 +393,7 @@ impl Linker {
                 if let Some(source) = r.local {
                     let key = (source, r.seq);
                     if self.cfg.remote {
-                        self.keep_answerable(key, span_id);
+                        self.answerable.insert(key, span_id);
                     }
                     match self.servers_awaiting.remove(&key) {
                         // The server's read was delivered before our write: link it now.
@@ -659,14 +686,7 @@ impl Linker {
     }
 
     fn remember(&mut self, span: SpanId, trace: TraceId, sampled: Option<bool>) {
-        if self.exported.insert(span, (trace, sampled)).is_none() {
-            self.exported_order.push_back(span);
-        }
-        while self.exported_order.len() > self.cfg.remembered_traces {
-            if let Some(old) = self.exported_order.pop_front() {
-                self.exported.remove(&old);
-            }
-        }
+        self.exported.insert(span, (trace, sampled));
     }
 
     /// The trace (and parent) of a span, if decidable now. `force` applies the fallbacks
@@ -678,7 +698,7 @@ impl Linker {
         force: bool,
         depth: u32,
     ) -> Option<Resolved> {
-        if let Some(&(trace_id, sampled)) = self.exported.get(&span_id) {
+        if let Some(&(trace_id, sampled)) = self.exported.map.get(&span_id) {
             return Some(Resolved {
                 trace_id,
                 parent: None,
@@ -802,21 +822,10 @@ impl Linker {
         self.released.push(span);
     }
 
-    fn keep_answerable(&mut self, key: PeerKey, span_id: SpanId) {
-        if self.answerable.insert(key, span_id).is_none() {
-            self.answerable_order.push_back(key);
-        }
-        while self.answerable_order.len() > self.cfg.answerable {
-            if let Some(old) = self.answerable_order.pop_front() {
-                self.answerable.remove(&old);
-            }
-        }
-    }
-
     /// Another agent asks for the CLIENT request written from `key` (this node's client
     /// address:port and the request's position on the connection).
     pub fn answer(&mut self, key: PeerKey, now_ns: u64) -> Answer {
-        let Some(&span_id) = self.answerable.get(&key) else {
+        let Some(&span_id) = self.answerable.map.get(&key) else {
             return Answer::Unknown;
         };
         match self.resolve(span_id, now_ns, false, 0) {

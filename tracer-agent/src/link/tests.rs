@@ -470,7 +470,7 @@ fn bounded_under_a_flood_of_unanswered_requests() {
     }
     assert!(l.stats().waiting <= 100);
     assert_eq!(l.stats().evicted, 9_900);
-    assert!(l.exported.len() <= 50);
+    assert!(l.exported.map.len() <= 50);
 }
 
 /// A caller's `sampled` flag travels with its trace down every hop linked below it, so a
