@@ -261,11 +261,7 @@ async fn run(args: Args) -> Result<()> {
                 let mut guard = guard?;
                 drain(guard.get_inner_mut(), &mut pipeline, &metrics);
                 guard.clear_ready();
-                for tgid in pipeline.take_new_go_processes() {
-                    if follow {
-                        follow_go(&mut capture, tgid, &metrics);
-                    }
-                }
+                follow_new_go(&mut pipeline, &mut capture, follow, &metrics);
             }
             _ = drops_refresh.tick() => {
                 for (slot, value) in metrics.kernel_drops.iter().zip(capture.drops()) {
@@ -274,11 +270,7 @@ async fn run(args: Args) -> Result<()> {
             }
             _ = link_tick.tick() => {
                 drain(ring.get_mut(), &mut pipeline, &metrics);
-                for tgid in pipeline.take_new_go_processes() {
-                    if follow {
-                        follow_go(&mut capture, tgid, &metrics);
-                    }
-                }
+                follow_new_go(&mut pipeline, &mut capture, follow, &metrics);
                 let now = Clock::monotonic_now_ns();
                 if let Some(client) = &peer_client {
                     let due = pipeline.due_lookups(now);
@@ -331,6 +323,20 @@ async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// Follows the Go processes the pipeline just met (when following is on).
+fn follow_new_go(
+    pipeline: &mut Pipeline,
+    capture: &mut loader::Capture,
+    follow: bool,
+    metrics: &Metrics,
+) {
+    for tgid in pipeline.take_new_go_processes() {
+        if follow {
+            follow_go(capture, tgid, metrics);
+        }
+    }
+}
+
 /// Follows a Go process's goroutines; says once per process why it cannot.
 fn follow_go(capture: &mut loader::Capture, tgid: u32, metrics: &Metrics) {
     match capture.follow_go(tgid) {
@@ -360,11 +366,9 @@ fn go_processes(only: &[u32]) -> Vec<u32> {
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| pid != me && (only.is_empty() || only.contains(&pid)))
-        .filter(|pid| {
-            std::fs::File::open(format!("/proc/{pid}/exe"))
-                .ok()
-                .and_then(|mut f| tracer_agent::spans::runtime::detect(&mut f).ok())
-                == Some(tracer_agent::spans::resource::Runtime::Go)
+        .filter(|&pid| {
+            tracer_agent::spans::runtime::of_process(std::path::Path::new("/proc"), pid)
+                == tracer_agent::spans::resource::Runtime::Go
         })
         .collect()
 }

@@ -234,7 +234,15 @@ impl Capture {
                 let mut missing = Vec::new();
                 // The symbol table when there is one; else the runtime's own function table
                 // (.gopclntab), which stripped executables keep.
-                let symbols: Vec<&str> = GO_UPROBES.iter().map(|(_, s)| *s).collect();
+                // One read of .gopclntab for the entries and for newproc1's returns.
+                let mut symbols: Vec<&str> = GO_UPROBES.iter().map(|(_, s)| *s).collect();
+                let ret_at = match symbols.iter().position(|s| *s == GO_NEWPROC1_RET.1) {
+                    Some(at) => at,
+                    None => {
+                        symbols.push(GO_NEWPROC1_RET.1);
+                        symbols.len() - 1
+                    }
+                };
                 let from_pclntab = runtime::go_functions(&mut file, &symbols);
                 for (i, (program, symbol)) in GO_UPROBES.iter().enumerate() {
                     let up: &mut UProbe = self
@@ -263,9 +271,9 @@ impl Capture {
                 // The returns of newproc1 (where RAX is the new goroutine), found by
                 // decoding its instructions.
                 let (program, symbol) = GO_NEWPROC1_RET;
-                let rets = runtime::go_functions(&mut file, &[symbol])
+                let rets = from_pclntab
                     .map_err(anyhow::Error::from)
-                    .and_then(|f| f[0].context("not in .gopclntab"))
+                    .and_then(|f| f[ret_at].context("not in .gopclntab"))
                     .and_then(|f| {
                         let rets = runtime::go_function_returns(&mut file, f)?;
                         anyhow::ensure!(!rets.is_empty(), "no RET found");

@@ -34,11 +34,7 @@ impl ProcessInfo {
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect()
         });
-        // Through /proc, so an executable in another mount namespace (a container) is found.
-        let runtime = std::fs::File::open(dir.join("exe"))
-            .ok()
-            .and_then(|mut f| super::runtime::detect(&mut f).ok())
-            .unwrap_or_default();
+        let runtime = super::runtime::of_process(proc_root, pid);
         let mut info = ProcessInfo {
             pid,
             comm: comm.to_owned(),

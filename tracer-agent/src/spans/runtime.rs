@@ -60,6 +60,15 @@ pub fn detect(file: &mut (impl Read + Seek)) -> Result<Runtime, ElfError> {
     Ok(if go { Runtime::Go } else { Runtime::Native })
 }
 
+/// The runtime of process `pid`, from its executable as `/proc` shows it (found in any mount
+/// namespace); `Native` when it cannot be read.
+pub fn of_process(proc_root: &std::path::Path, pid: u32) -> Runtime {
+    std::fs::File::open(proc_root.join(pid.to_string()).join("exe"))
+        .ok()
+        .and_then(|mut f| detect(&mut f).ok())
+        .unwrap_or_default()
+}
+
 /// A Go release, `(1, 19)` for `go1.19.8`.
 pub type GoVersion = (u32, u32);
 
