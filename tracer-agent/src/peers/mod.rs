@@ -320,7 +320,9 @@ impl Peer {
             metrics.lookups(&self.addr, LookupResult::Skipped, n);
             return;
         }
-        for chunk in keys.chunks(wire::MAX_LOOKUPS) {
+        for (i, chunk) in keys.chunks(wire::MAX_LOOKUPS).enumerate() {
+            // A failure gives up on this chunk and the ones after it.
+            let unanswered = (keys.len() - i * wire::MAX_LOOKUPS) as u64;
             let sent = http
                 .post(&self.url)
                 .header(reqwest::header::AUTHORIZATION, bearer)
@@ -332,7 +334,7 @@ impl Peer {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::debug!("exchange peer {}: {e}", self.addr);
-                    metrics.lookups(&self.addr, LookupResult::Failed, n);
+                    metrics.lookups(&self.addr, LookupResult::Failed, unanswered);
                     self.back_off();
                     return;
                 }
@@ -341,7 +343,7 @@ impl Peer {
             let body = match response.bytes().await {
                 Ok(b) => b,
                 Err(_) => {
-                    metrics.lookups(&self.addr, LookupResult::Failed, n);
+                    metrics.lookups(&self.addr, LookupResult::Failed, unanswered);
                     self.back_off();
                     return;
                 }
@@ -360,7 +362,7 @@ impl Peer {
                     } else if let Err(e) = decoded {
                         tracing::debug!("exchange peer {} answered {status}: {e}", self.addr);
                     }
-                    metrics.lookups(&self.addr, LookupResult::Rejected, n);
+                    metrics.lookups(&self.addr, LookupResult::Rejected, unanswered);
                     self.back_off();
                     return;
                 }
