@@ -18,7 +18,7 @@ use std::time::Duration;
 use tracer_tests::harness::{Agent, Server};
 use tracer_tests::linking::{LOAD_CLIENT, parse_load_report, query_param, threads_middle};
 use tracer_tests::programs::{
-    WAIT, agent_exporting_to, python, python_app_server, receiver, span_pid, spans_of, summary,
+    WAIT, python, python_app_server, receiver, span_pid, spans_of, summary,
 };
 use tracer_tests::{OtlpReceiver, ReceivedSpan, unused_local_addr};
 
@@ -74,12 +74,14 @@ impl GatedClient {
     }
 }
 
-/// Agent of one "node": traces `pids`, answers lookups on `exchange`, asks `peers`.
+/// Agent of one "node": traces `pids`, answers lookups on `exchange`, asks `peers`, and
+/// exports to `rx` with the default export settings, or batches every `batch_delay_ms`.
 async fn node_agent(
     rx: &OtlpReceiver,
     pids: &[u32],
     exchange: SocketAddr,
     peers: &[SocketAddr],
+    batch_delay_ms: Option<u64>,
 ) -> Agent {
     let mut args: Vec<String> = vec!["--exchange-addr".into(), exchange.to_string()];
     for p in pids {
@@ -89,10 +91,18 @@ async fn node_agent(
         args.extend(["--peer".into(), p.to_string()]);
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    // SAFETY: the tests of this binary run one at a time (SERIAL) and set it before any
-    // agent starts; the harness passes the environment on to the agent.
-    unsafe { std::env::set_var("TRACER_EXCHANGE_TOKEN", TOKEN) };
-    agent_exporting_to(rx, &args).await.expect("agent starts")
+    let mut env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint()),
+        (
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            rx.protocol().otel_name().to_owned(),
+        ),
+        ("TRACER_EXCHANGE_TOKEN", TOKEN.to_owned()),
+    ];
+    if let Some(ms) = batch_delay_ms {
+        env.push(("OTEL_BSP_SCHEDULE_DELAY", ms.to_string()));
+    }
+    Agent::start(&args, &env).await.expect("agent starts")
 }
 
 struct Scenario {
@@ -187,8 +197,16 @@ async fn run_across_nodes(label: &str, count: u32, workers: u32) -> Verdict {
     let client = GatedClient::start(scenario.middle.port, count, workers);
     let rx = receiver().await.expect("receiver");
     let (ex1, ex2) = (unused_local_addr().unwrap(), unused_local_addr().unwrap());
-    let node2 = node_agent(&rx, &[scenario.downstream.pid()], ex2, &[ex1]).await;
-    let node1 = node_agent(&rx, &[client.pid(), scenario.middle.pid()], ex1, &[ex2]).await;
+    // As deployed: default export settings on both agents.
+    let node2 = node_agent(&rx, &[scenario.downstream.pid()], ex2, &[ex1], None).await;
+    let node1 = node_agent(
+        &rx,
+        &[client.pid(), scenario.middle.pid()],
+        ex1,
+        &[ex2],
+        None,
+    )
+    .await;
     let load = client.pid();
     let out = client.run();
     let report = parse_load_report(&out).expect("load report");
@@ -277,7 +295,8 @@ async fn dead_or_hostile_peers_never_stall_the_agent() {
     // The peer address: nothing listens there.
     let dead = unused_local_addr().unwrap();
     let ex = unused_local_addr().unwrap();
-    let agent = node_agent(&rx, &[scenario.downstream.pid()], ex, &[dead]).await;
+    // Short batches: the time to export is measured, and it must be the link window's.
+    let agent = node_agent(&rx, &[scenario.downstream.pid()], ex, &[dead], Some(100)).await;
     let started = std::time::Instant::now();
     for n in 0..5 {
         let out = Command::new("curl")
