@@ -107,12 +107,14 @@ pub fn node_middle(downstream_port: u16) -> Result<Server> {
     spawn_printing_port(cmd, "node middle")
 }
 
-pub fn aiohttp_middle(downstream_port: u16) -> Result<Server> {
+/// The aiohttp middle; `mode` is `plain`, `sequence` or `gather` (see the script).
+pub fn aiohttp_middle(downstream_port: u16, mode: &str) -> Result<Server> {
     require_python_module("aiohttp")?;
     let mut cmd = python();
     cmd.arg("-c")
         .arg(AIOHTTP_MIDDLE)
-        .arg(downstream_port.to_string());
+        .arg(downstream_port.to_string())
+        .arg(mode);
     spawn_printing_port(cmd, "aiohttp middle")
 }
 

@@ -161,12 +161,73 @@ async fn node_http_one_call_per_request() {
     measure("node", &middle, &down, &[None], Load::default()).await;
 }
 
-/// Python asyncio (aiohttp server and `ClientSession`): one event loop, like Node.js.
+/// Python asyncio (aiohttp server and `ClientSession`): one event loop, like Node.js, with
+/// every request in flight on it at once and handlers calling after a jitter. The agent
+/// follows the tasks: a call belongs to the request its task answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_asyncio_aiohttp_one_call_per_request() {
     let down = downstream();
-    let middle = aiohttp_middle(down.port).unwrap();
-    measure("asyncio", &middle, &down, &[None], Load::default()).await;
+    let middle = aiohttp_middle(down.port, "plain").unwrap();
+    let (t, metrics) = measure("asyncio", &middle, &down, &[None], Load::default()).await;
+    assert_eq!(t.right, REQUESTS as usize, "linking asyncio: {t}");
+    assert_eq!(
+        metric(&metrics, "tracer_python_processes_unsupported_total"),
+        0
+    );
+}
+
+/// The same at 64 concurrent clients, 640 requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_asyncio_64_concurrent_clients() {
+    let down = downstream();
+    let middle = aiohttp_middle(down.port, "plain").unwrap();
+    let load = Load {
+        requests: 640,
+        workers: 64,
+    };
+    let (t, _) = measure("asyncio-64", &middle, &down, &[None], load).await;
+    assert!(
+        t.right >= 634,
+        "linking asyncio-64: {t}: at least 99% whole"
+    );
+}
+
+/// Two calls one after the other in the handler, more jitter between them: both are the
+/// request's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_asyncio_two_calls_in_sequence() {
+    let down = downstream();
+    let middle = aiohttp_middle(down.port, "sequence").unwrap();
+    let parts = [Some("a"), Some("b")];
+    let (t, _) = measure("asyncio-sequence", &middle, &down, &parts, Load::default()).await;
+    assert_eq!(
+        t.right,
+        2 * REQUESTS as usize,
+        "linking asyncio-sequence: {t}"
+    );
+}
+
+/// Two calls in parallel through `asyncio.gather`: each runs in a task of its own, which
+/// answers no request, and nothing the agent reads ties it to the handler's task. Every
+/// such call abstains (counted) instead of guessing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_asyncio_gathered_calls_abstain() {
+    let down = downstream();
+    let middle = aiohttp_middle(down.port, "gather").unwrap();
+    let parts = [Some("a"), Some("b")];
+    let (t, metrics) = measure("asyncio-gather", &middle, &down, &parts, Load::default()).await;
+    assert_eq!(
+        t.unlinked,
+        2 * REQUESTS as usize,
+        "linking asyncio-gather: {t}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "tracer_link_abstained_total{reason=\"task_unanswered\"}"
+        ),
+        2 * u64::from(REQUESTS)
+    );
 }
 
 /// Python threads (`ThreadingHTTPServer`, `requests`): the thread that read the request

@@ -15,6 +15,7 @@ use tracer_agent::peers;
 use tracer_agent::pipeline::{Pipeline, PipelineConfig};
 use tracer_agent::server;
 use tracer_agent::spans::clock::Clock;
+use tracer_agent::spans::resource::Runtime;
 use tracer_common::{DEFAULT_CAPTURE_BYTES, KernelOffsets};
 use tracing_subscriber::EnvFilter;
 
@@ -96,6 +97,12 @@ struct Args {
     /// parent; `false` leaves Go's CLIENT spans without an in-process parent.
     #[arg(long, env = "TRACER_FOLLOW_GO", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     follow_go: bool,
+
+    /// Follow the asyncio tasks of CPython 3.11 processes (their frames are read on each
+    /// write) so their downstream calls get their parent; `false` leaves those calls to the
+    /// thread rule, which abstains while an event loop serves several requests.
+    #[arg(long, env = "TRACER_FOLLOW_PYTHON", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    follow_python: bool,
 
     #[command(flatten)]
     enrich: tracer_agent::enrich::cli::EnrichArgs,
@@ -214,12 +221,15 @@ async fn run(args: Args) -> Result<()> {
         ring_buffer_bytes: args.ring_buffer_bytes,
         offsets,
     })?;
-    // Go processes running already are followed before readiness: a request made once
-    // /readyz answers is linked like any later one.
-    let follow = args.follow_go;
-    if follow {
-        for tgid in go_processes(&args.pids) {
-            follow_go(&mut capture, tgid, &metrics);
+    // Go and CPython processes running already are followed before readiness: a request
+    // made once /readyz answers is linked like any later one.
+    let follow = Follow {
+        go: args.follow_go,
+        python: args.follow_python,
+    };
+    if follow.go || follow.python {
+        for (tgid, runtime) in followable_processes(&args.pids) {
+            follow_process(&mut capture, tgid, runtime, follow, &metrics);
         }
     }
     // Handlers before readiness: a SIGTERM right after /readyz must mean a clean shutdown.
@@ -261,7 +271,7 @@ async fn run(args: Args) -> Result<()> {
                 let mut guard = guard?;
                 drain(guard.get_inner_mut(), &mut pipeline, &metrics);
                 guard.clear_ready();
-                follow_new_go(&mut pipeline, &mut capture, follow, &metrics);
+                follow_new(&mut pipeline, &mut capture, follow, &metrics);
             }
             _ = drops_refresh.tick() => {
                 for (slot, value) in metrics.kernel_drops.iter().zip(capture.drops()) {
@@ -270,7 +280,7 @@ async fn run(args: Args) -> Result<()> {
             }
             _ = link_tick.tick() => {
                 drain(ring.get_mut(), &mut pipeline, &metrics);
-                follow_new_go(&mut pipeline, &mut capture, follow, &metrics);
+                follow_new(&mut pipeline, &mut capture, follow, &metrics);
                 let now = Clock::monotonic_now_ns();
                 if let Some(client) = &peer_client {
                     let due = pipeline.due_lookups(now);
@@ -291,6 +301,7 @@ async fn run(args: Args) -> Result<()> {
             _ = housekeeping.tick() => {
                 pipeline.tick();
                 capture.prune_go();
+                capture.refresh_python();
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -323,16 +334,56 @@ async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Follows the Go processes the pipeline just met (when following is on).
-fn follow_new_go(
+/// Which runtimes' tasks are followed.
+#[derive(Debug, Clone, Copy)]
+struct Follow {
+    go: bool,
+    python: bool,
+}
+
+/// Follows the Go and CPython processes the pipeline just met (when following is on).
+fn follow_new(
     pipeline: &mut Pipeline,
     capture: &mut loader::Capture,
-    follow: bool,
+    follow: Follow,
     metrics: &Metrics,
 ) {
-    for tgid in pipeline.take_new_go_processes() {
-        if follow {
-            follow_go(capture, tgid, metrics);
+    for (tgid, runtime) in pipeline.take_new_followable() {
+        follow_process(capture, tgid, runtime, follow, metrics);
+    }
+}
+
+fn follow_process(
+    capture: &mut loader::Capture,
+    tgid: u32,
+    runtime: Runtime,
+    follow: Follow,
+    metrics: &Metrics,
+) {
+    match runtime {
+        Runtime::Go if follow.go => follow_go(capture, tgid, metrics),
+        Runtime::Python if follow.python => follow_python(capture, tgid, metrics),
+        _ => {}
+    }
+}
+
+/// Follows a CPython process's asyncio tasks; says once per process why it cannot.
+fn follow_python(capture: &mut loader::Capture, tgid: u32, metrics: &Metrics) {
+    match capture.follow_python(tgid) {
+        loader::PyFollow::Followed { version, threads } => {
+            Metrics::inc(&metrics.python_followed);
+            tracing::info!(
+                "following the asyncio tasks of CPython process {tgid} (python{}.{}, {threads} threads)",
+                version.0,
+                version.1
+            );
+        }
+        loader::PyFollow::AlreadyFollowed => {}
+        loader::PyFollow::Unsupported(why) => {
+            Metrics::inc(&metrics.python_unsupported);
+            tracing::info!(
+                "CPython process {tgid}: asyncio tasks not followed, its calls are linked by thread only: {why}"
+            );
         }
     }
 }
@@ -358,18 +409,20 @@ fn follow_go(capture: &mut loader::Capture, tgid: u32, metrics: &Metrics) {
     }
 }
 
-/// Traced processes running a Go executable now.
-fn go_processes(only: &[u32]) -> Vec<u32> {
+/// Traced processes running a Go or CPython executable now.
+fn followable_processes(only: &[u32]) -> Vec<(u32, Runtime)> {
     let me = std::process::id();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| pid != me && (only.is_empty() || only.contains(&pid)))
-        .filter(|&pid| {
-            tracer_agent::spans::runtime::of_process(std::path::Path::new("/proc"), pid)
-                == tracer_agent::spans::resource::Runtime::Go
+        .map(|pid| {
+            let runtime =
+                tracer_agent::spans::runtime::of_process(std::path::Path::new("/proc"), pid);
+            (pid, runtime)
         })
+        .filter(|(_, runtime)| matches!(runtime, Runtime::Go | Runtime::Python))
         .collect()
 }
 

@@ -13,7 +13,7 @@ macro_rules! counters {
             pub kernel_drops: [AtomicU64; tracer_common::DROP_REASON_COUNT],
             /// CLIENT spans the thread rule left without a parent, per
             /// `link::Abstained::ALL`, copied in by the pipeline.
-            pub link_abstained: [AtomicU64; 4],
+            pub link_abstained: [AtomicU64; crate::link::Abstained::ALL.len()],
             /// The agent-to-agent exchange.
             pub peers: crate::peers::PeerMetrics,
             pub ready: AtomicBool,
@@ -64,6 +64,9 @@ counters! {
     links_by_header => ("tracer_links_by_header_total", "counter", "Spans linked to trace context from request headers."),
     links_by_thread => ("tracer_links_by_thread_total", "counter", "CLIENT spans linked to the SERVER span their thread was serving."),
     links_by_goroutine => ("tracer_links_by_goroutine_total", "counter", "CLIENT spans of followed Go processes linked to the SERVER span their goroutine works for."),
+    links_by_task => ("tracer_links_by_task_total", "counter", "CLIENT spans of followed CPython processes linked to the SERVER request their asyncio task answered."),
+    python_followed => ("tracer_python_processes_followed_total", "counter", "CPython processes whose asyncio tasks are followed (frames read on writes)."),
+    python_unsupported => ("tracer_python_processes_unsupported_total", "counter", "CPython processes whose tasks cannot be followed (release without a known layout); their calls fall back to the thread rule."),
     go_followed => ("tracer_go_processes_followed_total", "counter", "Go processes whose goroutines are followed (uprobes attached)."),
     go_unsupported => ("tracer_go_processes_unsupported_total", "counter", "Go processes whose goroutines cannot be followed (release, symbols); their calls get no in-process parent."),
     trace_roots => ("tracer_trace_roots_total", "counter", "Spans exported as the root of a new trace."),

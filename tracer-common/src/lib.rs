@@ -16,6 +16,8 @@ pub const MAP_DROPS: &str = "DROPS";
 pub const MAP_TRACED_PIDS: &str = "TRACED_PIDS";
 pub const MAP_CONNS: &str = "CONNS";
 pub const MAP_GO_PROCS: &str = "GO_PROCS";
+pub const MAP_PY_PROCS: &str = "PY_PROCS";
+pub const MAP_PY_THREADS: &str = "PY_THREADS";
 
 /// Uprobe programs on Go executables and the function each enters (Go ≥ 1.17, amd64
 /// register ABI: arguments in RAX, RBX, RCX…, the current goroutine in R14).
@@ -203,8 +205,9 @@ pub struct DataEventHeader {
     pub syscall_len: u32,
     /// Payload bytes copied into the record.
     pub captured_len: u32,
-    /// The goroutine (`runtime.g.goid`) that made the syscall, in a followed Go process;
-    /// 0 otherwise.
+    /// The task that made the syscall, 0 if unknown: in a followed Go process the goroutine
+    /// (`runtime.g.goid`); in a followed CPython process, for writes, the address of the
+    /// outermost coroutine frame running (the asyncio task's own coroutine), mixed with its code.
     pub goid: u64,
 }
 
@@ -236,6 +239,30 @@ pub struct GoProc {
     pub goid_offset: u32,
     pub _pad: u32,
 }
+
+/// Per followed CPython process (`PY_PROCS`, by tgid): where the running frames are found
+/// from a thread's `PyThreadState` (`PY_THREADS`, by tid). Offsets in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct PyProc {
+    /// `PyThreadState.cframe`.
+    pub tstate_cframe: u16,
+    /// `_PyCFrame.current_frame`.
+    pub cframe_current_frame: u16,
+    /// `_PyInterpreterFrame.previous`.
+    pub frame_previous: u16,
+    /// `_PyInterpreterFrame.owner` (one byte; `PY_FRAME_OWNED_BY_GENERATOR` for a coroutine).
+    pub frame_owner: u16,
+    /// `_PyInterpreterFrame.f_code`: mixed into a task's id, so a frame address reused by
+    /// another function's coroutine names another task.
+    pub frame_code: u16,
+    pub _pad: [u16; 3],
+}
+
+/// `_PyInterpreterFrame.owner` of a frame that lives in a generator or coroutine object.
+pub const PY_FRAME_OWNED_BY_GENERATOR: u8 = 1;
+/// Frames walked from the innermost at most, looking for a task's coroutine.
+pub const PY_MAX_FRAMES: u32 = 32;
 
 /// The largest record: header plus the maximum payload. The eBPF side fills one of these in
 /// per-CPU scratch memory and submits only the used prefix.
@@ -325,6 +352,7 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::ConnState {}
     unsafe impl aya::Pod for super::GoProc {}
+    unsafe impl aya::Pod for super::PyProc {}
 }
 
 #[cfg(test)]
@@ -339,6 +367,7 @@ mod tests {
         assert_eq!(size_of::<DataEventHeader>(), 72);
         assert_eq!(size_of::<GoEvent>(), 48 + 24);
         assert_eq!(size_of::<GoProc>(), 8);
+        assert_eq!(size_of::<PyProc>(), 16);
         assert_eq!(size_of::<KernelOffsets>(), 15 * 4);
         assert_eq!(size_of::<ConnState>(), 24);
     }

@@ -15,7 +15,8 @@ use tracer_common::{
     AF_INET, AF_INET6, CONN_FLAG_ADDRS_KNOWN, ConnEvent, ConnState, DATA_FLAG_GAP_BEFORE,
     DATA_FLAG_TRUNCATED, DEFAULT_CAPTURE_BYTES, DataEvent, DataEventHeader, Direction, DropReason,
     EventHeader, EventKind, GO_CONN_WRITE, GO_ROUND_TRIP, GO_SPAWN, GoEvent, GoProc, KernelOffsets,
-    MAX_CAPTURE_BYTES, PROTO_HTTP1, PROTO_OTHER, PROTO_UNKNOWN, Role, conn_key,
+    MAX_CAPTURE_BYTES, PROTO_HTTP1, PROTO_OTHER, PROTO_UNKNOWN, PY_FRAME_OWNED_BY_GENERATOR,
+    PY_MAX_FRAMES, PyProc, Role, conn_key,
 };
 
 #[unsafe(no_mangle)]
@@ -79,6 +80,14 @@ static GO_PROCS: HashMap<u32, GoProc> = HashMap::with_max_entries(4096, 0);
 /// until it returns the new goroutine.
 #[map]
 static GO_SPAWNING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+/// CPython processes whose asyncio tasks are followed, by tgid (filled in by the agent).
+#[map]
+static PY_PROCS: HashMap<u32, PyProc> = HashMap::with_max_entries(4096, 0);
+/// The `PyThreadState` of each thread of a followed CPython process, by pid_tgid (found by the
+/// agent in the interpreter's thread list: a thread in a syscall has released the GIL, so
+/// the runtime's "current thread state" does not name it).
+#[map]
+static PY_THREADS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -605,7 +614,13 @@ fn on_data_exit(ctx: &TracePointContext) {
     // SAFETY: the LRU map value stays valid for the duration of the program.
     let state = unsafe { &mut *state };
     let moved = ret as u64;
-    let goid = syscall_goid((pid_tgid >> 32) as u32);
+    let mut goid = syscall_goid((pid_tgid >> 32) as u32);
+    // A Python task matters only for what it writes (requests and responses), and only on
+    // connections that may carry HTTP.
+    if goid == 0 && inflight.direction == Direction::Egress as u32 && state.protocol != PROTO_OTHER
+    {
+        goid = python_task(pid_tgid);
+    }
     match inflight.kind {
         BUF_PLAIN => emit_data(pid_tgid, &inflight, inflight.buf, moved, moved, state, goid),
         BUF_NONE => emit_data(pid_tgid, &inflight, 0, moved, 0, state, goid),
@@ -800,6 +815,66 @@ fn syscall_goid(tgid: u32) -> u64 {
         }
     }
     0
+}
+
+/// In a followed CPython process, the asyncio task running on this thread: the address of
+/// its coroutine's frame, which is the outermost of the generator-owned frames innermost on
+/// the stack (the task's step, in C or in Python, is not a generator frame, and nor is the
+/// event loop below it). Stable while the coroutine lives. 0 if the thread runs no
+/// coroutine (a loop callback, a plain thread) or the walk ends before the task's frame.
+#[inline(always)]
+fn python_task(pid_tgid: u64) -> u64 {
+    // SAFETY: copied out at once.
+    let Some(py) = (unsafe { PY_PROCS.get((pid_tgid >> 32) as u32) }).copied() else {
+        return 0;
+    };
+    // SAFETY: copied out at once.
+    let Some(tstate) = (unsafe { PY_THREADS.get(pid_tgid) }).copied() else {
+        return 0;
+    };
+    // SAFETY: the helper validates the user pointers.
+    let read = |at: u64| unsafe { bpf_probe_read_user(at as *const u64) }.ok();
+    let Some(cframe) = read(tstate + py.tstate_cframe as u64) else {
+        return 0;
+    };
+    let Some(mut frame) = read(cframe + py.cframe_current_frame as u64) else {
+        return 0;
+    };
+    let mut root = 0;
+    for _ in 0..PY_MAX_FRAMES {
+        if frame == 0 {
+            return python_task_id(root, &py);
+        }
+        // SAFETY: the helper validates the user pointer.
+        let Ok(owner) =
+            (unsafe { bpf_probe_read_user((frame + py.frame_owner as u64) as *const u8) })
+        else {
+            return 0;
+        };
+        if owner == PY_FRAME_OWNED_BY_GENERATOR {
+            root = frame;
+        } else if root != 0 {
+            return python_task_id(root, &py);
+        }
+        let Some(previous) = read(frame + py.frame_previous as u64) else {
+            return 0;
+        };
+        frame = previous;
+    }
+    // Still inside coroutine frames (or not yet at them): the task's own frame is unknown.
+    0
+}
+
+/// A task's id: its coroutine frame's address, mixed with the frame's code object.
+#[inline(always)]
+fn python_task_id(frame: u64, py: &PyProc) -> u64 {
+    if frame == 0 {
+        return 0;
+    }
+    // SAFETY: the helper validates the user pointer.
+    let code =
+        unsafe { bpf_probe_read_user((frame + py.frame_code as u64) as *const u64) }.unwrap_or(0);
+    frame ^ code.rotate_left(32)
 }
 
 /// `g.goid` of the goroutine at user address `g`; 0 if unreadable.

@@ -10,9 +10,11 @@ use aya::{
 use tracer_common::{
     DROP_REASON_COUNT, GLOBAL_AGENT_TGID, GLOBAL_CAPTURE_BYTES, GLOBAL_FILTER_PIDS,
     GLOBAL_FORK_CHILD_PID_OFFSET, GLOBAL_OFFSETS, GLOBAL_WAKEUP_BYTES, GO_NEWPROC1_RET, GO_UPROBES,
-    GoProc, KernelOffsets, MAP_DROPS, MAP_EVENTS, MAP_GO_PROCS, MAP_TRACED_PIDS, MAX_CAPTURE_BYTES,
+    GoProc, KernelOffsets, MAP_DROPS, MAP_EVENTS, MAP_GO_PROCS, MAP_PY_PROCS, MAP_PY_THREADS,
+    MAP_TRACED_PIDS, MAX_CAPTURE_BYTES, PyProc,
 };
 
+use crate::capture::python;
 use crate::spans::runtime::{self, GoVersion};
 
 /// The compiled eBPF object, built by build.rs.
@@ -66,6 +68,20 @@ pub struct Capture {
     go_followed: std::collections::HashSet<u32>,
     /// Why Go goroutines cannot be followed at all on this kernel, if so.
     go_unavailable: Option<String>,
+    /// Followed CPython processes: where their interpreter keeps its threads.
+    py_followed: std::collections::HashMap<u32, (python::Interpreter, python::Layout)>,
+}
+
+/// Whether the asyncio tasks of a CPython process are followed, and why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PyFollow {
+    Followed {
+        version: python::PyVersion,
+        threads: usize,
+    },
+    /// Followed since an earlier call.
+    AlreadyFollowed,
+    Unsupported(String),
 }
 
 /// Whether the goroutines of a Go process are followed, and why not.
@@ -194,6 +210,7 @@ impl Capture {
             go_binaries: Default::default(),
             go_followed: Default::default(),
             go_unavailable,
+            py_followed: Default::default(),
         })
     }
 
@@ -320,6 +337,107 @@ impl Capture {
         )?;
         self.go_followed.insert(tgid);
         Ok(GoFollow::Followed { version, functions })
+    }
+
+    /// Follows the asyncio tasks of CPython process `tgid`: its entry in `PY_PROCS` and its
+    /// threads in `PY_THREADS`, which make the syscall programs report the task of each
+    /// write. No probe is attached: the programs read the interpreter's frames.
+    pub fn follow_python(&mut self, tgid: u32) -> PyFollow {
+        if self.py_followed.contains_key(&tgid) {
+            return PyFollow::AlreadyFollowed;
+        }
+        match self.try_follow_python(tgid) {
+            Ok(f) => f,
+            Err(e) => PyFollow::Unsupported(format!("{e:#}")),
+        }
+    }
+
+    fn try_follow_python(&mut self, tgid: u32) -> Result<PyFollow> {
+        let root = std::path::Path::new("/proc");
+        let interp = python::locate(root, tgid)?;
+        let mem = python::Memory::open(root, tgid)?;
+        let version = python::version_of(mem.u32(interp.version)?);
+        let layout = python::layout(version).ok_or(python::PyError::UnknownLayout(version))?;
+        let threads = self.register_python_threads(tgid, &interp, &layout)?;
+        if threads == 0 {
+            bail!(python::PyError::NoThreads);
+        }
+        let mut procs: BpfHashMap<_, u32, PyProc> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(MAP_PY_PROCS)
+                .context("PY_PROCS map missing")?,
+        )?;
+        procs.insert(tgid, layout.frames, 0)?;
+        self.py_followed.insert(tgid, (interp, layout));
+        Ok(PyFollow::Followed { version, threads })
+    }
+
+    /// Pairs the live threads of a CPython process with their thread states in
+    /// `PY_THREADS` (keyed by pid_tgid, so a tid reused by another process never matches).
+    fn register_python_threads(
+        &mut self,
+        tgid: u32,
+        interp: &python::Interpreter,
+        layout: &python::Layout,
+    ) -> Result<usize> {
+        let root = std::path::Path::new("/proc");
+        let mem = python::Memory::open(root, tgid)?;
+        let states = python::live_threads(root, tgid, python::thread_states(&mem, interp, layout)?);
+        let mut threads: BpfHashMap<_, u64, u64> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(MAP_PY_THREADS)
+                .context("PY_THREADS map missing")?,
+        )?;
+        for &(tid, tstate) in &states {
+            threads.insert(((tgid as u64) << 32) | tid as u64, tstate, 0)?;
+        }
+        Ok(states.len())
+    }
+
+    /// Forgets followed CPython processes that exited and their threads; registers threads
+    /// that the followed ones started since.
+    pub fn refresh_python(&mut self) {
+        let followed: Vec<_> = self
+            .py_followed
+            .iter()
+            .map(|(&t, &(i, l))| (t, i, l))
+            .collect();
+        let mut gone = Vec::new();
+        for (tgid, interp, layout) in followed {
+            if !std::path::Path::new(&format!("/proc/{tgid}")).exists() {
+                gone.push(tgid);
+                continue;
+            }
+            if let Err(e) = self.register_python_threads(tgid, &interp, &layout) {
+                tracing::debug!("CPython process {tgid}: threads not refreshed: {e:#}");
+            }
+        }
+        let Some(map) = self.ebpf.map_mut(MAP_PY_THREADS) else {
+            return;
+        };
+        let Ok(mut threads) = BpfHashMap::<_, u64, u64>::try_from(map) else {
+            return;
+        };
+        // Threads that ended, in followed processes or in gone ones.
+        let stale: Vec<u64> = threads
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| {
+                let (tgid, tid) = ((k >> 32) as u32, *k as u32);
+                !std::path::Path::new(&format!("/proc/{tgid}/task/{tid}")).exists()
+            })
+            .collect();
+        for k in stale {
+            let _ = threads.remove(&k);
+        }
+        if let Some(map) = self.ebpf.map_mut(MAP_PY_PROCS)
+            && let Ok(mut procs) = BpfHashMap::<_, u32, PyProc>::try_from(map)
+        {
+            for tgid in gone {
+                let _ = procs.remove(&tgid);
+                self.py_followed.remove(&tgid);
+            }
+        }
     }
 
     /// Forgets followed Go processes that exited.

@@ -6,3 +6,4 @@ pub mod events;
 pub mod features;
 pub mod loader;
 pub mod preflight;
+pub mod python;

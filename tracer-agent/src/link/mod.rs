@@ -23,6 +23,10 @@
 //!    `writeLoop`), or a process whose runtime schedules its work M:N over threads (Go: a
 //!    thread says nothing about the goroutine it ran). A guess that is right most of the
 //!    time is wrong for someone's request; an abstained CLIENT span starts its own trace.
+//!    In a followed CPython process a request written by an asyncio task is linked by the
+//!    task instead (see [`Linker::task_responded`]): its parent is the SERVER request that
+//!    the same task answers next, the only request a per-request task (aiohttp's, and any
+//!    `asyncio` server that runs a handler in its own task) can be working for.
 //! 4. **CLIENT span, header**: otherwise, context the application put in the outgoing
 //!    request.
 //! 5. Otherwise a new trace.
@@ -98,8 +102,8 @@ pub struct StartedRequest {
     pub context: Option<SpanContext>,
     /// How the process schedules its work: decides whether its threads mean anything.
     pub runtime: Runtime,
-    /// The goroutine that read (server) or wrote (client) the request head, in a followed
-    /// Go process.
+    /// The task that read (server) or wrote (client) the request head: the goroutine in a
+    /// followed Go process, the asyncio task's coroutine frame in a followed CPython process.
     pub goid: Option<u64>,
 }
 
@@ -117,14 +121,19 @@ pub enum Abstained {
     /// A followed Go process whose writing goroutine works for no request the agent knows
     /// (a goroutine started before it was followed, or by one serving nothing).
     Goroutine,
+    /// A followed asyncio task wrote the request but answered no SERVER request of its
+    /// process that had arrived before it, within the link window (a background task, or a
+    /// handler that answers later than the window after its call).
+    Task,
 }
 
 impl Abstained {
-    pub const ALL: [Abstained; 4] = [
+    pub const ALL: [Abstained; 5] = [
         Abstained::SeveralOnThread,
         Abstained::OtherThread,
         Abstained::Runtime,
         Abstained::Goroutine,
+        Abstained::Task,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -133,6 +142,7 @@ impl Abstained {
             Abstained::OtherThread => "other_thread",
             Abstained::Runtime => "runtime",
             Abstained::Goroutine => "goroutine_unknown",
+            Abstained::Task => "task_unanswered",
         }
     }
 }
@@ -147,9 +157,11 @@ pub struct LinkStats {
     pub by_thread: u64,
     /// CLIENT spans the thread rule left without a parent, by [`Abstained`] (indexed by
     /// its position in [`Abstained::ALL`]).
-    pub abstained: [u64; 4],
+    pub abstained: [u64; Abstained::ALL.len()],
     /// CLIENT spans linked to the request their goroutine works for (followed Go).
     pub by_goroutine: u64,
+    /// CLIENT spans linked to the request their asyncio task answered (followed CPython).
+    pub by_task: u64,
     pub roots: u64,
     pub orphans: u64,
     pub evicted: u64,
@@ -195,6 +207,13 @@ enum Parent {
         started_ns: u64,
         lookups: u8,
     },
+    /// A CLIENT request written by an asyncio task: its parent is the SERVER request the
+    /// task answers next ([`Linker::task_responded`]); past the deadline, none.
+    AwaitTask {
+        header: Option<SpanContext>,
+        deadline_ns: u64,
+        task: (u32, u64),
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -220,6 +239,7 @@ struct Node {
     tid: u32,
     /// The goroutine serving this SERVER request (followed Go), else 0.
     goid: u64,
+    started_ns: u64,
     request: (u64, u64),
     client_key: Option<PeerKey>,
     server_key: Option<PeerKey>,
@@ -255,6 +275,10 @@ pub struct Linker {
     /// CLIENT requests other agents may ask about (bounded, oldest forgotten first).
     answerable: FifoMap<PeerKey, SpanId>,
     goroutines: Goroutines,
+    /// CLIENT requests of followed CPython processes by the asyncio task that wrote them
+    /// ((tgid, task id)), until the task answers a SERVER request. Bounded like the
+    /// goroutine maps.
+    tasks_waiting: HashMap<(u32, u64), Vec<SpanId>>,
     stats: LinkStats,
 }
 
@@ -333,6 +357,7 @@ impl Linker {
             lookups: BinaryHeap::new(),
             answerable: FifoMap::new(answerable),
             goroutines: Goroutines::default(),
+            tasks_waiting: HashMap::new(),
             stats: LinkStats::default(),
         }
     }
@@ -383,11 +408,30 @@ impl Linker {
                 },
             },
             SpanKind::Client => {
-                let parent = match self.serving_parent(r.tgid, r.tid, r.runtime, r.goid) {
-                    Some(p) => Parent::Local(p),
-                    None => match &r.context {
-                        Some(ctx) => Parent::Remote(ctx.clone()),
-                        None => Parent::Root,
+                let parent = match (r.runtime, r.goid) {
+                    (Runtime::Python, Some(task)) => {
+                        let waiting = self.tasks_waiting.len();
+                        if waiting >= GOROUTINES_TRACKED
+                            && !self.tasks_waiting.contains_key(&(r.tgid, task))
+                        {
+                            self.tasks_waiting.clear();
+                        }
+                        self.tasks_waiting
+                            .entry((r.tgid, task))
+                            .or_default()
+                            .push(span_id);
+                        Parent::AwaitTask {
+                            header: r.context.clone(),
+                            deadline_ns: now_ns + self.cfg.window_ns,
+                            task: (r.tgid, task),
+                        }
+                    }
+                    _ => match self.serving_parent(r.tgid, r.tid, r.runtime, r.goid) {
+                        Some(p) => Parent::Local(p),
+                        None => match &r.context {
+                            Some(ctx) => Parent::Remote(ctx.clone()),
+                            None => Parent::Root,
+                        },
                     },
                 };
                 if let Some(source) = r.local {
@@ -426,7 +470,9 @@ impl Linker {
                 .or_default()
                 .push(span_id);
             *self.serving_by_process.entry(r.tgid).or_default() += 1;
-            if let Some(g) = r.goid {
+            if r.runtime == Runtime::Go
+                && let Some(g) = r.goid
+            {
                 bounded_insert(&mut self.goroutines.works_for, (r.tgid, g), span_id);
             }
         }
@@ -443,10 +489,11 @@ impl Linker {
                 kind: r.kind,
                 tgid: r.tgid,
                 tid: r.tid,
-                goid: match r.kind {
-                    SpanKind::Server => r.goid.unwrap_or(0),
+                goid: match (r.kind, r.runtime) {
+                    (SpanKind::Server, Runtime::Go) => r.goid.unwrap_or(0),
                     _ => 0,
                 },
+                started_ns: now_ns,
                 request: (r.conn_id, r.seq),
                 client_key,
                 server_key,
@@ -571,12 +618,63 @@ impl Linker {
         }
     }
 
-    /// A process exited or was replaced: its goroutine ids mean nothing any more.
+    /// A process exited or was replaced: its goroutine ids and tasks mean nothing any more.
     pub fn forget_process(&mut self, tgid: u32) {
         let g = &mut self.goroutines;
         g.works_for.retain(|(t, _), _| *t != tgid);
         g.writer_conn.retain(|(t, _), _| *t != tgid);
         g.conn_for.retain(|(t, _), _| *t != tgid);
+        self.tasks_waiting.retain(|(t, _), _| *t != tgid);
+    }
+
+    /// Asyncio task `task` of followed CPython process `tgid` writes (part of) the response
+    /// on SERVER connection `conn_id`: the CLIENT requests it wrote since it began are that
+    /// request's children. Called before the bytes reach the HTTP layer, so the request
+    /// answered is still the oldest one started on the connection (HTTP/1 answers in order).
+    ///
+    /// A task is named by its coroutine's frame address and code, and an address is reused
+    /// once its coroutine is gone. A request left waiting by an earlier coroutine of the
+    /// same code that never answered (a handler cancelled after its call) is therefore
+    /// attributed only if it was written after the answered request arrived; the residual
+    /// case is such a coroutine dying, and its frame being reused, between that arrival and
+    /// the start of the next handler.
+    pub fn task_responded(&mut self, tgid: u32, task: u64, conn_id: u64) {
+        let Some(waiting) = self.tasks_waiting.remove(&(tgid, task)) else {
+            return;
+        };
+        let answered = self
+            .by_request
+            .get(&conn_id)
+            .and_then(|list| list.iter().min_by_key(|(seq, _)| *seq))
+            .map(|(_, id)| *id);
+        let server = answered.and_then(|id| {
+            let node = self.nodes.get(&id)?;
+            (node.kind == SpanKind::Server).then_some((id, node.started_ns))
+        });
+        for client in waiting {
+            let Some(node) = self.nodes.get_mut(&client) else {
+                continue;
+            };
+            let Parent::AwaitTask { header, .. } = &node.parent else {
+                continue;
+            };
+            node.parent = match server {
+                Some((server, arrived)) if node.started_ns >= arrived => {
+                    self.stats.by_task += 1;
+                    Parent::Local(server)
+                }
+                _ => {
+                    self.stats.abstained[Abstained::Task as usize] += 1;
+                    match header {
+                        Some(h) => Parent::Remote(h.clone()),
+                        None => Parent::Root,
+                    }
+                }
+            };
+            if node.parked_until.take().is_some() {
+                self.finished.push_back(client);
+            }
+        }
     }
 
     fn stop_serving(&mut self, span: SpanId, tgid: u32, tid: u32, goid: u64) {
@@ -761,6 +859,27 @@ impl Linker {
                 },
                 None => (None, None),
             },
+            Parent::AwaitTask {
+                header,
+                deadline_ns,
+                task,
+            } => {
+                if force || now_ns >= deadline_ns {
+                    self.stats.abstained[Abstained::Task as usize] += 1;
+                    if let Some(list) = self.tasks_waiting.get_mut(&task) {
+                        list.retain(|s| *s != span_id);
+                        if list.is_empty() {
+                            self.tasks_waiting.remove(&task);
+                        }
+                    }
+                    match header {
+                        Some(h) => (Some(remote(&h)), Some(Link::Header)),
+                        None => (Some(root), Some(Link::Root)),
+                    }
+                } else {
+                    (None, None)
+                }
+            }
             Parent::AwaitPeer {
                 header,
                 deadline_ns,
@@ -949,7 +1068,7 @@ impl Linker {
         let overdue_ns = finished_ns.saturating_add(2 * self.cfg.window_ns);
         match self.nodes.get_mut(&span_id) {
             Some(node) => match node.parent {
-                Parent::AwaitPeer { deadline_ns, .. } => {
+                Parent::AwaitPeer { deadline_ns, .. } | Parent::AwaitTask { deadline_ns, .. } => {
                     let at = deadline_ns.min(overdue_ns);
                     node.parked_until = Some(at);
                     self.parked.push(Reverse((at, span_id)));

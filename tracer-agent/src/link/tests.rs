@@ -88,6 +88,14 @@ impl Req {
             ..self
         }
     }
+    /// In a followed CPython process, written by asyncio task `task`.
+    fn task(self, task: u64) -> Req {
+        Req {
+            runtime: Runtime::Python,
+            goid: Some(task),
+            ..self
+        }
+    }
     fn seq(self, seq: u64) -> Req {
         Req { seq, ..self }
     }
@@ -335,7 +343,7 @@ fn event_loop_with_several_in_flight_abstains() {
     assert_eq!(find(&spans, ca).parent_span_id, Some(sa));
     let stats = l.stats();
     assert_eq!(stats.by_thread, 1);
-    assert_eq!(stats.abstained, [1, 0, 0, 0]);
+    assert_eq!(stats.abstained, [1, 0, 0, 0, 0]);
 }
 
 /// A call written by a thread serving nothing while the process serves one request
@@ -358,7 +366,7 @@ fn calls_from_other_threads_are_never_adopted() {
     assert_eq!(find(&spans, c).parent_span_id, None);
     assert_eq!(find(&spans, i).parent_span_id, None);
     let stats = l.stats();
-    assert_eq!((stats.by_thread, stats.abstained), (0, [0, 1, 0, 0]));
+    assert_eq!((stats.by_thread, stats.abstained), (0, [0, 1, 0, 0, 0]));
 }
 
 /// Go moves goroutines between threads: even the thread that read the only request in
@@ -374,7 +382,7 @@ fn go_processes_never_link_by_thread() {
     srv.finish(&mut l, 3);
     let spans = l.poll(WINDOW + 10, false);
     assert_eq!(find(&spans, c).parent_span_id, None);
-    assert_eq!(l.stats().abstained, [0, 0, 1, 0]);
+    assert_eq!(l.stats().abstained, [0, 0, 1, 0, 0]);
 }
 
 /// Thread-per-request servers link every call, whatever the other threads do.
@@ -406,7 +414,7 @@ fn thread_per_request_links_each_call_to_its_own_request() {
     for (call, parent) in expect {
         assert_eq!(find(&spans, call).parent_span_id, Some(parent));
     }
-    assert_eq!(l.stats().abstained, [0, 0, 0, 0]);
+    assert_eq!(l.stats().abstained, [0, 0, 0, 0, 0]);
 }
 
 #[test]
@@ -690,7 +698,7 @@ fn go_calls_follow_goroutines_not_threads() {
     );
     let stats = l.stats();
     assert_eq!((stats.by_goroutine, stats.by_thread), (3, 0));
-    assert_eq!(stats.abstained, [0, 0, 0, 2]);
+    assert_eq!(stats.abstained, [0, 0, 0, 2, 0]);
 }
 
 /// A Go process whose goroutines are not followed (no goroutine in its events) never links
@@ -714,5 +722,78 @@ fn go_without_goroutines_abstains_and_reused_pids_start_afresh() {
     let spans = l.poll(WINDOW + 10, false);
     assert_eq!(find(&spans, c).parent_span_id, None);
     assert_eq!(find(&spans, c2).parent_span_id, None);
-    assert_eq!(l.stats().abstained, [0, 0, 1, 1]);
+    assert_eq!(l.stats().abstained, [0, 0, 1, 1, 0]);
+}
+
+/// An aiohttp-like event loop: requests a and b arrive, each handled by its own task (100,
+/// 101) on the same thread. b's task calls first, then a's; each answers after its call.
+/// A call's parent is the request its task answers, whatever the order of arrival or of
+/// the calls. A gathered child task (102) never answers anything: its call abstains at the
+/// deadline. A task whose address was reused (103 called before request c arrived, then
+/// answered c) gets no parent for the call made before c arrived.
+#[test]
+fn asyncio_calls_follow_the_task_that_answers() {
+    const P: u32 = 5;
+    let mut l = linker();
+    let a = Req::server(1, P, 50, "10.0.0.1:8080", "192.0.2.1:1").task(0);
+    let b = Req::server(2, P, 50, "10.0.0.1:8080", "192.0.2.1:2").task(0);
+    let stale = Req::client(9, P, 50, "10.0.0.1:41009", "10.0.0.2:80").task(103);
+    let cs = stale.start(&mut l, 0);
+    let sa = a.start(&mut l, 1);
+    let sb = b.start(&mut l, 2);
+    let call_b = Req::client(3, P, 50, "10.0.0.1:41001", "10.0.0.2:80").task(101);
+    let cb = call_b.start(&mut l, 3);
+    let call_a = Req::client(4, P, 50, "10.0.0.1:41002", "10.0.0.2:80").task(100);
+    let ca = call_a.start(&mut l, 4);
+    let gathered = Req::client(5, P, 50, "10.0.0.1:41003", "10.0.0.2:80").task(102);
+    let cg = gathered.start(&mut l, 5);
+    for r in [&call_b, &call_a, &gathered, &stale] {
+        r.finish(&mut l, 6);
+    }
+    // Nothing is decided before the tasks answer.
+    assert!(l.poll(7, false).is_empty());
+    // a's task answers first (a partial write: the response head), then b's.
+    l.task_responded(P, 100, 1);
+    l.task_responded(P, 100, 1);
+    a.finish(&mut l, 8);
+    l.task_responded(P, 101, 2);
+    b.finish(&mut l, 9);
+    let c = Req::server(6, P, 50, "10.0.0.1:8080", "192.0.2.1:3").task(0);
+    let sc = c.start(&mut l, 10);
+    l.task_responded(P, 103, 6);
+    c.finish(&mut l, 11);
+    // The servers wait for their (untraced) clients, and the calls for them.
+    let spans = l.poll(20 + WINDOW, false);
+    assert_eq!(find(&spans, ca).parent_span_id, Some(sa));
+    assert_eq!(find(&spans, cb).parent_span_id, Some(sb));
+    assert_eq!(
+        find(&spans, cs).parent_span_id,
+        None,
+        "written before request c arrived"
+    );
+    assert!(find(&spans, sc).parent_span_id.is_none());
+    assert_eq!(find(&spans, cg).parent_span_id, None, "never answered");
+    let stats = l.stats();
+    assert_eq!((stats.by_task, stats.by_thread), (2, 0));
+    assert_eq!(stats.abstained, [0, 0, 0, 0, 2]);
+    assert!(l.tasks_waiting.is_empty(), "nothing left waiting");
+}
+
+/// A task's call carrying its own trace context (an SDK in the process) keeps it when the
+/// task answers nothing; a task answering on a connection with nothing in flight (its
+/// request given up) links nothing.
+#[test]
+fn asyncio_unanswered_calls_fall_back_to_their_header() {
+    const P: u32 = 6;
+    let mut l = linker();
+    let call = Req::client(1, P, 60, "10.0.0.1:41000", "10.0.0.2:80")
+        .task(7)
+        .ctx(header(3, 4));
+    let c = call.start(&mut l, 0);
+    call.finish(&mut l, 1);
+    l.task_responded(P, 7, 99);
+    let spans = l.poll(2, false);
+    let s = find(&spans, c);
+    assert_eq!((s.trace_id, s.parent_span_id), ([3; 16], Some([4; 8])));
+    assert_eq!(l.stats().abstained, [0, 0, 0, 0, 1]);
 }

@@ -65,8 +65,8 @@ pub struct Pipeline {
     started: Vec<http::StartedRequest>,
     exchanges: Vec<Exchange>,
     /// Go processes seen, and those not yet handed to the capture layer to follow.
-    go_seen: std::collections::HashSet<u32>,
-    new_go_processes: Vec<u32>,
+    followable_seen: std::collections::HashSet<u32>,
+    new_followable: Vec<(u32, Runtime)>,
 }
 
 impl Pipeline {
@@ -81,8 +81,8 @@ impl Pipeline {
             now_ns: 0,
             started: Vec::new(),
             exchanges: Vec::new(),
-            go_seen: Default::default(),
-            new_go_processes: Vec::new(),
+            followable_seen: Default::default(),
+            new_followable: Vec::new(),
         }
     }
 
@@ -148,6 +148,7 @@ impl Pipeline {
         m.links_by_thread.store(s.by_thread, Ordering::Relaxed);
         m.links_by_goroutine
             .store(s.by_goroutine, Ordering::Relaxed);
+        m.links_by_task.store(s.by_task, Ordering::Relaxed);
         for (to, n) in m.link_abstained.iter().zip(s.abstained) {
             to.store(n, Ordering::Relaxed);
         }
@@ -157,10 +158,10 @@ impl Pipeline {
         m.spans_waiting.store(s.waiting, Ordering::Relaxed);
     }
 
-    /// Go processes whose first connection was just seen: the capture layer follows their
-    /// goroutines (uprobes) from now on.
-    pub fn take_new_go_processes(&mut self) -> Vec<u32> {
-        std::mem::take(&mut self.new_go_processes)
+    /// Go and CPython processes whose first connection was just seen: the capture layer
+    /// follows their goroutines or asyncio tasks from now on.
+    pub fn take_new_followable(&mut self) -> Vec<(u32, Runtime)> {
+        std::mem::take(&mut self.new_followable)
     }
 
     /// Another agent asks about CLIENT requests written on this node.
@@ -218,10 +219,12 @@ impl Pipeline {
             return;
         };
         let runtime = self.enricher.runtime(open.meta.tgid);
-        if runtime == Runtime::Go && self.go_seen.insert(open.meta.tgid) {
-            // A process not seen before (or a reused pid): its goroutine ids start afresh.
+        if matches!(runtime, Runtime::Go | Runtime::Python)
+            && self.followable_seen.insert(open.meta.tgid)
+        {
+            // A process not seen before (or a reused pid): its task ids start afresh.
             self.linker.forget_process(open.meta.tgid);
-            self.new_go_processes.push(open.meta.tgid);
+            self.new_followable.push((open.meta.tgid, runtime));
         }
         let conn = Connection {
             meta: ConnMeta::new(open.role, open.local, open.peer),
@@ -263,6 +266,14 @@ impl Pipeline {
         let http = conn
             .http
             .get_or_insert_with(|| Box::new(HttpConnection::new(&self.cfg.http)));
+        // An asyncio task answering: the requests it wrote are this request's children.
+        if stream == Stream::Response
+            && conn.meta.role() == Role::Server
+            && conn.runtime == Runtime::Python
+            && let Some(task) = chunk.goid
+        {
+            self.linker.task_responded(chunk.meta.tgid, task, id);
+        }
         if chunk.gap_before {
             // Counted with the HTTP layer's own gaps (truncated heads too) in `collect`.
             http.on_gap(stream);
@@ -341,13 +352,13 @@ impl Pipeline {
             self.close(id, self.now_ns);
         }
         let exited: Vec<u32> = self
-            .go_seen
+            .followable_seen
             .iter()
             .copied()
             .filter(|&tgid| !self.enricher.process_alive(tgid))
             .collect();
         for tgid in exited {
-            self.go_seen.remove(&tgid);
+            self.followable_seen.remove(&tgid);
             self.linker.forget_process(tgid);
         }
     }

@@ -21,6 +21,8 @@ pub enum Runtime {
     Native,
     /// The Go runtime (M:N goroutine scheduling).
     Go,
+    /// CPython (its asyncio tasks share a thread's event loop).
+    Python,
 }
 
 impl Runtime {
@@ -29,6 +31,7 @@ impl Runtime {
         match self {
             Runtime::Native => None,
             Runtime::Go => Some("go"),
+            Runtime::Python => Some("cpython"),
         }
     }
 }
@@ -57,7 +60,28 @@ pub fn detect(file: &mut (impl Read + Seek)) -> Result<Runtime, ElfError> {
     let go = names
         .split(|&b| b == 0)
         .any(|name| GO_SECTIONS.contains(&name));
-    Ok(if go { Runtime::Go } else { Runtime::Native })
+    if go {
+        return Ok(Runtime::Go);
+    }
+    file.seek(SeekFrom::Start(0))?;
+    Ok(if is_cpython(file) {
+        Runtime::Python
+    } else {
+        Runtime::Native
+    })
+}
+
+/// An executable that is the CPython interpreter: it defines the runtime state itself
+/// (`_PyRuntime`, a static build such as Debian's) or starts it from `libpython`
+/// (`Py_BytesMain`, a shared build such as the official container images').
+fn is_cpython(file: &mut (impl Read + Seek)) -> bool {
+    use object::{Object as _, ObjectSymbol as _};
+    let cache = object::ReadCache::new(file);
+    let Ok(elf) = object::File::parse(&cache) else {
+        return false;
+    };
+    elf.dynamic_symbols()
+        .any(|s| matches!(s.name_bytes(), Ok(b"_PyRuntime" | b"Py_BytesMain")))
 }
 
 /// The runtime of process `pid`, from its executable as `/proc` shows it (found in any mount
