@@ -1,9 +1,12 @@
-// The Node.js middle service of the linking suite: `node -e SRC DOWNSTREAM_PORT`, prints
-// its port, then answers `GET /work?id=N` after a jitter of (N*7919)%9 ms and one call
-// `GET /down?id=N` through a keep-alive http.Agent. One thread, one event loop: many
-// requests are in flight on it at once.
+// The Node.js middle service of the linking suite: `node -e SRC DOWNSTREAM_PORT [MODE]`,
+// prints its port, then answers `GET /work?id=N` after a jitter of (N*7919)%9 ms and:
+//   http (default): one call `GET /down?id=N` through a keep-alive http.Agent;
+//   fetch-fanout: `GET /down?id=N&part=a` and `…&part=b` in parallel with `fetch` (undici,
+//   its own keep-alive pool), awaited together.
+// One thread, one event loop: many requests are in flight on it at once.
 const http = require("http");
 const downPort = Number(process.argv[1]);
+const mode = process.argv[2] || "http";
 const agent = new http.Agent({ keepAlive: true, maxSockets: 16 });
 
 function call(id) {
@@ -20,11 +23,23 @@ function call(id) {
   });
 }
 
+async function fetchCall(id, part) {
+  const r = await fetch(`http://127.0.0.1:${downPort}/down?id=${id}&part=${part}`, {
+    signal: AbortSignal.timeout(10000),
+  });
+  await r.arrayBuffer();
+  if (r.status !== 200) throw new Error(`downstream answered ${r.status}`);
+}
+
 const server = http.createServer(async (req, res) => {
   const id = Number(new URL(req.url, "http://middle").searchParams.get("id"));
   await new Promise((r) => setTimeout(r, (id * 7919) % 9));
   try {
-    await call(id);
+    if (mode === "fetch-fanout") {
+      await Promise.all([fetchCall(id, "a"), fetchCall(id, "b")]);
+    } else {
+      await call(id);
+    }
     res.writeHead(200, { "Content-Type": "text/plain" });
     res.end(`ok ${id}\n`);
   } catch (e) {

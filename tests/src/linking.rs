@@ -99,11 +99,13 @@ pub fn go_middle_by(
     spawn_printing_port(cmd, "go middle")
 }
 
-pub fn node_middle(downstream_port: u16) -> Result<Server> {
+/// The Node.js middle; `mode` is `http` or `fetch-fanout` (see the script).
+pub fn node_middle(downstream_port: u16, mode: &str) -> Result<Server> {
     let mut cmd = Command::new("node");
     cmd.arg("-e")
         .arg(NODE_MIDDLE)
-        .arg(downstream_port.to_string());
+        .arg(downstream_port.to_string())
+        .arg(mode);
     spawn_printing_port(cmd, "node middle")
 }
 

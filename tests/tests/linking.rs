@@ -153,12 +153,26 @@ async fn go_probes_hold_under_10000_requests() {
     );
 }
 
-/// Node.js `http`: every request is in flight on one thread (the event loop) at once.
+/// Node.js `http`: every request is in flight on one thread (the event loop) at once. Node
+/// is not followed (README, "Known limits"): its calls abstain, none may be wrong.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_http_one_call_per_request() {
     let down = downstream();
-    let middle = node_middle(down.port).unwrap();
+    let middle = node_middle(down.port, "http").unwrap();
     measure("node", &middle, &down, &[None], Load::default()).await;
+}
+
+/// Node.js `fetch` (undici), two calls in parallel per request, 64 clients: none wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_fetch_fan_out_64_concurrent_clients() {
+    let down = downstream();
+    let middle = node_middle(down.port, "fetch-fanout").unwrap();
+    let load = Load {
+        requests: 640,
+        workers: 64,
+    };
+    let parts = [Some("a"), Some("b")];
+    measure("node-fetch-64", &middle, &down, &parts, load).await;
 }
 
 /// Python asyncio (aiohttp server and `ClientSession`): one event loop, like Node.js, with

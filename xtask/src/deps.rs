@@ -76,8 +76,13 @@ const PYTHON_TEST_PACKAGES: &[(&str, &str)] = &[
     ("aiohttp", "aiohttp==3.12.15"),
 ];
 
-fn ensure_python_test_packages() -> Result<()> {
-    let dir = crate::workspace_root().join("target/test-tools/python");
+/// Where [`ensure_python_test_packages`] installs (for `PYTHONPATH`).
+pub fn python_test_packages_dir() -> std::path::PathBuf {
+    crate::workspace_root().join("target/test-tools/python")
+}
+
+pub fn ensure_python_test_packages() -> Result<()> {
+    let dir = python_test_packages_dir();
     let importable = |module: &str| {
         Command::new("python3")
             .args(["-c", &format!("import {module}")])

@@ -46,7 +46,7 @@ pub struct BenchArgs {
     /// Where to write the report [default: BENCHMARKS.md in the workspace].
     #[arg(long)]
     output: Option<PathBuf>,
-    /// Run only these parts (repeatable): fast, typical, go, micro.
+    /// Run only these parts (repeatable): fast, typical, go, asyncio, micro.
     #[arg(long = "only", value_enum)]
     only: Vec<Part>,
 }
@@ -56,6 +56,7 @@ enum Part {
     Fast,
     Typical,
     Go,
+    Asyncio,
     Micro,
 }
 
@@ -68,6 +69,7 @@ enum Config {
     ProxyHop,
     OtelSdk,
     AgentGoUnfollowed,
+    AgentPythonUnfollowed,
 }
 
 impl Config {
@@ -79,6 +81,7 @@ impl Config {
             Config::ProxyHop => "nginx proxy hop (sidecar stand-in, no tracing)",
             Config::OtelSdk => "OpenTelemetry Python SDK (Flask + requests)",
             Config::AgentGoUnfollowed => "tracer-agent, goroutines not followed",
+            Config::AgentPythonUnfollowed => "tracer-agent, asyncio tasks not followed",
         }
     }
     fn agent_args(self) -> Option<&'static [&'static str]> {
@@ -86,6 +89,7 @@ impl Config {
             Config::Agent => Some(&[]),
             Config::AgentSampled => Some(&["--sample-ratio", "0.1"]),
             Config::AgentGoUnfollowed => Some(&["--follow-go", "false"]),
+            Config::AgentPythonUnfollowed => Some(&["--follow-python", "false"]),
             _ => None,
         }
     }
@@ -156,7 +160,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&work)?;
 
     let mut sections = Vec::new();
-    if wants(Part::Fast) || wants(Part::Typical) || wants(Part::Go) {
+    if wants(Part::Fast) || wants(Part::Typical) || wants(Part::Go) || wants(Part::Asyncio) {
         let tools = setup::tools(wants(Part::Typical))?;
         let sink_log = work.join("otlp-sink.log");
         let (sink, sink_addrs) = start_sink(&tools, &sink_log)?;
@@ -168,6 +172,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         if wants(Part::Go) {
             sections.push(go_service(&tools, &plan, &work, &sink_addrs)?);
+        }
+        if wants(Part::Asyncio) {
+            sections.push(asyncio_service(&tools, &plan, &work, &sink_addrs)?);
         }
         drop(sink);
     }
@@ -737,6 +744,78 @@ fn go_service(tools: &Tools, plan: &Plan, work: &Path, sink: &SinkAddrs) -> Resu
              entry and return for net/http's per-request background-read goroutine), or not \
              (`--follow-go false`); spans per request: 4 (wrk's CLIENT, the Go SERVER and \
              CLIENT, nginx's SERVER).",
+            s = plan.seconds
+        ),
+        &results,
+    ))
+}
+
+// ---- scenario 4: an asyncio service in the middle -----------------------------------------
+
+fn asyncio_service(tools: &Tools, plan: &Plan, work: &Path, sink: &SinkAddrs) -> Result<String> {
+    crate::deps::ensure_python_test_packages()?;
+    let dir = work.join("asyncio");
+    let origin = setup::Nginx::start(&tools.nginx, &dir.join("origin"), None)?;
+    std::fs::write(origin.html_dir().join("down"), [b'x'; 1024])?;
+    procs::wait_http_ok(origin.addr, "/down?id=0", Duration::from_secs(10))?;
+    let script = crate::workspace_root().join("tests/linking/middle_aiohttp.py");
+    let start_middle = || -> Result<(Service, SocketAddr)> {
+        let mut cmd = Command::new("python3");
+        cmd.arg(&script)
+            .args([&origin.addr.port().to_string(), "plain"])
+            .env("PYTHONPATH", crate::deps::python_test_packages_dir());
+        let service = Service::spawn("aiohttp-middle", &mut cmd, &dir.join("middle.log"))?;
+        let port: u16 = procs::first_line(&dir.join("middle.log"), Duration::from_secs(20))?
+            .trim()
+            .parse()
+            .context("the aiohttp service did not print its port")?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        procs::wait_http_ok(addr, "/work?id=0", Duration::from_secs(10))?;
+        Ok((service, addr))
+    };
+
+    eprintln!("==> asyncio service: calibrating (untraced saturation)");
+    let (middle, addr) = start_middle()?;
+    let url = format!("http://{addr}/work?id=0");
+    load::wrk(&tools.wrk, &url, 16, 1)?;
+    let max = load::wrk(&tools.wrk, &url, 16, plan.seconds)?.requests_per_sec;
+    drop(middle);
+    let rate = ((max / 2.0).round() as u64).max(1);
+    eprintln!("    untraced maximum {max:.0} req/s: fixed rate {rate} req/s");
+
+    let configs = [
+        Config::Untraced,
+        Config::Agent,
+        Config::AgentPythonUnfollowed,
+    ];
+    let results = rounds("asyncio", &configs, plan, rate, work, sink, |_| {
+        let (middle, addr) = start_middle()?;
+        let pids = vec![middle.pid(), origin.pid()];
+        let stop: Box<dyn FnOnce() -> Result<()>> = Box::new(move || {
+            drop(middle);
+            Ok(())
+        });
+        Ok((
+            Target {
+                url: format!("http://{addr}/work?id=0"),
+                server_pids: pids,
+                saturation_connections: 16,
+                fixed_connections: 16,
+                tools,
+            },
+            stop,
+        ))
+    })?;
+    Ok(section(
+        "asyncio service: aiohttp calling nginx through a keep-alive pool",
+        &format!(
+            "The linking suite's asyncio service (`tests/linking/middle_aiohttp.py`: an aiohttp \
+             server and one `ClientSession`, CPython 3.11) makes one call per request to nginx \
+             (1 KiB). Saturation: `wrk -t1 -c16 -d{s}s`. Fixed rate: `oha -c16 -q {rate} -z {s}s \
+             --latency-correction`, half the untraced maximum ({max:.0} req/s). With the agent its \
+             tasks are followed (no uprobe: the programs walk the writing thread's frames on each \
+             write to an HTTP socket, two per request here), or not (`--follow-python false`); \
+             spans per request: 4.",
             s = plan.seconds
         ),
         &results,
