@@ -5,7 +5,7 @@
 //! exchange (`--exchange-addr`, `--peer`) can join its halves.
 //!
 //! Ground truth is the load client's own ids: request N is `GET /work?id=N`, and the
-//! middle (thread per request) calls `GET /down?id=N`. A request is WHOLE when its four
+//! middle (thread per request, or aiohttp's task per request) calls `GET /down?id=N`. A request is WHOLE when its four
 //! spans (load CLIENT, middle SERVER, middle CLIENT, downstream SERVER) are one trace, parent
 //! by parent.
 
@@ -16,7 +16,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tracer_tests::harness::{Agent, Server};
-use tracer_tests::linking::{LOAD_CLIENT, parse_load_report, query_param, threads_middle};
+use tracer_tests::linking::{
+    LOAD_CLIENT, aiohttp_middle, parse_load_report, query_param, threads_middle,
+};
 use tracer_tests::programs::{
     WAIT, python, python_app_server, receiver, span_pid, spans_of, summary,
 };
@@ -110,10 +112,23 @@ struct Scenario {
     middle: Server,
 }
 
+/// The middle service's runtime.
+#[derive(Debug, Clone, Copy)]
+enum Middle {
+    /// Python threads (`ThreadingHTTPServer`, `requests`): linked by thread.
+    Threads,
+    /// aiohttp on asyncio, jittered handlers: linked by following the tasks.
+    Asyncio,
+}
+
 impl Scenario {
-    fn start() -> Scenario {
+    fn start(middle: Middle) -> Scenario {
         let downstream = python_app_server("127.0.0.1", false).expect("downstream server");
-        let middle = threads_middle(downstream.port).expect("middle service");
+        let middle = match middle {
+            Middle::Threads => threads_middle(downstream.port),
+            Middle::Asyncio => aiohttp_middle(downstream.port, "plain"),
+        }
+        .expect("middle service");
         Scenario { downstream, middle }
     }
 }
@@ -192,8 +207,8 @@ fn judge(spans: &[ReceivedSpan], load: u32, middle: u32, down: u32, count: u32) 
 
 /// Runs `count` requests from `workers` client threads through the two nodes, prints the
 /// verdict with both agents' exchange counters, and returns it with no problem in it.
-async fn run_across_nodes(label: &str, count: u32, workers: u32) -> Verdict {
-    let scenario = Scenario::start();
+async fn run_across_nodes(label: &str, middle: Middle, count: u32, workers: u32) -> Verdict {
+    let scenario = Scenario::start(middle);
     let client = GatedClient::start(scenario.middle.port, count, workers);
     let rx = receiver().await.expect("receiver");
     let (ex1, ex2) = (unused_local_addr().unwrap(), unused_local_addr().unwrap());
@@ -270,7 +285,7 @@ fn exchange_lines(metrics: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_sequential_requests_give_whole_traces() {
     let _serial = SERIAL.lock().await;
-    let v = run_across_nodes("100 sequential", 100, 1).await;
+    let v = run_across_nodes("100 sequential", Middle::Threads, 100, 1).await;
     assert_eq!(v.whole, 100, "every request one whole trace");
 }
 
@@ -279,7 +294,18 @@ async fn two_nodes_sequential_requests_give_whole_traces() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_concurrent_requests_link_like_one_node() {
     let _serial = SERIAL.lock().await;
-    let v = run_across_nodes("400 from 16 clients", 400, 16).await;
+    let v = run_across_nodes("400 from 16 clients", Middle::Threads, 400, 16).await;
+    assert_eq!(v.cross_node_right, 400, "the cross-node hop is exact");
+    assert_eq!(v.whole, 400, "every request one whole trace");
+}
+
+/// The same through an asyncio middle: its calls wait for their task to answer before
+/// their parent is known, so the other node's lookups are answered "pending" first, then
+/// with the call's context once the task has answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_asyncio_middle_gives_whole_traces() {
+    let _serial = SERIAL.lock().await;
+    let v = run_across_nodes("asyncio, 400 from 16 clients", Middle::Asyncio, 400, 16).await;
     assert_eq!(v.cross_node_right, 400, "the cross-node hop is exact");
     assert_eq!(v.whole, 400, "every request one whole trace");
 }
@@ -290,7 +316,7 @@ async fn two_nodes_concurrent_requests_link_like_one_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_or_hostile_peers_never_stall_the_agent() {
     let _serial = SERIAL.lock().await;
-    let scenario = Scenario::start();
+    let scenario = Scenario::start(Middle::Threads);
     let rx = receiver().await.expect("receiver");
     // The peer address: nothing listens there.
     let dead = unused_local_addr().unwrap();

@@ -251,7 +251,8 @@ pub struct PyProc {
     pub cframe_current_frame: u16,
     /// `_PyInterpreterFrame.previous`.
     pub frame_previous: u16,
-    /// `_PyInterpreterFrame.owner` (one byte; `PY_FRAME_OWNED_BY_GENERATOR` for a coroutine).
+    /// `_PyInterpreterFrame.owner` (one byte; `PY_FRAME_OWNED_BY_GENERATOR` for a coroutine),
+    /// within the 24 bytes from `frame_previous`: the programs read both at once.
     pub frame_owner: u16,
     /// `_PyInterpreterFrame.f_code`: mixed into a task's id, so a frame address reused by
     /// another function's coroutine names another task.

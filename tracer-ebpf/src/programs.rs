@@ -840,26 +840,36 @@ fn python_task(pid_tgid: u64) -> u64 {
     let Some(mut frame) = read(cframe + py.cframe_current_frame as u64) else {
         return 0;
     };
+    // `previous` and `owner` come from one read: the owner byte lies within the 24 bytes
+    // that start at `previous` (checked by the agent for each layout).
+    let rel = py.frame_owner.wrapping_sub(py.frame_previous) as usize;
+    if rel >= 24 {
+        return 0;
+    }
     let mut root = 0;
     for _ in 0..PY_MAX_FRAMES {
         if frame == 0 {
             return python_task_id(root, &py);
         }
         // SAFETY: the helper validates the user pointer.
-        let Ok(owner) =
-            (unsafe { bpf_probe_read_user((frame + py.frame_owner as u64) as *const u8) })
+        let Ok(window) =
+            (unsafe { bpf_probe_read_user((frame + py.frame_previous as u64) as *const [u64; 3]) })
         else {
             return 0;
         };
+        // A match, not an index: the verifier rejects variable offsets into the stack.
+        let word = match rel / 8 {
+            0 => window[0],
+            1 => window[1],
+            _ => window[2],
+        };
+        let owner = (word >> ((rel % 8) * 8)) as u8;
         if owner == PY_FRAME_OWNED_BY_GENERATOR {
             root = frame;
         } else if root != 0 {
             return python_task_id(root, &py);
         }
-        let Some(previous) = read(frame + py.frame_previous as u64) else {
-            return 0;
-        };
-        frame = previous;
+        frame = window[0];
     }
     // Still inside coroutine frames (or not yet at them): the task's own frame is unknown.
     0

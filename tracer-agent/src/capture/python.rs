@@ -314,7 +314,9 @@ mod tests {
     fn versions_and_layouts() {
         assert_eq!(version_of(0x030B07F0), (3, 11));
         assert_eq!(version_of(0x030C00A1), (3, 12));
-        assert!(layout((3, 11)).is_some());
+        let l = layout((3, 11)).unwrap().frames;
+        // The programs read `previous` and `owner` in one 24-byte window.
+        assert!(l.frame_owner >= l.frame_previous && l.frame_owner - l.frame_previous < 24);
         assert!(layout((3, 12)).is_none());
         assert!(layout((3, 10)).is_none());
     }
