@@ -30,15 +30,26 @@ pub enum Kind {
     Pods,
     Services,
     EndpointSlices,
+    Nodes,
 }
 
 impl Kind {
-    fn from_path(path: &str) -> Option<Kind> {
+    /// The kind a path lists, and the namespace it is limited to (`/api/v1/namespaces/…`).
+    fn from_path(path: &str) -> Option<(Kind, Option<String>)> {
         match path {
-            "/api/v1/pods" => Some(Kind::Pods),
-            "/api/v1/services" => Some(Kind::Services),
-            "/apis/discovery.k8s.io/v1/endpointslices" => Some(Kind::EndpointSlices),
-            _ => None,
+            "/api/v1/pods" => Some((Kind::Pods, None)),
+            "/api/v1/services" => Some((Kind::Services, None)),
+            "/apis/discovery.k8s.io/v1/endpointslices" => Some((Kind::EndpointSlices, None)),
+            "/api/v1/nodes" => Some((Kind::Nodes, None)),
+            _ => {
+                let rest = path.strip_prefix("/api/v1/namespaces/")?;
+                let (ns, what) = rest.split_once('/')?;
+                match what {
+                    "pods" => Some((Kind::Pods, Some(ns.to_owned()))),
+                    "services" => Some((Kind::Services, Some(ns.to_owned()))),
+                    _ => None,
+                }
+            }
         }
     }
     fn list_kind(self) -> (&'static str, &'static str) {
@@ -46,6 +57,7 @@ impl Kind {
             Kind::Pods => ("PodList", "v1"),
             Kind::Services => ("ServiceList", "v1"),
             Kind::EndpointSlices => ("EndpointSliceList", "discovery.k8s.io/v1"),
+            Kind::Nodes => ("NodeList", "v1"),
         }
     }
     fn item_kind(self) -> (&'static str, &'static str) {
@@ -53,6 +65,7 @@ impl Kind {
             Kind::Pods => ("Pod", "v1"),
             Kind::Services => ("Service", "v1"),
             Kind::EndpointSlices => ("EndpointSlice", "discovery.k8s.io/v1"),
+            Kind::Nodes => ("Node", "v1"),
         }
     }
 }
@@ -149,6 +162,18 @@ fn matches_selector(obj: &Value, selector: Option<&str>) -> bool {
     sel.split(',').all(|term| match term.split_once('=') {
         Some(("spec.nodeName", want)) => obj["spec"]["nodeName"].as_str() == Some(want),
         _ => true,
+    })
+}
+
+/// `app=tracer-agent,tier=x` against `metadata.labels` (equality terms only, as the agent
+/// sends).
+fn matches_labels(obj: &Value, selector: Option<&str>) -> bool {
+    let Some(sel) = selector.filter(|s| !s.is_empty()) else {
+        return true;
+    };
+    sel.split(',').all(|term| match term.split_once('=') {
+        Some((k, want)) => obj["metadata"]["labels"][k].as_str() == Some(want),
+        None => false,
     })
 }
 
@@ -414,7 +439,7 @@ async fn handle(State(api): State<FakeKubeApi>, headers: HeaderMap, uri: Uri) ->
     };
     api.inner.lock().unwrap().requests.push(request.clone());
 
-    let Some(kind) = Kind::from_path(&path) else {
+    let Some((kind, namespace)) = Kind::from_path(&path) else {
         let single = api.inner.lock().unwrap().singles.get(&path).cloned();
         return match single {
             Some(obj) => json_response(StatusCode::OK, obj),
@@ -448,6 +473,7 @@ async fn handle(State(api): State<FakeKubeApi>, headers: HeaderMap, uri: Uri) ->
 
     let mut inner = api.inner.lock().unwrap();
     let selector = request.param("fieldSelector").map(str::to_owned);
+    let labels = request.param("labelSelector").map(str::to_owned);
     let items: Vec<Value> = inner
         .objects
         .get(&kind)
@@ -455,6 +481,12 @@ async fn handle(State(api): State<FakeKubeApi>, headers: HeaderMap, uri: Uri) ->
         .unwrap_or_default()
         .into_iter()
         .filter(|o| matches_selector(o, selector.as_deref()))
+        .filter(|o| matches_labels(o, labels.as_deref()))
+        .filter(|o| {
+            namespace
+                .as_deref()
+                .is_none_or(|ns| o["metadata"]["namespace"].as_str() == Some(ns))
+        })
         .collect();
     let start: usize = match request.param("continue") {
         Some(token) if !token.is_empty() => {

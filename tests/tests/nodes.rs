@@ -15,12 +15,14 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use serde_json::json;
 use tracer_tests::harness::{Agent, Server};
+use tracer_tests::kube_api::{FakeKubeApi, Kind};
 use tracer_tests::linking::{
     LOAD_CLIENT, aiohttp_middle, parse_load_report, query_param, threads_middle,
 };
 use tracer_tests::programs::{
-    WAIT, python, python_app_server, receiver, span_pid, spans_of, summary,
+    TempDir, WAIT, python, python_app_server, receiver, span_pid, spans_of, summary,
 };
 use tracer_tests::{OtlpReceiver, ReceivedSpan, unused_local_addr};
 
@@ -76,6 +78,18 @@ impl GatedClient {
     }
 }
 
+/// How an agent finds the others.
+enum Discovery<'a> {
+    /// `--peer` for each.
+    Static(&'a [SocketAddr]),
+    /// `--peers-from-kubernetes app=tracer-agent` in namespace `tracing`, this agent on
+    /// `node`, the API server named by `kubeconfig`.
+    Kubernetes {
+        kubeconfig: &'a std::path::Path,
+        node: &'a str,
+    },
+}
+
 /// Agent of one "node": traces `pids`, answers lookups on `exchange`, asks `peers`, and
 /// exports to `rx` with the default export settings, or batches every `batch_delay_ms`.
 async fn node_agent(
@@ -85,12 +99,37 @@ async fn node_agent(
     peers: &[SocketAddr],
     batch_delay_ms: Option<u64>,
 ) -> Agent {
+    discovering_agent(rx, pids, exchange, Discovery::Static(peers), batch_delay_ms).await
+}
+
+async fn discovering_agent(
+    rx: &OtlpReceiver,
+    pids: &[u32],
+    exchange: SocketAddr,
+    discovery: Discovery<'_>,
+    batch_delay_ms: Option<u64>,
+) -> Agent {
     let mut args: Vec<String> = vec!["--exchange-addr".into(), exchange.to_string()];
     for p in pids {
         args.extend(["--pid".into(), p.to_string()]);
     }
-    for p in peers {
-        args.extend(["--peer".into(), p.to_string()]);
+    let mut extra_env = Vec::new();
+    match discovery {
+        Discovery::Static(peers) => {
+            for p in peers {
+                args.extend(["--peer".into(), p.to_string()]);
+            }
+        }
+        Discovery::Kubernetes { kubeconfig, node } => {
+            args.extend([
+                "--peers-from-kubernetes".into(),
+                "app=tracer-agent".into(),
+                "--peers-namespace".into(),
+                "tracing".into(),
+            ]);
+            extra_env.push(("KUBECONFIG", kubeconfig.display().to_string()));
+            extra_env.push(("NODE_NAME", node.to_owned()));
+        }
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut env = vec![
@@ -101,6 +140,7 @@ async fn node_agent(
         ),
         ("TRACER_EXCHANGE_TOKEN", TOKEN.to_owned()),
     ];
+    env.extend(extra_env);
     if let Some(ms) = batch_delay_ms {
         env.push(("OTEL_BSP_SCHEDULE_DELAY", ms.to_string()));
     }
@@ -144,6 +184,9 @@ struct Verdict {
     /// … of nothing (exported on their own).
     cross_node_unlinked: usize,
     problems: Vec<String>,
+    /// The two agents' `/metrics` at the end.
+    metrics1: String,
+    metrics2: String,
 }
 
 fn judge(spans: &[ReceivedSpan], load: u32, middle: u32, down: u32, count: u32) -> Verdict {
@@ -205,20 +248,53 @@ fn judge(spans: &[ReceivedSpan], load: u32, middle: u32, down: u32, count: u32) 
     v
 }
 
+/// How the two agents of `run_across_nodes` find each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peering {
+    /// `--peer` on each.
+    Static,
+    /// Both discover the other through a (replayed) Kubernetes API.
+    Kubernetes,
+}
+
 /// Runs `count` requests from `workers` client threads through the two nodes, prints the
 /// verdict with both agents' exchange counters, and returns it with no problem in it.
 async fn run_across_nodes(label: &str, middle: Middle, count: u32, workers: u32) -> Verdict {
+    run_peered(label, middle, Peering::Static, count, workers).await
+}
+
+async fn run_peered(
+    label: &str,
+    middle: Middle,
+    peering: Peering,
+    count: u32,
+    workers: u32,
+) -> Verdict {
     let scenario = Scenario::start(middle);
     let client = GatedClient::start(scenario.middle.port, count, workers);
     let rx = receiver().await.expect("receiver");
     let (ex1, ex2) = (unused_local_addr().unwrap(), unused_local_addr().unwrap());
+    let dir = TempDir::new("nodes-kube").expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    let _api = match peering {
+        Peering::Static => None,
+        Peering::Kubernetes => Some(fake_cluster(&kubeconfig, ex1, ex2).await),
+    };
+    let (to1, to2) = ([ex1], [ex2]);
     // As deployed: default export settings on both agents.
-    let node2 = node_agent(&rx, &[scenario.downstream.pid()], ex2, &[ex1], None).await;
-    let node1 = node_agent(
+    let node2 = discovering_agent(
+        &rx,
+        &[scenario.downstream.pid()],
+        ex2,
+        discovery(peering, &to1, &kubeconfig, "node-2"),
+        None,
+    )
+    .await;
+    let node1 = discovering_agent(
         &rx,
         &[client.pid(), scenario.middle.pid()],
         ex1,
-        &[ex2],
+        discovery(peering, &to2, &kubeconfig, "node-1"),
         None,
     )
     .await;
@@ -266,7 +342,68 @@ async fn run_across_nodes(label: &str, middle: Middle, count: u32, workers: u32)
         exchange_lines(&m2)
     );
     assert!(v.problems.is_empty(), "{:#?}", v.problems);
-    v
+    Verdict {
+        metrics1: m1,
+        metrics2: m2,
+        ..v
+    }
+}
+
+fn discovery<'a>(
+    peering: Peering,
+    peers: &'a [SocketAddr],
+    kubeconfig: &'a std::path::Path,
+    node: &'a str,
+) -> Discovery<'a> {
+    match peering {
+        Peering::Static => Discovery::Static(peers),
+        Peering::Kubernetes => Discovery::Kubernetes { kubeconfig, node },
+    }
+}
+
+/// `tracer_peer_lookups_total{peer=…,result=…}` from an agent's metrics text.
+fn lookups(metrics: &str, peer: &str, result: &str) -> u64 {
+    let prefix = format!("tracer_peer_lookups_total{{peer=\"{peer}\",result=\"{result}\"}}");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A replayed API server for two nodes: node-1 owns 127.0.0.1 (the load client and the
+/// middle), node-2 owns 127.0.0.2 and a pod CIDR; one agent pod on each, its exchange port
+/// declared as a named container port. Writes the kubeconfig both agents read.
+async fn fake_cluster(
+    kubeconfig: &std::path::Path,
+    ex1: SocketAddr,
+    ex2: SocketAddr,
+) -> FakeKubeApi {
+    let api = FakeKubeApi::start().await.expect("fake API server");
+    api.write_kubeconfig(kubeconfig).expect("kubeconfig");
+    let node = |name: &str, ip: &str, cidr: &str| {
+        json!({"metadata": {"name": name},
+               "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+               "status": {"addresses": [{"type": "InternalIP", "address": ip},
+                                        {"type": "Hostname", "address": name}]}})
+    };
+    api.put(Kind::Nodes, node("node-1", "127.0.0.1", "10.244.1.0/24"));
+    api.put(Kind::Nodes, node("node-2", "127.0.0.2", "10.244.2.0/24"));
+    let agent = |name: &str, node: &str, ex: SocketAddr| {
+        json!({"metadata": {"name": name, "namespace": "tracing", "labels": {"app": "tracer-agent"}},
+               "spec": {"nodeName": node, "containers": [{"name": "agent", "image": "tracer-agent",
+                        "ports": [{"name": "exchange", "containerPort": ex.port()}]}]},
+               "status": {"phase": "Running", "podIP": ex.ip().to_string()}})
+    };
+    api.put(Kind::Pods, agent("tracer-agent-a", "node-1", ex1));
+    api.put(Kind::Pods, agent("tracer-agent-b", "node-2", ex2));
+    // Not an agent: another namespace, and a pod without the label.
+    let mut other = agent("tracer-agent-x", "node-2", "127.0.0.1:1".parse().unwrap());
+    other["metadata"]["namespace"] = json!("shop");
+    api.put(Kind::Pods, other);
+    let mut unlabelled = agent("web", "node-2", "127.0.0.1:2".parse().unwrap());
+    unlabelled["metadata"]["labels"] = json!({"app": "web"});
+    api.put(Kind::Pods, unlabelled);
+    api
 }
 
 fn exchange_lines(metrics: &str) -> String {
@@ -297,6 +434,33 @@ async fn two_nodes_concurrent_requests_link_like_one_node() {
     let v = run_across_nodes("400 from 16 clients", Middle::Threads, 400, 16).await;
     assert_eq!(v.cross_node_right, 400, "the cross-node hop is exact");
     assert_eq!(v.whole, 400, "every request one whole trace");
+}
+
+/// The agents find each other through Kubernetes (Nodes and the agent DaemonSet's pods),
+/// as deployed: each caller is asked of its own node's agent only, none of the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_find_each_other_through_kubernetes() {
+    let _serial = SERIAL.lock().await;
+    let v = run_peered(
+        "kubernetes discovery, 400 from 16 clients",
+        Middle::Threads,
+        Peering::Kubernetes,
+        400,
+        16,
+    )
+    .await;
+    assert_eq!(v.cross_node_right, 400, "the cross-node hop is exact");
+    assert_eq!(v.whole, 400, "every request one whole trace");
+    assert!(
+        !v.metrics2.contains("peer=\"127.0.0.1:1\"")
+            && !v.metrics2.contains("peer=\"127.0.0.1:2\""),
+        "only agent pods are asked:\n{}",
+        v.metrics2
+    );
+    assert_eq!(
+        lookups(&v.metrics1, "*", "skipped") + lookups(&v.metrics2, "*", "skipped"),
+        0
+    );
 }
 
 /// The same through an asyncio middle: its calls wait for their task to answer before

@@ -89,6 +89,21 @@ struct Args {
     )]
     peers: Vec<String>,
 
+    /// Find the other nodes' agents in Kubernetes: the pods matching this label selector in
+    /// --peers-namespace, each asked only about callers on its own node (Node pod CIDRs and
+    /// addresses). Needs --exchange-addr and the node name (NODE_NAME).
+    #[arg(long, env = "TRACER_PEERS_FROM_KUBERNETES", value_name = "SELECTOR")]
+    peers_from_kubernetes: Option<String>,
+
+    /// Namespace of the agent pods (the downward API's metadata.namespace).
+    #[arg(
+        long,
+        env = "POD_NAMESPACE",
+        value_name = "NS",
+        default_value = "default"
+    )]
+    peers_namespace: String,
+
     /// File holding the exchange's shared token (a mounted Secret); else TRACER_EXCHANGE_TOKEN.
     #[arg(long, env = "TRACER_EXCHANGE_TOKEN_FILE", value_name = "PATH")]
     exchange_token_file: Option<std::path::PathBuf>,
@@ -178,7 +193,21 @@ async fn run(args: Args) -> Result<()> {
     let enricher = tracer_agent::enrich::Enricher::start(enrich_cfg, metrics.clone()).await?;
     let sink = export::build_sink(export_cfg, metrics.clone()).await?;
     let bound = server::spawn(args.metrics_addr, metrics.clone()).await?;
-    let exchange = !args.peers.is_empty() || args.exchange_addr.is_some();
+    let mut exchange = !args.peers.is_empty()
+        || args.exchange_addr.is_some()
+        || args.peers_from_kubernetes.is_some();
+    // The DaemonSet mounts the token's Secret as optional: without it the agent traces its
+    // node alone, and says how to join the nodes.
+    if let Some(path) = &args.exchange_token_file
+        && exchange
+        && !path.exists()
+    {
+        tracing::warn!(
+            "the agent-to-agent exchange is off: {} does not exist; create the Secret (kubectl -n tracer create secret generic tracer-exchange --from-literal=token=$(head -c 24 /dev/urandom | base64)) and restart the agents",
+            path.display()
+        );
+        exchange = false;
+    }
     let token = if exchange {
         Some(peers::load_token(
             args.exchange_token_file.as_deref(),
@@ -187,7 +216,7 @@ async fn run(args: Args) -> Result<()> {
     } else {
         None
     };
-    let mut questions = match (args.exchange_addr, &token) {
+    let mut questions = match (args.exchange_addr.filter(|_| exchange), &token) {
         (Some(addr), Some(token)) => {
             let (bound, rx) = peers::serve(addr, token.clone(), metrics.clone()).await?;
             tracing::info!("answering other agents' caller lookups on {bound}");
@@ -196,6 +225,43 @@ async fn run(args: Args) -> Result<()> {
         _ => None,
     };
     let (peer_client, mut found) = match (&token, args.peers.is_empty()) {
+        (Some(_), false) if args.peers_from_kubernetes.is_some() => {
+            anyhow::bail!("use either --peer or --peers-from-kubernetes, not both")
+        }
+        (Some(token), true) if args.peers_from_kubernetes.is_some() => {
+            let selector = args.peers_from_kubernetes.clone().unwrap_or_default();
+            let port = args
+                .exchange_addr
+                .context("--peers-from-kubernetes needs --exchange-addr (the port every agent listens on)")?
+                .port();
+            let node = args.enrich.node_name.clone().context(
+                "--peers-from-kubernetes needs this node's name: set NODE_NAME (the downward API's spec.nodeName) or --node-name",
+            )?;
+            let client = tracer_agent::enrich::k8s::watch::client().await?;
+            let directory = Arc::new(std::sync::RwLock::new(peers::directory::Directory::new(
+                &node,
+            )));
+            peers::kube::spawn(
+                client,
+                directory.clone(),
+                peers::kube::AgentPods {
+                    namespace: args.peers_namespace.clone(),
+                    selector: selector.clone(),
+                    default_port: port,
+                },
+                metrics.clone(),
+            );
+            tracing::info!(
+                "asking the agents of other nodes for callers: pods {selector} in namespace {}",
+                args.peers_namespace
+            );
+            let (c, rx) = peers::Client::start(
+                peers::PeerSource::Directory(directory),
+                token.clone(),
+                metrics.clone(),
+            )?;
+            (Some(c), Some(rx))
+        }
         (Some(token), false) => {
             for p in &args.peers {
                 anyhow::ensure!(
@@ -209,7 +275,11 @@ async fn run(args: Args) -> Result<()> {
                 args.peers.len(),
                 args.peers.join(", ")
             );
-            let (c, rx) = peers::Client::start(args.peers.clone(), token.clone(), metrics.clone())?;
+            let (c, rx) = peers::Client::start(
+                peers::PeerSource::Static(args.peers.clone()),
+                token.clone(),
+                metrics.clone(),
+            )?;
             (Some(c), Some(rx))
         }
         _ => (None, None),

@@ -23,11 +23,13 @@
 //! `traceparent` header could), never stall or crash the agent: lookups have a deadline,
 //! answers are validated whole, and a peer that fails is backed off.
 
+pub mod directory;
+pub mod kube;
 pub mod wire;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -46,6 +48,8 @@ use crate::metrics::Metrics;
 const LOOKUP_TIMEOUT: Duration = Duration::from_millis(300);
 /// Lookup batches waiting to be sent; beyond it they are dropped and counted.
 const QUEUED_BATCHES: usize = 256;
+/// A caller on no known node is asked of every other agent, up to this many.
+const MAX_BROADCAST: usize = 16;
 /// First and longest pause before a failed peer is asked again.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -226,6 +230,63 @@ pub async fn serve(
     Ok((bound, rx))
 }
 
+/// Which agents to ask.
+#[derive(Debug, Clone)]
+pub enum PeerSource {
+    /// Every one of these (`--peer`), about every caller.
+    Static(Vec<String>),
+    /// The agent of the caller's node, from the Kubernetes directory; every agent (up to
+    /// `MAX_BROADCAST`) when the caller is on no known node.
+    Directory(Arc<RwLock<directory::Directory>>),
+}
+
+impl PeerSource {
+    fn knows(&self, addr: &str) -> bool {
+        match self {
+            PeerSource::Static(peers) => peers.iter().any(|p| p == addr),
+            PeerSource::Directory(dir) => dir
+                .read()
+                .expect("directory lock")
+                .peers()
+                .any(|a| a.to_string() == addr),
+        }
+    }
+
+    /// The peers to ask about each key of `keys` (grouped by peer).
+    fn plan(&self, keys: &[PeerKey], metrics: &PeerMetrics) -> Vec<(String, Vec<PeerKey>)> {
+        match self {
+            PeerSource::Static(peers) => peers.iter().map(|p| (p.clone(), keys.to_vec())).collect(),
+            PeerSource::Directory(dir) => {
+                let dir = dir.read().expect("directory lock");
+                let mut groups: BTreeMap<String, Vec<PeerKey>> = BTreeMap::new();
+                let (mut local, mut unroutable) = (0, 0);
+                let everyone: Vec<String> = dir.peers().map(|a| a.to_string()).collect();
+                for key in keys {
+                    match dir.route(key.0.ip()) {
+                        directory::Route::Peer(a) => {
+                            groups.entry(a.to_string()).or_default().push(*key)
+                        }
+                        directory::Route::Local => local += 1,
+                        directory::Route::Unknown if everyone.len() <= MAX_BROADCAST => {
+                            for a in &everyone {
+                                groups.entry(a.clone()).or_default().push(*key);
+                            }
+                        }
+                        directory::Route::Unknown => unroutable += 1,
+                    }
+                }
+                if local > 0 {
+                    metrics.lookups("local", LookupResult::Unknown, local);
+                }
+                if unroutable > 0 {
+                    metrics.lookups("*", LookupResult::Skipped, unroutable);
+                }
+                groups.into_iter().collect()
+            }
+        }
+    }
+}
+
 /// The asking side: batches of keys in, found contexts out.
 pub struct Client {
     keys: mpsc::Sender<Vec<PeerKey>>,
@@ -233,10 +294,10 @@ pub struct Client {
 }
 
 impl Client {
-    /// Starts the task that asks `peers` (host:port each). Found contexts arrive on the
+    /// Starts the task that asks the agents of `source`. Found contexts arrive on the
     /// returned channel.
     pub fn start(
-        peers: Vec<String>,
+        source: PeerSource,
         token: Arc<[u8]>,
         metrics: Arc<Metrics>,
     ) -> Result<(Client, mpsc::Receiver<(PeerKey, SpanContext)>)> {
@@ -250,7 +311,8 @@ impl Client {
         let bearer = format!("Bearer {}", String::from_utf8_lossy(&token));
         let task_metrics = metrics.clone();
         tokio::spawn(async move {
-            let mut peers: Vec<Peer> = peers.into_iter().map(Peer::new).collect();
+            // Backoff state per peer address, kept while the peer is asked.
+            let mut peers: HashMap<String, Peer> = HashMap::new();
             while let Some(mut keys) = keys_rx.recv().await {
                 // Whatever queued meanwhile goes in the same requests.
                 while keys.len() < wire::MAX_LOOKUPS {
@@ -259,11 +321,19 @@ impl Client {
                         Err(_) => break,
                     }
                 }
-                let asks = peers.iter_mut().map(|peer| {
+                let plan = source.plan(&keys, &task_metrics.peers);
+                // Backoff state lives as long as the peer is in the source.
+                peers.retain(|addr, _| source.knows(addr));
+                for (addr, _) in &plan {
+                    peers
+                        .entry(addr.clone())
+                        .or_insert_with(|| Peer::new(addr.clone()));
+                }
+                let asks = peers.iter_mut().filter_map(|(addr, peer)| {
+                    let keys = plan.iter().find(|(a, _)| a == addr).map(|(_, k)| k)?;
                     let (http, bearer, found, metrics) =
                         (&http, bearer.as_str(), &found_tx, &task_metrics.peers);
-                    let keys = &keys;
-                    async move { peer.ask(http, bearer, keys, found, metrics).await }
+                    Some(async move { peer.ask(http, bearer, keys, found, metrics).await })
                 });
                 futures::future::join_all(asks).await;
             }
