@@ -125,3 +125,171 @@ async fn sigterm_delivers_every_queued_span() {
         .count();
     assert_eq!(got, 2 * N, "every queued span delivered before exit");
 }
+
+/// One keep-alive connection in a Python process (`http.client`), as a pooled client holds
+/// it, used on command: a line `FIRST COUNT` on stdin sends `GET /pooled?id=N` for each id
+/// on that same connection, then prints `done OK` (OK: the 200s it counted).
+const POOLED_CLIENT: &str = r#"
+import http.client, sys
+conn = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=10)
+for line in sys.stdin:
+    first, count = map(int, line.split())
+    ok = 0
+    for n in range(first, first + count):
+        conn.request("GET", "/pooled?id=%d" % n)
+        r = conn.getresponse()
+        r.read()
+        ok += r.status == 200
+    print("done %d" % ok, flush=True)
+"#;
+
+struct PooledClient {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl PooledClient {
+    fn start(port: u16) -> PooledClient {
+        use std::process::Stdio;
+        let mut child = tracer_tests::programs::python()
+            .arg("-c")
+            .arg(POOLED_CLIENT)
+            .arg(port.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the pooled client");
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        PooledClient {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Sends ids `first..first + count` on the one connection; asserts every one got 200.
+    fn send(&mut self, first: u32, count: u32) {
+        use std::io::{BufRead as _, Write as _};
+        writeln!(self.stdin, "{first} {count}").expect("command the client");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("client report");
+        assert_eq!(
+            line.trim(),
+            format!("done {count}"),
+            "every request answered 200"
+        );
+    }
+}
+
+impl Drop for PooledClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `id=N` of a span's query.
+fn id_of(span: &tracer_tests::ReceivedSpan) -> Option<u32> {
+    let query = span.attr_str("url.query").map(str::to_owned).or_else(|| {
+        span.attr_str("url.full")
+            .and_then(|u| u.split_once('?').map(|(_, q)| q.to_owned()))
+    })?;
+    tracer_tests::linking::query_param(&query, "id")?
+        .parse()
+        .ok()
+}
+
+/// For each id in `ids`: exactly one CLIENT span of `client` and one SERVER span of
+/// `server`, the SERVER span the CLIENT span's child. Returns the problems found.
+fn pairs_linked(
+    spans: &[tracer_tests::ReceivedSpan],
+    client: u32,
+    server: u32,
+    ids: std::ops::Range<u32>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for id in ids {
+        let of = |pid: u32, kind: &str| -> Vec<&tracer_tests::ReceivedSpan> {
+            spans
+                .iter()
+                .filter(|s| span_pid(s) == pid && s.kind == kind && id_of(s) == Some(id))
+                .collect()
+        };
+        match (
+            of(client, "CLIENT").as_slice(),
+            of(server, "SERVER").as_slice(),
+        ) {
+            ([c], [s]) if s.parent_span_id == c.span_id && s.trace_id == c.trace_id => {}
+            ([_], [_]) => problems.push(format!("id {id}: SERVER not the CLIENT's child")),
+            (c, s) => problems.push(format!(
+                "id {id}: {} CLIENT and {} SERVER spans",
+                c.len(),
+                s.len()
+            )),
+        }
+    }
+    problems
+}
+
+/// A client holding one keep-alive connection opened before the agent started (as every
+/// pooled client does) is traced from its next request on, at the default settings, both
+/// ends linked; and again after the agent is restarted (the new agent finds the same
+/// connection in the middle of its life). Requests made while no agent ran stay untraced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_open_before_the_agent_are_traced() {
+    let server = tracer_tests::programs::python_app_server("127.0.0.1", false).unwrap();
+    let mut client = PooledClient::start(server.port);
+    client.send(1, 5);
+    let rx = OtlpReceiver::start(ReceiverProtocol::Grpc).await.unwrap();
+    let pids = [client.child.id(), server.pid()];
+    let scope: Vec<String> = pids
+        .iter()
+        .flat_map(|p| ["--pid".to_owned(), p.to_string()])
+        .collect();
+    let scope: Vec<&str> = scope.iter().map(String::as_str).collect();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
+    ];
+    for (round, first) in [(1, 6u32), (2, 46)] {
+        let agent = Agent::start(&scope, &env).await.expect("agent starts");
+        let adopted = agent
+            .metric("tracer_connections_adopted_total")
+            .await
+            .unwrap();
+        assert!(
+            adopted >= 2,
+            "round {round}: both ends adopted, got {adopted}"
+        );
+        client.send(first, 20);
+        let want = 2 * 20 * round;
+        let waited = rx
+            .wait_for_spans(
+                |s| tracer_tests::programs::spans_of(s, &pids).len() >= want,
+                WAIT,
+            )
+            .await;
+        agent.stop().expect("agent stops cleanly");
+        let spans = tracer_tests::programs::spans_of(&rx.spans(), &pids);
+        assert!(
+            waited.is_ok() && spans.len() == want,
+            "round {round}: want {want} spans, got {}",
+            spans.len()
+        );
+        let problems = pairs_linked(&spans, pids[0], pids[1], first..first + 20);
+        assert!(problems.is_empty(), "round {round}: {problems:#?}");
+        if round == 1 {
+            // Sent while no agent runs: the next round must not see them.
+            client.send(26, 20);
+        }
+    }
+    let spans = tracer_tests::programs::spans_of(&rx.spans(), &pids);
+    assert!(
+        spans
+            .iter()
+            .all(|s| id_of(s).is_some_and(|id| (6..26).contains(&id) || (46..66).contains(&id))),
+        "only requests made while an agent ran are traced"
+    );
+}

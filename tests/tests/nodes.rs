@@ -190,6 +190,16 @@ struct Verdict {
 }
 
 fn judge(spans: &[ReceivedSpan], load: u32, middle: u32, down: u32, count: u32) -> Verdict {
+    judge_ids(spans, load, middle, down, 1..count + 1)
+}
+
+fn judge_ids(
+    spans: &[ReceivedSpan],
+    load: u32,
+    middle: u32,
+    down: u32,
+    ids: std::ops::Range<u32>,
+) -> Verdict {
     let id_of = |s: &ReceivedSpan| -> Option<u32> {
         let q = s.attr_str("url.query").map(str::to_owned).or_else(|| {
             s.attr_str("url.full")
@@ -207,7 +217,7 @@ fn judge(spans: &[ReceivedSpan], load: u32, middle: u32, down: u32, count: u32) 
         }
     }
     let mut v = Verdict::default();
-    for id in 1..=count {
+    for id in ids {
         let get = |pid: u32, kind: &str| -> Option<&ReceivedSpan> {
             match by_role.get(&(pid, kind, id)).map(Vec::as_slice) {
                 Some([one]) => Some(*one),
@@ -596,4 +606,172 @@ async fn dead_or_hostile_peers_never_stall_the_agent() {
         exchange_lines(&metrics)
     );
     agent.stop().expect("agent stops cleanly");
+}
+
+/// The load client, kept running across phases: a line `FIRST COUNT WORKERS` on stdin runs
+/// the linking suite's load client for those ids, then `END`.
+struct PhasedClient {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    port: u16,
+}
+
+impl PhasedClient {
+    fn start(port: u16) -> PhasedClient {
+        let mut child = python()
+            .arg("-c")
+            .arg(
+                "import sys\nsrc = sys.argv[1]\nport = sys.argv[2]\nfor line in sys.stdin:\n    sys.argv = ['load', port] + line.split()\n    exec(src, {'__name__': '__main__'})\n    print('END', flush=True)\n",
+            )
+            .arg(LOAD_CLIENT)
+            .arg(port.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the load client");
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        PhasedClient {
+            child,
+            stdin,
+            stdout,
+            port,
+        }
+    }
+
+    /// Runs ids `first..first + count`; asserts each was answered 200.
+    fn run(&mut self, first: u32, count: u32, workers: u32) {
+        use std::io::BufRead as _;
+        writeln!(self.stdin, "{first} {count} {workers}").expect("command the client");
+        let mut out = String::new();
+        loop {
+            let mut line = String::new();
+            let n = self.stdout.read_line(&mut line).expect("client output");
+            assert!(n > 0, "the load client exited: {out}");
+            if line.trim() == "END" {
+                break;
+            }
+            out.push_str(&line);
+        }
+        let report = parse_load_report(&out).expect("load report");
+        assert_eq!(
+            report.ok,
+            u64::from(count),
+            "every request answered 200 on port {}: {out}",
+            self.port
+        );
+    }
+}
+
+impl Drop for PhasedClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The caller's agent is restarted in the middle of the traffic, as a rolling update does,
+/// with the middle's pooled connections to the downstream open throughout. While it is
+/// gone, the other agent exports the downstream spans on their own within the link window.
+/// Once it is back it finds those connections again (they predate it) and both agents key
+/// their requests by TCP sequence number, so the hop joins again: after at most a few
+/// seconds of the other agent's backoff, every request is one whole trace again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_peer_joins_the_traces_again() {
+    let _serial = SERIAL.lock().await;
+    let scenario = Scenario::start(Middle::Threads);
+    let mut client = PhasedClient::start(scenario.middle.port);
+    let rx = receiver().await.expect("receiver");
+    let (ex1, ex2) = (unused_local_addr().unwrap(), unused_local_addr().unwrap());
+    let (load, middle, down) = (
+        client.child.id(),
+        scenario.middle.pid(),
+        scenario.downstream.pid(),
+    );
+    let pids = [load, middle, down];
+    let node2 = node_agent(&rx, &[down], ex2, &[ex1], None).await;
+    let node1 = node_agent(&rx, &[load, middle], ex1, &[ex2], None).await;
+    let wait = |want: usize| {
+        let rx = &rx;
+        async move {
+            rx.wait_for_spans(|s| spans_of(s, &pids).len() >= want, WAIT)
+                .await
+                .expect("spans arrive");
+        }
+    };
+
+    client.run(1, 100, 16);
+    wait(400).await;
+    let v = judge_ids(&spans_of(&rx.spans(), &pids), load, middle, down, 1..101);
+    assert_eq!(v.whole, 100, "before the restart: {:#?}", v.problems);
+
+    // The caller's agent goes away; requests go on.
+    node1.stop().expect("agent 1 stops");
+    let stopped = std::time::Instant::now();
+    client.run(101, 50, 16);
+    wait(450).await;
+    let spans = spans_of(&rx.spans(), &pids);
+    let alone: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| span_pid(s) == down)
+        .filter(|s| {
+            s.attr_str("url.query")
+                .and_then(|q| query_param(q, "id")?.parse::<u32>().ok())
+                .is_some_and(|id| (101..151).contains(&id))
+        })
+        .collect();
+    assert_eq!(alone.len(), 50, "the downstream spans of the gap");
+    assert!(alone.iter().all(|s| s.is_root()), "no caller to join");
+    println!("agent 1 away {:?}", stopped.elapsed());
+
+    // It comes back: batches of 10 until one is whole (the other agent's backoff on it),
+    // then 100 requests, every one whole.
+    let node1 = node_agent(&rx, &[load, middle], ex1, &[ex2], None).await;
+    let back = std::time::Instant::now();
+    let (mut next, mut have) = (151u32, 450usize);
+    loop {
+        client.run(next, 10, 4);
+        have += 40;
+        wait(have).await;
+        let v = judge_ids(
+            &spans_of(&rx.spans(), &pids),
+            load,
+            middle,
+            down,
+            next..next + 10,
+        );
+        next += 10;
+        if v.whole == 10 {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(15),
+            "the hop never joined again: {:#?}",
+            v.problems
+        );
+    }
+    println!("whole again {:?} after agent 1 was back", back.elapsed());
+    client.run(next, 100, 16);
+    wait(have + 400).await;
+    let m2 = node2.metrics().await.unwrap_or_default();
+    node1.stop().expect("agent 1 stops");
+    node2.stop().expect("agent 2 stops");
+    let v = judge_ids(
+        &spans_of(&rx.spans(), &pids),
+        load,
+        middle,
+        down,
+        next..next + 100,
+    );
+    println!(
+        "after the restart: whole={} cross-node right={} wrong={} unlinked={}\n{}",
+        v.whole,
+        v.cross_node_right,
+        v.cross_node_wrong,
+        v.cross_node_unlinked,
+        exchange_lines(&m2)
+    );
+    assert_eq!(v.whole, 100, "{:#?}", v.problems);
+    assert_eq!(v.cross_node_wrong, 0);
 }

@@ -142,6 +142,8 @@ impl Workload {
                 syscall_len: payload.len() as u32,
                 captured_len: payload.len() as u32,
                 goid: 0,
+                tcp_seq: 0,
+                _pad: 0,
             };
             encode_data(&h, payload)
         };

@@ -113,6 +113,11 @@ struct Args {
     #[arg(long, env = "TRACER_FOLLOW_GO", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     follow_go: bool,
 
+    /// Trace the TCP connections that are already open when the agent starts (found in
+    /// /proc), from their next message on.
+    #[arg(long, env = "TRACER_ADOPT_CONNECTIONS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    adopt_connections: bool,
+
     /// Follow the asyncio tasks of CPython 3.11 processes (their frames are read on each
     /// write) so their downstream calls get their parent; `false` leaves those calls to the
     /// thread rule, which abstains while an event loop serves several requests.
@@ -305,12 +310,6 @@ async fn run(args: Args) -> Result<()> {
     // Handlers before readiness: a SIGTERM right after /readyz must mean a clean shutdown.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    metrics.ready.store(true, Ordering::Relaxed);
-    tracing::info!(
-        "tracing HTTP: {} programs attached, {} loaded for Go executables; health and metrics on http://{bound}",
-        capture.attached,
-        capture.go_programs
-    );
 
     let mut pipeline = Pipeline::new(
         PipelineConfig {
@@ -325,6 +324,34 @@ async fn run(args: Args) -> Result<()> {
         metrics.clone(),
     );
     pipeline.set_enricher(enricher);
+    // Connections open before the programs were attached (a pooled client's, a restarted
+    // agent's predecessor's) are traced from their next message; found before readiness.
+    if args.adopt_connections {
+        let found = tracer_agent::capture::adopt::scan(
+            std::path::Path::new("/proc"),
+            &args.pids,
+            std::process::id(),
+        );
+        let opened = capture.adopt(found, Clock::monotonic_now_ns())?;
+        let (servers, clients) = opened.iter().fold((0, 0), |(s, c), o| match o.role {
+            tracer_common::Role::Server => (s + 1, c),
+            _ => (s, c + 1),
+        });
+        Metrics::add(&metrics.connections_adopted, opened.len() as u64);
+        for o in opened {
+            pipeline.handle(events::CaptureEvent::Opened(o));
+        }
+        tracing::info!(
+            "adopted {} connections open before the agent ({servers} server, {clients} client side)",
+            servers + clients
+        );
+    }
+    metrics.ready.store(true, Ordering::Relaxed);
+    tracing::info!(
+        "tracing HTTP: {} programs attached, {} loaded for Go executables; health and metrics on http://{bound}",
+        capture.attached,
+        capture.go_programs
+    );
     let ring = capture.take_ring().context("ring buffer already taken")?;
     // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register(ring) }.context("cannot poll the ring buffer")?;
@@ -372,6 +399,7 @@ async fn run(args: Args) -> Result<()> {
                 pipeline.tick();
                 capture.prune_go();
                 capture.refresh_python();
+                capture.prune_adopting();
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,

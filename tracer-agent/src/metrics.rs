@@ -64,6 +64,7 @@ counters! {
     links_by_header => ("tracer_links_by_header_total", "counter", "Spans linked to trace context from request headers."),
     links_by_thread => ("tracer_links_by_thread_total", "counter", "CLIENT spans linked to the SERVER span their thread was serving."),
     links_by_goroutine => ("tracer_links_by_goroutine_total", "counter", "CLIENT spans of followed Go processes linked to the SERVER span their goroutine works for."),
+    connections_adopted => ("tracer_connections_adopted_total", "counter", "TCP connections open before the agent started, found in /proc and traced from their next message."),
     links_by_task => ("tracer_links_by_task_total", "counter", "CLIENT spans of followed CPython processes linked to the SERVER request their asyncio task answered."),
     python_followed => ("tracer_python_processes_followed_total", "counter", "CPython processes whose asyncio tasks are followed (frames read on writes)."),
     python_unsupported => ("tracer_python_processes_unsupported_total", "counter", "CPython processes whose tasks cannot be followed (release without a known layout); their calls fall back to the thread rule."),

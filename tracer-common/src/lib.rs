@@ -17,6 +17,8 @@ pub const MAP_TRACED_PIDS: &str = "TRACED_PIDS";
 pub const MAP_CONNS: &str = "CONNS";
 pub const MAP_GO_PROCS: &str = "GO_PROCS";
 pub const MAP_PY_PROCS: &str = "PY_PROCS";
+pub const MAP_ADOPTED_PENDING: &str = "ADOPTED_PENDING";
+pub const MAP_ADOPTING: &str = "ADOPTING";
 pub const MAP_PY_THREADS: &str = "PY_THREADS";
 
 /// Uprobe programs on Go executables and the function each enters (Go ≥ 1.17, amd64
@@ -192,6 +194,8 @@ pub struct ConnEvent {
 pub const DATA_FLAG_TRUNCATED: u32 = 1;
 /// `DataEvent::flags`: events of this connection were lost before this one.
 pub const DATA_FLAG_GAP_BEFORE: u32 = 2;
+/// `DataEventHeader::tcp_seq` holds the TCP sequence number of the record's first byte.
+pub const DATA_FLAG_TCP_SEQ: u32 = 4;
 
 /// Fixed part of a data event; `captured_len` payload bytes follow it in the record.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -209,6 +213,12 @@ pub struct DataEventHeader {
     /// (`runtime.g.goid`); in a followed CPython process, for writes, the address of the
     /// outermost coroutine frame running (the asyncio task's own coroutine), mixed with its code.
     pub goid: u64,
+    /// The TCP sequence number of the record's first byte, when [`DATA_FLAG_TCP_SEQ`] is
+    /// set: `write_seq` (egress) or `copied_seq` (ingress) at the syscall's exit, minus the
+    /// bytes before it. Both ends of a connection number a byte the same way, whenever each
+    /// began to watch it.
+    pub tcp_seq: u32,
+    pub _pad: u32,
 }
 
 /// `GoEvent::what`: `net/http` is about to write a request on the connection `arg` (a
@@ -297,6 +307,9 @@ pub struct KernelOffsets {
     pub sock_protocol: u32,
     /// Offset of `task_struct.stack`: a syscall's user registers sit at its top.
     pub task_struct_stack: u32,
+    /// Offsets of `tcp_sock.write_seq` and `tcp_sock.copied_seq` (u32 each); 0 when unknown.
+    pub tcp_sock_write_seq: u32,
+    pub tcp_sock_copied_seq: u32,
 }
 
 impl KernelOffsets {
@@ -317,6 +330,8 @@ impl KernelOffsets {
         sock_common_v6_rcv_saddr: 0,
         sock_protocol: u32::MAX,
         task_struct_stack: 0,
+        tcp_sock_write_seq: 0,
+        tcp_sock_copied_seq: 0,
     };
 }
 
@@ -341,6 +356,10 @@ pub struct ConnState {
     /// on another updates them concurrently, and bits of one shared word could be lost.
     pub lost_ingress: u32,
     pub lost_egress: u32,
+    /// The kernel's `struct sock` (for its TCP sequence numbers); 0 until known. A
+    /// connection registered by the agent (adopted at start) has it filled in by its first
+    /// data syscall.
+    pub sk: u64,
 }
 
 pub const PROTO_UNKNOWN: u32 = 0;
@@ -365,12 +384,12 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<EventHeader>(), 48);
         assert_eq!(size_of::<ConnEvent>(), 48 + 8 + 8 + 32 + 16);
-        assert_eq!(size_of::<DataEventHeader>(), 72);
+        assert_eq!(size_of::<DataEventHeader>(), 80);
         assert_eq!(size_of::<GoEvent>(), 48 + 24);
         assert_eq!(size_of::<GoProc>(), 8);
         assert_eq!(size_of::<PyProc>(), 16);
-        assert_eq!(size_of::<KernelOffsets>(), 15 * 4);
-        assert_eq!(size_of::<ConnState>(), 24);
+        assert_eq!(size_of::<KernelOffsets>(), 17 * 4);
+        assert_eq!(size_of::<ConnState>(), 32);
     }
 
     #[test]

@@ -13,10 +13,10 @@ use aya_ebpf::{
 };
 use tracer_common::{
     AF_INET, AF_INET6, CONN_FLAG_ADDRS_KNOWN, ConnEvent, ConnState, DATA_FLAG_GAP_BEFORE,
-    DATA_FLAG_TRUNCATED, DEFAULT_CAPTURE_BYTES, DataEvent, DataEventHeader, Direction, DropReason,
-    EventHeader, EventKind, GO_CONN_WRITE, GO_ROUND_TRIP, GO_SPAWN, GoEvent, GoProc, KernelOffsets,
-    MAX_CAPTURE_BYTES, PROTO_HTTP1, PROTO_OTHER, PROTO_UNKNOWN, PY_FRAME_OWNED_BY_GENERATOR,
-    PY_MAX_FRAMES, PyProc, Role, conn_key,
+    DATA_FLAG_TCP_SEQ, DATA_FLAG_TRUNCATED, DEFAULT_CAPTURE_BYTES, DataEvent, DataEventHeader,
+    Direction, DropReason, EventHeader, EventKind, GO_CONN_WRITE, GO_ROUND_TRIP, GO_SPAWN, GoEvent,
+    GoProc, KernelOffsets, MAX_CAPTURE_BYTES, PROTO_HTTP1, PROTO_OTHER, PROTO_UNKNOWN,
+    PY_FRAME_OWNED_BY_GENERATOR, PY_MAX_FRAMES, PyProc, Role, conn_key,
 };
 
 #[unsafe(no_mangle)]
@@ -80,6 +80,15 @@ static GO_PROCS: HashMap<u32, GoProc> = HashMap::with_max_entries(4096, 0);
 /// until it returns the new goroutine.
 #[map]
 static GO_SPAWNING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+/// Connections registered by the agent (adopted at its start) that no syscall has entered
+/// since, by conn_key: a thread blocked in a read since before the agent started completes
+/// it without an entry record, and its arguments are then taken from the saved registers.
+#[map]
+static ADOPTED_PENDING: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
+/// Processes with such connections, by tgid: only their exits without an entry record look
+/// at the registers (the agent removes them once their connections were all entered).
+#[map]
+static ADOPTING: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 /// CPython processes whose asyncio tasks are followed, by tgid (filled in by the agent).
 #[map]
 static PY_PROCS: HashMap<u32, PyProc> = HashMap::with_max_entries(4096, 0);
@@ -315,12 +324,20 @@ fn register_connection(pid_tgid: u64, fd: u32, role: Role, ts_enter: u64) {
     }
     let conn_id = next_conn_id();
     event.header.conn_id = conn_id;
+    let off = KERNEL_OFFSETS.load();
+    let sk = if off.valid != 0 {
+        // SAFETY: bpf_probe_read_kernel tolerates bad addresses.
+        unsafe { sock_of(fd, &off) }.map_or(0, |sk| sk as u64)
+    } else {
+        0
+    };
     let state = ConnState {
         conn_id,
         role: role as u32,
         protocol: PROTO_UNKNOWN,
         lost_ingress: 0,
         lost_egress: 0,
+        sk,
     };
     let key = conn_key((pid_tgid >> 32) as u32, fd);
     if CONNS.insert(key, state, 0).is_err() {
@@ -333,15 +350,9 @@ fn register_connection(pid_tgid: u64, fd: u32, role: Role, ts_enter: u64) {
         let _ = CONNS.remove(key);
         return;
     }
-    if FORK_CHILD_PID_OFFSET.load() != 0 {
-        let off = KERNEL_OFFSETS.load();
-        if off.valid != 0
-            // SAFETY: bpf_probe_read_kernel tolerates bad addresses.
-            && let Ok(sk) = unsafe { sock_of(fd, &off) }
-        {
-            let _ = SOCK_ROLES.insert(sk as u64, role as u32, 0);
-            let _ = HAS_CONNS.insert((pid_tgid >> 32) as u32, 1u8, 0);
-        }
+    if FORK_CHILD_PID_OFFSET.load() != 0 && sk != 0 {
+        let _ = SOCK_ROLES.insert(sk, role as u32, 0);
+        let _ = HAS_CONNS.insert((pid_tgid >> 32) as u32, 1u8, 0);
     }
 }
 
@@ -509,7 +520,7 @@ macro_rules! data_tracepoints {
         }
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            on_data_exit(&ctx);
+            on_data_exit(&ctx, $direction, $kind);
             0
         }
     )*};
@@ -537,6 +548,44 @@ data_tracepoints! {
     sys_enter_sendfile64 / sys_exit_sendfile64 => Direction::Egress, Args::CountOnly;
 }
 
+/// Where a data syscall's bytes are, from its arguments (fd, buffer or iovec/msghdr, count).
+#[inline(always)]
+fn inflight_of(
+    fd: u32,
+    arg1: u64,
+    arg2: u64,
+    direction: Direction,
+    args: Args,
+) -> Option<InflightIo> {
+    let (buf, kind, iov_count) = match args {
+        Args::Buffer => (arg1, BUF_PLAIN, 0),
+        Args::CountOnly => (0, BUF_NONE, 0),
+        Args::Iovec => (arg1, BUF_IOVEC, arg2 as u32),
+        Args::Msghdr => {
+            // struct msghdr: msg_iov at 16, msg_iovlen at 24.
+            // SAFETY: the helper validates the user pointer.
+            let iov = unsafe { bpf_probe_read_user((arg1 + 16) as *const u64) };
+            let count = unsafe { bpf_probe_read_user((arg1 + 24) as *const u64) };
+            match (iov, count) {
+                (Ok(iov), Ok(count)) => (iov, BUF_IOVEC, count as u32),
+                _ => {
+                    count_drop(DropReason::ReadUserFailed);
+                    return None;
+                }
+            }
+        }
+    };
+    Some(InflightIo {
+        buf,
+        // SAFETY: helper without preconditions.
+        ts_enter: unsafe { bpf_ktime_get_ns() },
+        fd,
+        direction: direction as u32,
+        kind,
+        iov_count,
+    })
+}
+
 /// Every data syscall has the fd first and the buffer (or iovec/msghdr) second.
 #[inline(always)]
 fn on_data_enter(ctx: &TracePointContext, direction: Direction, args: Args) {
@@ -558,36 +607,13 @@ fn on_data_enter(ctx: &TracePointContext, direction: Direction, args: Args) {
     if state.protocol == PROTO_OTHER {
         return;
     }
-    let arg1 = slot(ctx, ARG1);
-    let (buf, kind, iov_count) = match args {
-        Args::Buffer => (arg1, BUF_PLAIN, 0),
-        Args::CountOnly => (0, BUF_NONE, 0),
-        Args::Iovec => {
-            let count = slot(ctx, ARG2);
-            (arg1, BUF_IOVEC, count as u32)
-        }
-        Args::Msghdr => {
-            // struct msghdr: msg_iov at 16, msg_iovlen at 24.
-            // SAFETY: the helper validates the user pointer.
-            let iov = unsafe { bpf_probe_read_user((arg1 + 16) as *const u64) };
-            let count = unsafe { bpf_probe_read_user((arg1 + 24) as *const u64) };
-            match (iov, count) {
-                (Ok(iov), Ok(count)) => (iov, BUF_IOVEC, count as u32),
-                _ => {
-                    count_drop(DropReason::ReadUserFailed);
-                    return;
-                }
-            }
-        }
-    };
-    let inflight = InflightIo {
-        buf,
-        // SAFETY: helper without preconditions.
-        ts_enter: unsafe { bpf_ktime_get_ns() },
-        fd,
-        direction: direction as u32,
-        kind,
-        iov_count,
+    // SAFETY: presence test only.
+    if unsafe { ADOPTING.get((pid_tgid >> 32) as u32) }.is_some() {
+        // Entered since the agent adopted it: nothing to recover for this descriptor.
+        let _ = ADOPTED_PENDING.remove(key);
+    }
+    let Some(inflight) = inflight_of(fd, slot(ctx, ARG1), slot(ctx, ARG2), direction, args) else {
+        return;
     };
     if INFLIGHT_IO.insert(pid_tgid, inflight, 0).is_err() {
         count_drop(DropReason::InflightTableFull);
@@ -595,13 +621,19 @@ fn on_data_enter(ctx: &TracePointContext, direction: Direction, args: Args) {
 }
 
 #[inline(always)]
-fn on_data_exit(ctx: &TracePointContext) {
+fn on_data_exit(ctx: &TracePointContext, direction: Direction, args: Args) {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: copied out before removal.
-    let Some(inflight) = (unsafe { INFLIGHT_IO.get(pid_tgid) }).copied() else {
-        return;
+    let inflight = match (unsafe { INFLIGHT_IO.get(pid_tgid) }).copied() {
+        Some(inflight) => {
+            let _ = INFLIGHT_IO.remove(pid_tgid);
+            inflight
+        }
+        None => match adopted_blocked_syscall(pid_tgid, direction, args) {
+            Some(inflight) => inflight,
+            None => return,
+        },
     };
-    let _ = INFLIGHT_IO.remove(pid_tgid);
     let ret = slot(ctx, RET) as i64;
     // Errors (EAGAIN included) and EOF move no bytes: nothing to account.
     if ret <= 0 {
@@ -614,6 +646,13 @@ fn on_data_exit(ctx: &TracePointContext) {
     // SAFETY: the LRU map value stays valid for the duration of the program.
     let state = unsafe { &mut *state };
     let moved = ret as u64;
+    // The sequence number of the first byte moved: the counter at exit minus the bytes.
+    let seq = if state.protocol == PROTO_OTHER {
+        None
+    } else {
+        tcp_seq_at_exit(state, inflight.fd, inflight.direction)
+            .map(|s| s.wrapping_sub(moved as u32))
+    };
     let mut goid = syscall_goid((pid_tgid >> 32) as u32);
     // A Python task matters only for what it writes (requests and responses), and only on
     // connections that may carry HTTP.
@@ -622,16 +661,75 @@ fn on_data_exit(ctx: &TracePointContext) {
         goid = python_task(pid_tgid);
     }
     match inflight.kind {
-        BUF_PLAIN => emit_data(pid_tgid, &inflight, inflight.buf, moved, moved, state, goid),
-        BUF_NONE => emit_data(pid_tgid, &inflight, 0, moved, 0, state, goid),
-        _ => emit_iovecs(pid_tgid, &inflight, moved, state, goid),
+        BUF_PLAIN => emit_data(
+            pid_tgid,
+            &inflight,
+            inflight.buf,
+            moved,
+            moved,
+            state,
+            goid,
+            seq,
+        ),
+        BUF_NONE => emit_data(pid_tgid, &inflight, 0, moved, 0, state, goid, seq),
+        _ => emit_iovecs(pid_tgid, &inflight, moved, state, goid, seq),
     }
+}
+
+/// The first syscall on an adopted connection, entered before the programs were attached
+/// (a server thread blocked in `read` on an idle keep-alive connection): its arguments are
+/// read from the user registers saved at its entry.
+#[inline(always)]
+fn adopted_blocked_syscall(pid_tgid: u64, direction: Direction, args: Args) -> Option<InflightIo> {
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: presence test only.
+    unsafe { ADOPTING.get(tgid) }?;
+    let regs = user_regs()?;
+    // SAFETY: bpf_probe_read_kernel tolerates bad addresses.
+    let reg = |off: u64| unsafe { bpf_probe_read_kernel((regs + off) as *const u64) }.ok();
+    let fd = reg(PT_REGS_DI)? as u32;
+    let key = conn_key(tgid, fd);
+    // SAFETY: presence test only.
+    unsafe { ADOPTED_PENDING.get(key) }?;
+    let _ = ADOPTED_PENDING.remove(key);
+    inflight_of(fd, reg(PT_REGS_SI)?, reg(PT_REGS_DX)?, direction, args)
+}
+
+/// `write_seq` (egress) or `copied_seq` (ingress) of the connection's socket now; the
+/// socket is looked up once for a connection registered without it.
+#[inline(always)]
+fn tcp_seq_at_exit(state: &mut ConnState, fd: u32, direction: u32) -> Option<u32> {
+    let off = KERNEL_OFFSETS.load();
+    let field = if direction == Direction::Egress as u32 {
+        off.tcp_sock_write_seq
+    } else {
+        off.tcp_sock_copied_seq
+    };
+    if off.valid == 0 || field == 0 {
+        return None;
+    }
+    if state.sk == 0 {
+        // SAFETY: bpf_probe_read_kernel tolerates bad addresses.
+        state.sk = unsafe { sock_of(fd, &off) }.map_or(0, |sk| sk as u64);
+        if state.sk == 0 {
+            return None;
+        }
+    }
+    // SAFETY: bpf_probe_read_kernel tolerates bad addresses.
+    unsafe { bpf_probe_read_kernel((state.sk + field as u64) as *const u32) }.ok()
 }
 
 /// One record per iovec, in order, covering exactly the `moved` bytes; the last record
 /// accounts for whatever lies beyond `MAX_IOVECS`.
 #[inline(always)]
-fn emit_iovecs(pid_tgid: u64, inflight: &InflightIo, moved: u64, state: &mut ConnState, goid: u64) {
+fn emit_iovecs(
+    pid_tgid: u64,
+    inflight: &InflightIo,
+    moved: u64,
+    state: &mut ConnState,
+    goid: u64,
+    seq: Option<u32>,
+) {
     let mut remaining = moved;
     for i in 0..MAX_IOVECS {
         if remaining == 0 || i >= inflight.iov_count {
@@ -649,7 +747,8 @@ fn emit_iovecs(pid_tgid: u64, inflight: &InflightIo, moved: u64, state: &mut Con
         let part = if len < remaining { len } else { remaining };
         let last = i + 1 == MAX_IOVECS || i + 1 == inflight.iov_count;
         let accounted = if last { remaining } else { part };
-        emit_data(pid_tgid, inflight, base, accounted, part, state, goid);
+        let at = seq.map(|s| s.wrapping_add((moved - remaining) as u32));
+        emit_data(pid_tgid, inflight, base, accounted, part, state, goid, at);
         remaining -= accounted;
     }
 }
@@ -684,6 +783,10 @@ fn looks_like_http(prefix: u32) -> bool {
 /// Sends one data record: `moved` bytes are accounted, of which up to `available` (and the
 /// capture limit) are copied from `buf`.
 #[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined into its two callers; a struct would only be unpacked again"
+)]
 fn emit_data(
     pid_tgid: u64,
     inflight: &InflightIo,
@@ -692,6 +795,7 @@ fn emit_data(
     available: u64,
     state: &mut ConnState,
     goid: u64,
+    seq: Option<u32>,
 ) {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
@@ -734,6 +838,9 @@ fn emit_data(
     if *lost_flag(state, inflight.direction) != 0 {
         flags |= DATA_FLAG_GAP_BEFORE;
     }
+    if seq.is_some() {
+        flags |= DATA_FLAG_TCP_SEQ;
+    }
     event.header = DataEventHeader {
         header: header(
             EventKind::Data,
@@ -747,6 +854,8 @@ fn emit_data(
         syscall_len: moved as u32,
         captured_len: len as u32,
         goid,
+        tcp_seq: seq.unwrap_or(0),
+        _pad: 0,
     };
     let total = size_of::<DataEventHeader>() + len;
     // SAFETY: `event` is a DataEvent, at least `total` bytes long.
@@ -777,6 +886,9 @@ fn emit_data(
 const THREAD_SIZE: u64 = 16384;
 const PT_REGS_SIZE: u64 = 168;
 const PT_REGS_R14: u64 = 8;
+const PT_REGS_DX: u64 = 96;
+const PT_REGS_SI: u64 = 104;
+const PT_REGS_DI: u64 = 112;
 const PT_REGS_CS: u64 = 136;
 const USER_CS: u64 = 0x33;
 
@@ -788,33 +900,39 @@ fn syscall_goid(tgid: u32) -> u64 {
     let Some(go) = (unsafe { GO_PROCS.get(tgid) }).copied() else {
         return 0;
     };
+    let Some(regs) = user_regs() else {
+        return 0;
+    };
+    // SAFETY: bpf_probe_read_kernel tolerates bad addresses.
+    match unsafe { bpf_probe_read_kernel((regs + PT_REGS_R14) as *const u64) } {
+        Ok(g) => goid_of(g, &go),
+        Err(_) => 0,
+    }
+}
+
+/// The user registers of the current syscall, saved at the top of the task's kernel stack
+/// (below 16 bytes of padding on kernels built with FRED): the layout whose saved code
+/// segment is the user one.
+#[inline(always)]
+fn user_regs() -> Option<u64> {
     let off = KERNEL_OFFSETS.load();
     if off.task_struct_stack == 0 {
-        return 0;
+        return None;
     }
     // SAFETY: bpf_probe_read_* tolerate bad addresses (they return an error).
     unsafe {
         let task = bpf_get_current_task() as *const u8;
-        let Ok(stack) = read_ptr(task, off.task_struct_stack) else {
-            return 0;
-        };
+        let stack = read_ptr(task, off.task_struct_stack).ok()?;
         let top = stack as u64 + THREAD_SIZE;
-        // Which of the two layouts: the saved code segment must be the user one.
         for pad in [0u64, 16] {
             let regs = top - pad - PT_REGS_SIZE;
-            let Ok(cs) = bpf_probe_read_kernel((regs + PT_REGS_CS) as *const u64) else {
-                return 0;
-            };
-            if cs & 0xffff != USER_CS {
-                continue;
+            let cs = bpf_probe_read_kernel((regs + PT_REGS_CS) as *const u64).ok()?;
+            if cs & 0xffff == USER_CS {
+                return Some(regs);
             }
-            let Ok(g) = bpf_probe_read_kernel((regs + PT_REGS_R14) as *const u64) else {
-                return 0;
-            };
-            return goid_of(g, &go);
         }
     }
-    0
+    None
 }
 
 /// In a followed CPython process, the asyncio task running on this thread: the address of

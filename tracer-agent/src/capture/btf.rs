@@ -260,6 +260,9 @@ impl Btf {
             sock_common_v6_rcv_saddr: common("skc_v6_rcv_saddr")?,
             sock_protocol: protocol,
             task_struct_stack: self.byte_offset("task_struct", "stack")?,
+            // Optional: without them peers are keyed by request position only.
+            tcp_sock_write_seq: self.byte_offset("tcp_sock", "write_seq").unwrap_or(0),
+            tcp_sock_copied_seq: self.byte_offset("tcp_sock", "copied_seq").unwrap_or(0),
         })
     }
 }
@@ -353,5 +356,7 @@ mod tests {
         assert_eq!(offsets.sock_common_rcv_saddr, offsets.sock_common_daddr + 4);
         assert_eq!(offsets.sock_common_num, offsets.sock_common_dport + 2);
         assert_ne!(offsets.sock_protocol, u32::MAX);
+        assert_ne!(offsets.tcp_sock_write_seq, 0);
+        assert_ne!(offsets.tcp_sock_copied_seq, 0);
     }
 }

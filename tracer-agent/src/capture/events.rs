@@ -4,9 +4,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use thiserror::Error;
 use tracer_common::{
-    AF_INET, AF_INET6, CONN_FLAG_ADDRS_KNOWN, ConnEvent, DATA_FLAG_GAP_BEFORE, DATA_FLAG_TRUNCATED,
-    DataEventHeader, Direction, EventHeader, EventKind, GO_CONN_WRITE, GO_ROUND_TRIP, GO_SPAWN,
-    GoEvent, Role, UnknownTag,
+    AF_INET, AF_INET6, CONN_FLAG_ADDRS_KNOWN, ConnEvent, DATA_FLAG_GAP_BEFORE, DATA_FLAG_TCP_SEQ,
+    DATA_FLAG_TRUNCATED, DataEventHeader, Direction, EventHeader, EventKind, GO_CONN_WRITE,
+    GO_ROUND_TRIP, GO_SPAWN, GoEvent, Role, UnknownTag,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -51,6 +51,8 @@ pub struct DataChunk<'a> {
     pub gap_before: bool,
     /// The goroutine that made the syscall (followed Go processes only).
     pub goid: Option<u64>,
+    /// TCP sequence number of the first byte moved, when the kernel's offsets are known.
+    pub tcp_seq: Option<u32>,
     pub payload: &'a [u8],
 }
 
@@ -160,6 +162,7 @@ pub fn decode(record: &[u8]) -> Result<CaptureEvent<'_>, DecodeError> {
                 truncated: ev.flags & DATA_FLAG_TRUNCATED != 0,
                 gap_before: ev.flags & DATA_FLAG_GAP_BEFORE != 0,
                 goid: (ev.goid != 0).then_some(ev.goid),
+                tcp_seq: (ev.flags & DATA_FLAG_TCP_SEQ != 0).then_some(ev.tcp_seq),
                 payload,
             }))
         }
@@ -256,10 +259,12 @@ mod tests {
         let h = DataEventHeader {
             header: header(EventKind::Data),
             direction: Direction::Egress as u32,
-            flags: DATA_FLAG_TRUNCATED | DATA_FLAG_GAP_BEFORE,
+            flags: DATA_FLAG_TRUNCATED | DATA_FLAG_GAP_BEFORE | DATA_FLAG_TCP_SEQ,
             syscall_len: 100,
             captured_len: 3,
             goid: 42,
+            tcp_seq: 0xffff_fff0,
+            _pad: 0,
         };
         let mut rec = encode_data(&h, b"GET");
         let CaptureEvent::Data(d) = decode(&rec).unwrap() else {
@@ -271,6 +276,7 @@ mod tests {
         assert_eq!(d.direction, Direction::Egress);
         assert_eq!(d.meta.conn_id, 99);
         assert_eq!(d.goid, Some(42));
+        assert_eq!(d.tcp_seq, Some(0xffff_fff0));
         // A record shorter than its claimed payload is rejected, not read past its end.
         rec.truncate(rec.len() - 1);
         assert!(matches!(

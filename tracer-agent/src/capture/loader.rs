@@ -8,13 +8,15 @@ use aya::{
     programs::{ProgramError, TracePoint, UProbe, uprobe::UProbeScope},
 };
 use tracer_common::{
-    DROP_REASON_COUNT, GLOBAL_AGENT_TGID, GLOBAL_CAPTURE_BYTES, GLOBAL_FILTER_PIDS,
+    ConnState, DROP_REASON_COUNT, GLOBAL_AGENT_TGID, GLOBAL_CAPTURE_BYTES, GLOBAL_FILTER_PIDS,
     GLOBAL_FORK_CHILD_PID_OFFSET, GLOBAL_OFFSETS, GLOBAL_WAKEUP_BYTES, GO_NEWPROC1_RET, GO_UPROBES,
-    GoProc, KernelOffsets, MAP_DROPS, MAP_EVENTS, MAP_GO_PROCS, MAP_PY_PROCS, MAP_PY_THREADS,
-    MAP_TRACED_PIDS, MAX_CAPTURE_BYTES, PyProc,
+    GoProc, KernelOffsets, MAP_ADOPTED_PENDING, MAP_ADOPTING, MAP_CONNS, MAP_DROPS, MAP_EVENTS,
+    MAP_GO_PROCS, MAP_PY_PROCS, MAP_PY_THREADS, MAP_TRACED_PIDS, MAX_CAPTURE_BYTES, PROTO_UNKNOWN,
+    PyProc, conn_key,
 };
 
-use crate::capture::python;
+use crate::capture::events::{ConnOpened, Meta};
+use crate::capture::{adopt, python};
 use crate::spans::runtime::{self, GoVersion};
 
 /// The compiled eBPF object, built by build.rs.
@@ -71,6 +73,10 @@ pub struct Capture {
     /// Followed CPython processes: where their interpreter keeps its threads.
     py_followed: std::collections::HashMap<u32, (python::Interpreter, python::Layout)>,
 }
+
+/// Connection ids given to adopted connections (`Capture::adopt`).
+const ADOPTED_CONN_IDS: u64 = 1 << 63;
+static ADOPTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Whether the asyncio tasks of a CPython process are followed, and why not.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -437,6 +443,107 @@ impl Capture {
                 let _ = procs.remove(&tgid);
                 self.py_followed.remove(&tgid);
             }
+        }
+    }
+
+    /// Registers connections that predate the agent (found by `adopt::scan`) in the
+    /// programs' connection table, so their next reads and writes are captured, and returns
+    /// the open events the pipeline needs for them. A descriptor the programs registered
+    /// meanwhile (a new connection at a reused number) is left alone.
+    pub fn adopt(&mut self, found: Vec<adopt::Found>, now_ns: u64) -> Result<Vec<ConnOpened>> {
+        let mut conns: BpfHashMap<_, u64, ConnState> =
+            BpfHashMap::try_from(self.ebpf.map_mut(MAP_CONNS).context("CONNS map missing")?)?;
+        let mut opened = Vec::with_capacity(found.len());
+        let mut pending = Vec::new();
+        for f in found {
+            let key = conn_key(f.tgid, f.fd);
+            if conns.get(&key, 0).is_ok() {
+                continue;
+            }
+            // Ids the programs never make: theirs count up from 1 in the bits above 12.
+            let conn_id =
+                ADOPTED_CONN_IDS | ADOPTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let state = ConnState {
+                conn_id,
+                role: f.conn.role as u32,
+                protocol: PROTO_UNKNOWN,
+                lost_ingress: 0,
+                lost_egress: 0,
+                sk: 0,
+            };
+            if conns.insert(key, state, 0).is_err() {
+                break; // the table is full: the rest stay untraced
+            }
+            pending.push((f.tgid, key));
+            opened.push(ConnOpened {
+                meta: Meta {
+                    tgid: f.tgid,
+                    tid: f.tgid,
+                    fd: f.fd,
+                    conn_id,
+                    ts_enter_ns: now_ns,
+                    ts_exit_ns: now_ns,
+                    cgroup_id: adopt::cgroup_id(f.tgid),
+                },
+                role: f.conn.role,
+                local: Some(f.conn.local),
+                peer: Some(f.conn.peer),
+                comm: f.comm,
+            });
+        }
+        // A thread blocked in a read since before the programs were attached completes it
+        // without an entry record: these let the exit take its arguments from the registers.
+        let mut adopted: BpfHashMap<_, u64, u8> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(MAP_ADOPTED_PENDING)
+                .context("ADOPTED_PENDING map missing")?,
+        )?;
+        for &(_, key) in &pending {
+            adopted.insert(key, 1, 0)?;
+        }
+        let mut adopting: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(MAP_ADOPTING)
+                .context("ADOPTING map missing")?,
+        )?;
+        for &(tgid, _) in &pending {
+            let _ = adopting.insert(tgid, 1, 0);
+        }
+        Ok(opened)
+    }
+
+    /// Stops looking at the registers of processes whose adopted connections have all been
+    /// entered since (or that exited).
+    pub fn prune_adopting(&mut self) {
+        let waiting: std::collections::HashSet<u32> = match self
+            .ebpf
+            .map(MAP_ADOPTED_PENDING)
+            .map(BpfHashMap::<_, u64, u8>::try_from)
+        {
+            Some(Ok(m)) => m
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| {
+                    std::path::Path::new(&format!("/proc/{}/fd/{}", k >> 32, *k as u32)).exists()
+                })
+                .map(|k| (k >> 32) as u32)
+                .collect(),
+            _ => return,
+        };
+        let Some(Ok(mut adopting)) = self
+            .ebpf
+            .map_mut(MAP_ADOPTING)
+            .map(BpfHashMap::<_, u32, u8>::try_from)
+        else {
+            return;
+        };
+        let done: Vec<u32> = adopting
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|t| !waiting.contains(t))
+            .collect();
+        for tgid in done {
+            let _ = adopting.remove(&tgid);
         }
     }
 

@@ -1,6 +1,7 @@
 //! Kernel side, seen from user space: preflight checks, BTF offsets, loading and attaching the
 //! eBPF programs, and decoding what they send.
 
+pub mod adopt;
 pub mod btf;
 pub mod events;
 pub mod features;

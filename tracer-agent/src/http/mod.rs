@@ -91,6 +91,8 @@ pub struct Chunk<'a> {
     pub syscall_len: usize,
     pub ts_enter_ns: u64,
     pub ts_exit_ns: u64,
+    /// TCP sequence number of the first byte, when the kernel reported it.
+    pub tcp_seq: Option<u32>,
 }
 
 /// Direction of a connection, by HTTP role.
@@ -117,6 +119,8 @@ pub struct MessageTiming {
     pub first_exit_ns: u64,
     pub last_enter_ns: u64,
     pub last_exit_ns: u64,
+    /// TCP sequence number of the message's first byte, when the chunks carried one.
+    pub first_seq: Option<u32>,
 }
 
 /// A request whose head was just parsed, announced before its exchange completes so spans

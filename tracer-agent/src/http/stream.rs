@@ -20,6 +20,18 @@ const MAX_SEGMENTS: usize = 64;
 pub(crate) struct Ts {
     pub enter: u64,
     pub exit: u64,
+    /// TCP sequence number of the first byte of the bytes these times go with.
+    pub seq: Option<u32>,
+}
+
+impl Ts {
+    /// The same times for the bytes from `pos` on.
+    fn at(self, pos: usize) -> Ts {
+        Ts {
+            seq: self.seq.map(|s| s.wrapping_add(pos as u32)),
+            ..self
+        }
+    }
 }
 
 /// A cursor over one syscall's bytes plus the uncaptured tail of that syscall.
@@ -43,6 +55,7 @@ impl<'a> Input<'a> {
             ts: Ts {
                 enter: c.ts_enter_ns,
                 exit: c.ts_exit_ns,
+                seq: c.tcp_seq,
             },
             chunk_start: true,
         }
@@ -53,7 +66,11 @@ impl<'a> Input<'a> {
             bytes: &[],
             pos: 0,
             missing: 0,
-            ts: Ts { enter: 0, exit: 0 },
+            ts: Ts {
+                enter: 0,
+                exit: 0,
+                seq: None,
+            },
             chunk_start: false,
         }
     }
@@ -366,7 +383,7 @@ impl StreamParser {
                         bytes: inp.rest().to_vec(),
                         pos: 0,
                         missing: inp.missing,
-                        ts: inp.ts,
+                        ts: inp.ts.at(inp.pos),
                         chunk_start: inp.chunk_start && inp.pos == 0,
                     });
                 }
@@ -395,6 +412,7 @@ impl StreamParser {
                         first_exit_ns: ts.exit,
                         last_enter_ns: ts.enter,
                         last_exit_ns: ts.exit,
+                        first_seq: ts.seq,
                     },
                     body_bytes: 0,
                 })
@@ -439,7 +457,7 @@ impl StreamParser {
             };
             return self.fail(inp, cause, tentative);
         }
-        self.touch(inp.ts);
+        self.touch(inp.ts.at(inp.pos));
         let buffered = !self.buf.is_empty();
         if buffered {
             self.append(inp, take);
@@ -486,8 +504,11 @@ impl StreamParser {
     fn append(&mut self, inp: &mut Input<'_>, n: usize) {
         // Past the cap, bytes join the last segment: only rescans lose timestamp precision.
         if self.marks.len() < MAX_SEGMENTS {
-            self.marks
-                .push((self.buf.len(), inp.ts, inp.chunk_start && inp.pos == 0));
+            self.marks.push((
+                self.buf.len(),
+                inp.ts.at(inp.pos),
+                inp.chunk_start && inp.pos == 0,
+            ));
         }
         self.buf.extend_from_slice(&inp.bytes[inp.pos..inp.pos + n]);
         inp.pos += n;
@@ -501,15 +522,15 @@ impl StreamParser {
         } else {
             let buf = std::mem::take(&mut self.buf);
             let marks = std::mem::take(&mut self.marks);
-            for (i, &(start, ts, chunk_start)) in marks.iter().enumerate() {
+            for (i, &(mark, ts, chunk_start)) in marks.iter().enumerate() {
                 let end = marks.get(i + 1).map_or(buf.len(), |m| m.0);
-                let start = start.max(1);
+                let start = mark.max(1);
                 if start < end {
                     self.rescan.push(Segment {
                         bytes: buf[start..end].to_vec(),
                         pos: 0,
                         missing: 0,
-                        ts,
+                        ts: ts.at(start - mark),
                         chunk_start: chunk_start && i > 0,
                     });
                 }

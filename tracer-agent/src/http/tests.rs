@@ -27,6 +27,7 @@ impl T {
             syscall_len,
             ts_enter_ns: self.t,
             ts_exit_ns: self.t + 1,
+            tcp_seq: None,
         };
         match stream {
             Stream::Request => self.c.on_request_bytes(chunk),
@@ -69,6 +70,7 @@ fn timing(first: u64, last: u64) -> MessageTiming {
         first_exit_ns: first + 1,
         last_enter_ns: last,
         last_exit_ns: last + 1,
+        first_seq: None,
     }
 }
 
@@ -248,6 +250,7 @@ fn feed_cut(c: &mut HttpConnection, stream: Stream, bytes: &[u8], cuts: &[usize]
             syscall_len: part.len(),
             ts_enter_ns: t,
             ts_exit_ns: t + 1,
+            tcp_seq: None,
         };
         match stream {
             Stream::Request => c.on_request_bytes(chunk),
@@ -1170,6 +1173,7 @@ fn started_requests_announce_heads_before_their_exchanges() {
         syscall_len: bytes.len(),
         ts_enter_ns: ts,
         ts_exit_ns: ts + 1,
+        tcp_seq: None,
     };
     c.on_request_bytes(chunk(
         b"GET /a HTTP/1.1\r\ntraceparent: tp\r\nTraceState: ts\r\nX-B3-Sampled: 1\r\nCookie: c\r\n\r\n",
@@ -1264,4 +1268,56 @@ fn chunked_size_line_in_uncaptured_tail_marks_request_incomplete() {
     let next = t.take_one();
     assert_eq!(next.request.target, "/next");
     assert!(!next.request_incomplete);
+}
+
+/// The TCP sequence number of each request's first byte, whatever the syscall boundaries:
+/// pipelined requests after blank lines and a body, split at every pair of offsets, the
+/// sequence space wrapping in the middle.
+#[test]
+fn requests_know_the_sequence_number_of_their_first_byte() {
+    let stream: &[u8] =
+        b"\r\nGET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\n\r\n\r\nPOST /c HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /d HTTP/1.1\r\n\r\n";
+    let starts: Vec<u32> = [b"GET /a", b"GET /b", b"POST /", b"GET /d"]
+        .iter()
+        .map(|p| stream.windows(6).position(|w| w == *p).unwrap() as u32)
+        .collect();
+    let base = u32::MAX - 40;
+    for cut in 0..=stream.len() {
+        for second in [cut, (cut + 7).min(stream.len())] {
+            let mut c = HttpConnection::new(&HttpConfig::default());
+            let mut at = 0;
+            for end in [cut, second, stream.len()] {
+                if end <= at {
+                    continue;
+                }
+                let part = &stream[at..end];
+                c.on_request_bytes(Chunk {
+                    bytes: part,
+                    syscall_len: part.len(),
+                    ts_enter_ns: at as u64,
+                    ts_exit_ns: at as u64 + 1,
+                    tcp_seq: Some(base.wrapping_add(at as u32)),
+                });
+                at = end;
+            }
+            let seqs: Vec<Option<u32>> = c
+                .take_started()
+                .iter()
+                .map(|s| s.timing.first_seq)
+                .collect();
+            let want: Vec<Option<u32>> =
+                starts.iter().map(|&s| Some(base.wrapping_add(s))).collect();
+            assert_eq!(seqs, want, "cut at {cut} and {second}");
+        }
+    }
+    // Without sequence numbers, none is made up.
+    let mut c = HttpConnection::new(&HttpConfig::default());
+    c.on_request_bytes(Chunk {
+        bytes: b"GET / HTTP/1.1\r\n\r\n",
+        syscall_len: 18,
+        ts_enter_ns: 1,
+        ts_exit_ns: 2,
+        tcp_seq: None,
+    });
+    assert_eq!(c.take_started()[0].timing.first_seq, None);
 }

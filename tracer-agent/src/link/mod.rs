@@ -6,8 +6,9 @@
 //!
 //! 1. **SERVER span, peer match**: the CLIENT span of the same exchange is its parent. The
 //!    client's local address:port equals the server's peer address:port (DNAT rewrites the
-//!    destination, not the source), and the n-th request written on the client's connection
-//!    is the n-th request read on the server's. If the request also carries trace context
+//!    destination, not the source), and the request's first byte has the same TCP sequence
+//!    number on both sides ([`peer_position`]; where the kernel does not give it, the n-th
+//!    request written on the client's connection is the n-th read on the server's). If the request also carries trace context
 //!    whose trace differs from the client span's trace, the application's own tracer made
 //!    that context (an SDK-instrumented client): the header wins, so the SDK's trace and
 //!    ours agree.
@@ -92,6 +93,8 @@ pub struct StartedRequest {
     pub conn_id: u64,
     /// Position of the request on its connection (0-based).
     pub seq: u64,
+    /// Its position for peer matching ([`peer_position`]).
+    pub peer_seq: u64,
     pub kind: SpanKind,
     pub tgid: u32,
     /// The thread that read (server) or wrote (client) the request head.
@@ -173,6 +176,21 @@ const IDLE_SERVING_LISTS: usize = 4096;
 
 /// Client source address and request position: identifies one exchange on both sides.
 pub type PeerKey = (SocketAddr, u64);
+
+/// Marks a [`PeerKey`] position that is a TCP sequence number, so it never equals a
+/// request count (one side without sequence numbers leaves the pair unmatched, never
+/// matched wrong).
+const SEQ_POSITION: u64 = 1 << 63;
+
+/// A request's position for peer matching: the TCP sequence number of its first byte when
+/// known (both ends agree on it whenever each began to watch the connection, and whatever
+/// either lost), else its index on the connection.
+pub fn peer_position(first_seq: Option<u32>, index: u64) -> u64 {
+    match first_seq {
+        Some(s) => SEQ_POSITION | u64::from(s),
+        None => index,
+    }
+}
 
 /// What this agent knows of a CLIENT request another agent asked about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -380,7 +398,7 @@ impl Linker {
         let parent = match r.kind {
             SpanKind::Server => match r.peer {
                 Some(source) => {
-                    let key = (source, r.seq);
+                    let key = (source, r.peer_seq);
                     match self.clients_by_source.remove(&key) {
                         Some(client) => Parent::Peer {
                             client,
@@ -435,7 +453,7 @@ impl Linker {
                     },
                 };
                 if let Some(source) = r.local {
-                    let key = (source, r.seq);
+                    let key = (source, r.peer_seq);
                     if self.cfg.remote {
                         self.answerable.insert(key, span_id);
                     }

@@ -110,6 +110,7 @@ impl Req {
             StartedRequest {
                 conn_id: self.conn,
                 seq: self.seq,
+                peer_seq: self.seq,
                 kind: self.kind,
                 tgid: self.tgid,
                 tid: self.tid,

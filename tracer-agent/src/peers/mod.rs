@@ -50,9 +50,10 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_millis(300);
 const QUEUED_BATCHES: usize = 256;
 /// A caller on no known node is asked of every other agent, up to this many.
 const MAX_BROADCAST: usize = 16;
-/// First and longest pause before a failed peer is asked again.
+/// First and longest pause before a failed peer is asked again: short enough that an
+/// agent restarted by a rolling update is asked again within seconds.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Outcomes of lookups, per peer, for `/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

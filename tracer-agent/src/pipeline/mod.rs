@@ -283,6 +283,7 @@ impl Pipeline {
             syscall_len: chunk.syscall_len as usize,
             ts_enter_ns: chunk.meta.ts_enter_ns,
             ts_exit_ns: chunk.meta.ts_exit_ns,
+            tcp_seq: chunk.tcp_seq,
         };
         match stream {
             Stream::Request => http.on_request_bytes(http_chunk),
@@ -294,6 +295,7 @@ impl Pipeline {
             let request = StartedRequest {
                 conn_id: id,
                 seq: started.seq,
+                peer_seq: crate::link::peer_position(started.timing.first_seq, started.seq),
                 kind,
                 tgid: chunk.meta.tgid,
                 tid: chunk.meta.tid,
@@ -449,6 +451,7 @@ mod tests {
             truncated: false,
             gap_before: false,
             goid: None,
+            tcp_seq: None,
             payload,
         })
     }
