@@ -143,50 +143,30 @@ for line in sys.stdin:
     print("done %d" % ok, flush=True)
 "#;
 
-struct PooledClient {
-    child: std::process::Child,
-    stdin: std::process::ChildStdin,
-    stdout: std::io::BufReader<std::process::ChildStdout>,
-}
+struct PooledClient(tracer_tests::harness::LineChild);
 
 impl PooledClient {
     fn start(port: u16) -> PooledClient {
-        use std::process::Stdio;
-        let mut child = tracer_tests::programs::python()
-            .arg("-c")
-            .arg(POOLED_CLIENT)
-            .arg(port.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the pooled client");
-        let stdin = child.stdin.take().expect("piped");
-        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
-        PooledClient {
-            child,
-            stdin,
-            stdout,
-        }
+        let mut cmd = tracer_tests::programs::python();
+        cmd.arg("-c").arg(POOLED_CLIENT).arg(port.to_string());
+        PooledClient(tracer_tests::harness::LineChild::spawn(&mut cmd).expect("pooled client"))
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.pid()
     }
 
     /// Sends ids `first..first + count` on the one connection; asserts every one got 200.
     fn send(&mut self, first: u32, count: u32) {
-        use std::io::{BufRead as _, Write as _};
-        writeln!(self.stdin, "{first} {count}").expect("command the client");
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("client report");
+        let out = self
+            .0
+            .ask(&format!("{first} {count}"), |l| l.starts_with("done "))
+            .expect("client report");
         assert_eq!(
-            line.trim(),
+            out.trim(),
             format!("done {count}"),
             "every request answered 200"
         );
-    }
-}
-
-impl Drop for PooledClient {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -243,7 +223,7 @@ async fn connections_open_before_the_agent_are_traced() {
     let mut client = PooledClient::start(server.port);
     client.send(1, 5);
     let rx = OtlpReceiver::start(ReceiverProtocol::Grpc).await.unwrap();
-    let pids = [client.child.id(), server.pid()];
+    let pids = [client.pid(), server.pid()];
     let scope: Vec<String> = pids
         .iter()
         .flat_map(|p| ["--pid".to_owned(), p.to_string()])

@@ -610,64 +610,32 @@ async fn dead_or_hostile_peers_never_stall_the_agent() {
 
 /// The load client, kept running across phases: a line `FIRST COUNT WORKERS` on stdin runs
 /// the linking suite's load client for those ids, then `END`.
-struct PhasedClient {
-    child: Child,
-    stdin: std::process::ChildStdin,
-    stdout: std::io::BufReader<std::process::ChildStdout>,
-    port: u16,
-}
+struct PhasedClient(tracer_tests::harness::LineChild);
 
 impl PhasedClient {
     fn start(port: u16) -> PhasedClient {
-        let mut child = python()
-            .arg("-c")
+        let mut cmd = python();
+        cmd.arg("-c")
             .arg(
                 "import sys\nsrc = sys.argv[1]\nport = sys.argv[2]\nfor line in sys.stdin:\n    sys.argv = ['load', port] + line.split()\n    exec(src, {'__name__': '__main__'})\n    print('END', flush=True)\n",
             )
             .arg(LOAD_CLIENT)
-            .arg(port.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the load client");
-        let stdin = child.stdin.take().expect("piped");
-        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
-        PhasedClient {
-            child,
-            stdin,
-            stdout,
-            port,
-        }
+            .arg(port.to_string());
+        PhasedClient(tracer_tests::harness::LineChild::spawn(&mut cmd).expect("load client"))
     }
 
     /// Runs ids `first..first + count`; asserts each was answered 200.
     fn run(&mut self, first: u32, count: u32, workers: u32) {
-        use std::io::BufRead as _;
-        writeln!(self.stdin, "{first} {count} {workers}").expect("command the client");
-        let mut out = String::new();
-        loop {
-            let mut line = String::new();
-            let n = self.stdout.read_line(&mut line).expect("client output");
-            assert!(n > 0, "the load client exited: {out}");
-            if line.trim() == "END" {
-                break;
-            }
-            out.push_str(&line);
-        }
+        let out = self
+            .0
+            .ask(&format!("{first} {count} {workers}"), |l| l == "END")
+            .expect("load client");
         let report = parse_load_report(&out).expect("load report");
         assert_eq!(
             report.ok,
             u64::from(count),
-            "every request answered 200 on port {}: {out}",
-            self.port
+            "every request answered 200: {out}"
         );
-    }
-}
-
-impl Drop for PhasedClient {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -685,7 +653,7 @@ async fn a_restarted_peer_joins_the_traces_again() {
     let rx = receiver().await.expect("receiver");
     let (ex1, ex2) = (unused_local_addr().unwrap(), unused_local_addr().unwrap());
     let (load, middle, down) = (
-        client.child.id(),
+        client.0.pid(),
         scenario.middle.pid(),
         scenario.downstream.pid(),
     );

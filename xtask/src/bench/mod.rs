@@ -672,16 +672,25 @@ fn typical_service(tools: &Tools, plan: &Plan, work: &Path, sink: &SinkAddrs) ->
     ))
 }
 
-// ---- scenario 3: a Go service in the middle -----------------------------------------------
+// ---- scenarios 3 and 4: a Go or asyncio service in the middle --------------------------------
+
+/// One of the linking suite's middle services, calling nginx (1 KiB) once per request.
+struct Middle<'a> {
+    /// For logs and the rounds' labels: `go`, `asyncio`.
+    name: &'static str,
+    /// Starts the service with nginx's port as its downstream; it prints its own port.
+    command: &'a dyn Fn(u16) -> Command,
+    /// The agent configurations besides no tracing and the default agent.
+    extra: Config,
+    title: &'static str,
+    /// The section's text after the common part; `{rate}`, `{max}` and `{s}` are filled in.
+    how: &'static str,
+}
 
 fn go_service(tools: &Tools, plan: &Plan, work: &Path, sink: &SinkAddrs) -> Result<String> {
     crate::deps::ensure_packages(&[("go", "golang-go")])?;
-    let dir = work.join("go");
-    let origin = setup::Nginx::start(&tools.nginx, &dir.join("origin"), None)?;
-    // The Go service calls `/down?id=…`: nginx serves the file `down`, the query ignored.
-    std::fs::write(origin.html_dir().join("down"), [b'x'; 1024])?;
-    procs::wait_http_ok(origin.addr, "/down?id=0", Duration::from_secs(10))?;
-    let bin = dir.join("go-middle");
+    let bin = work.join("go/go-middle");
+    std::fs::create_dir_all(work.join("go"))?;
     crate::run_cmd(
         Command::new("go")
             .args(["build", "-o"])
@@ -691,20 +700,86 @@ fn go_service(tools: &Tools, plan: &Plan, work: &Path, sink: &SinkAddrs) -> Resu
             .env("CGO_ENABLED", "0")
             .env("GOTOOLCHAIN", "local"),
     )?;
-    let start_middle = || -> Result<(Service, SocketAddr)> {
+    let command = |down: u16| {
         let mut cmd = Command::new(&bin);
-        cmd.args(["plain", &origin.addr.port().to_string()]);
-        let service = Service::spawn("go-middle", &mut cmd, &dir.join("go-middle.log"))?;
-        let port: u16 = procs::first_line(&dir.join("go-middle.log"), Duration::from_secs(10))?
+        cmd.args(["plain", &down.to_string()]);
+        cmd
+    };
+    middle_service(
+        tools,
+        plan,
+        work,
+        sink,
+        &Middle {
+            name: "go",
+            command: &command,
+            extra: Config::AgentGoUnfollowed,
+            title: "Go service: Go net/http calling nginx through a keep-alive pool",
+            how: "The linking suite's Go service (`tests/linking/middle.go`, Go's `http.Client` with a \
+                  keep-alive pool) makes one call per request to nginx (1 KiB). With the agent its \
+                  goroutines are followed (about 4 uprobe hits per request: roundTrip, the \
+                  connection writer, and newproc1's entry and return for net/http's per-request \
+                  background-read goroutine), or not (`--follow-go false`); spans per request: 4 \
+                  (wrk's CLIENT, the Go SERVER and CLIENT, nginx's SERVER).",
+        },
+    )
+}
+
+fn asyncio_service(tools: &Tools, plan: &Plan, work: &Path, sink: &SinkAddrs) -> Result<String> {
+    crate::deps::ensure_python_test_packages()?;
+    let script = crate::workspace_root().join("tests/linking/middle_aiohttp.py");
+    let command = |down: u16| {
+        let mut cmd = Command::new("python3");
+        cmd.arg(&script)
+            .args([&down.to_string(), "plain"])
+            .env("PYTHONPATH", crate::deps::python_test_packages_dir());
+        cmd
+    };
+    middle_service(
+        tools,
+        plan,
+        work,
+        sink,
+        &Middle {
+            name: "asyncio",
+            command: &command,
+            extra: Config::AgentPythonUnfollowed,
+            title: "asyncio service: aiohttp calling nginx through a keep-alive pool",
+            how: "The linking suite's asyncio service (`tests/linking/middle_aiohttp.py`: an aiohttp \
+                  server and one `ClientSession`, CPython 3.11) makes one call per request to nginx \
+                  (1 KiB). With the agent its tasks are followed (no uprobe: the programs walk the \
+                  writing thread's frames on each write to an HTTP socket, two per request here), \
+                  or not (`--follow-python false`); spans per request: 4.",
+        },
+    )
+}
+
+fn middle_service(
+    tools: &Tools,
+    plan: &Plan,
+    work: &Path,
+    sink: &SinkAddrs,
+    m: &Middle<'_>,
+) -> Result<String> {
+    let dir = work.join(m.name);
+    let origin = setup::Nginx::start(&tools.nginx, &dir.join("origin"), None)?;
+    // The service calls `/down?id=…`: nginx serves the file `down`, the query ignored.
+    std::fs::write(origin.html_dir().join("down"), [b'x'; 1024])?;
+    procs::wait_http_ok(origin.addr, "/down?id=0", Duration::from_secs(10))?;
+    let log = dir.join("middle.log");
+    let start_middle = || -> Result<(Service, SocketAddr)> {
+        let mut cmd = (m.command)(origin.addr.port());
+        let service = Service::spawn(m.name, &mut cmd, &log)?;
+        let port: u16 = procs::first_line(&log, Duration::from_secs(20))?
             .trim()
             .parse()
-            .context("the Go service did not print its port")?;
+            .with_context(|| format!("the {} service did not print its port", m.name))?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         procs::wait_http_ok(addr, "/work?id=0", Duration::from_secs(10))?;
         Ok((service, addr))
     };
 
-    eprintln!("==> go service: calibrating (untraced saturation)");
+    eprintln!("==> {} service: calibrating (untraced saturation)", m.name);
     let (middle, addr) = start_middle()?;
     // id=0: no jitter before the call.
     let url = format!("http://{addr}/work?id=0");
@@ -714,8 +789,8 @@ fn go_service(tools: &Tools, plan: &Plan, work: &Path, sink: &SinkAddrs) -> Resu
     let rate = ((max / 2.0).round() as u64).max(1);
     eprintln!("    untraced maximum {max:.0} req/s: fixed rate {rate} req/s");
 
-    let configs = [Config::Untraced, Config::Agent, Config::AgentGoUnfollowed];
-    let results = rounds("go", &configs, plan, rate, work, sink, |_| {
+    let configs = [Config::Untraced, Config::Agent, m.extra];
+    let results = rounds(m.name, &configs, plan, rate, work, sink, |_| {
         let (middle, addr) = start_middle()?;
         let pids = vec![middle.pid(), origin.pid()];
         let stop: Box<dyn FnOnce() -> Result<()>> = Box::new(move || {
@@ -734,88 +809,11 @@ fn go_service(tools: &Tools, plan: &Plan, work: &Path, sink: &SinkAddrs) -> Resu
         ))
     })?;
     Ok(section(
-        "Go service: Go net/http calling nginx through a keep-alive pool",
+        m.title,
         &format!(
-            "The linking suite's Go service (`tests/linking/middle.go`, Go's `http.Client` with a \
-             keep-alive pool) makes one call per request to nginx (1 KiB). Saturation: \
-             `wrk -t1 -c16 -d{s}s`. Fixed rate: `oha -c16 -q {rate} -z {s}s --latency-correction`, \
-             half the untraced maximum ({max:.0} req/s). With the agent its goroutines are followed \
-             (about 4 uprobe hits per request: roundTrip, the connection writer, and newproc1's \
-             entry and return for net/http's per-request background-read goroutine), or not \
-             (`--follow-go false`); spans per request: 4 (wrk's CLIENT, the Go SERVER and \
-             CLIENT, nginx's SERVER).",
-            s = plan.seconds
-        ),
-        &results,
-    ))
-}
-
-// ---- scenario 4: an asyncio service in the middle -----------------------------------------
-
-fn asyncio_service(tools: &Tools, plan: &Plan, work: &Path, sink: &SinkAddrs) -> Result<String> {
-    crate::deps::ensure_python_test_packages()?;
-    let dir = work.join("asyncio");
-    let origin = setup::Nginx::start(&tools.nginx, &dir.join("origin"), None)?;
-    std::fs::write(origin.html_dir().join("down"), [b'x'; 1024])?;
-    procs::wait_http_ok(origin.addr, "/down?id=0", Duration::from_secs(10))?;
-    let script = crate::workspace_root().join("tests/linking/middle_aiohttp.py");
-    let start_middle = || -> Result<(Service, SocketAddr)> {
-        let mut cmd = Command::new("python3");
-        cmd.arg(&script)
-            .args([&origin.addr.port().to_string(), "plain"])
-            .env("PYTHONPATH", crate::deps::python_test_packages_dir());
-        let service = Service::spawn("aiohttp-middle", &mut cmd, &dir.join("middle.log"))?;
-        let port: u16 = procs::first_line(&dir.join("middle.log"), Duration::from_secs(20))?
-            .trim()
-            .parse()
-            .context("the aiohttp service did not print its port")?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        procs::wait_http_ok(addr, "/work?id=0", Duration::from_secs(10))?;
-        Ok((service, addr))
-    };
-
-    eprintln!("==> asyncio service: calibrating (untraced saturation)");
-    let (middle, addr) = start_middle()?;
-    let url = format!("http://{addr}/work?id=0");
-    load::wrk(&tools.wrk, &url, 16, 1)?;
-    let max = load::wrk(&tools.wrk, &url, 16, plan.seconds)?.requests_per_sec;
-    drop(middle);
-    let rate = ((max / 2.0).round() as u64).max(1);
-    eprintln!("    untraced maximum {max:.0} req/s: fixed rate {rate} req/s");
-
-    let configs = [
-        Config::Untraced,
-        Config::Agent,
-        Config::AgentPythonUnfollowed,
-    ];
-    let results = rounds("asyncio", &configs, plan, rate, work, sink, |_| {
-        let (middle, addr) = start_middle()?;
-        let pids = vec![middle.pid(), origin.pid()];
-        let stop: Box<dyn FnOnce() -> Result<()>> = Box::new(move || {
-            drop(middle);
-            Ok(())
-        });
-        Ok((
-            Target {
-                url: format!("http://{addr}/work?id=0"),
-                server_pids: pids,
-                saturation_connections: 16,
-                fixed_connections: 16,
-                tools,
-            },
-            stop,
-        ))
-    })?;
-    Ok(section(
-        "asyncio service: aiohttp calling nginx through a keep-alive pool",
-        &format!(
-            "The linking suite's asyncio service (`tests/linking/middle_aiohttp.py`: an aiohttp \
-             server and one `ClientSession`, CPython 3.11) makes one call per request to nginx \
-             (1 KiB). Saturation: `wrk -t1 -c16 -d{s}s`. Fixed rate: `oha -c16 -q {rate} -z {s}s \
-             --latency-correction`, half the untraced maximum ({max:.0} req/s). With the agent its \
-             tasks are followed (no uprobe: the programs walk the writing thread's frames on each \
-             write to an HTTP socket, two per request here), or not (`--follow-python false`); \
-             spans per request: 4.",
+            "{} Saturation: `wrk -t1 -c16 -d{s}s`. Fixed rate: `oha -c16 -q {rate} -z {s}s \
+             --latency-correction`, half the untraced maximum ({max:.0} req/s).",
+            m.how,
             s = plan.seconds
         ),
         &results,
