@@ -77,13 +77,28 @@ fn pid(span: &ReceivedSpan) -> u32 {
 /// A running demo with the agent exporting to the receiver.
 struct Run {
     // Drop order: the agent first (it stops tracing), then the pods, then the receiver.
-    agent: Option<Agent>,
+    /// One agent, or one per "node" (see [`Nodes`]).
+    agents: Vec<Agent>,
     demo: Demo,
     rx: OtlpReceiver,
 }
 
+/// Where the demo's services run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Nodes {
+    /// One agent traces them all.
+    One,
+    /// Two agents, as a DaemonSet on two nodes: the client and the frontend on one, the
+    /// backend and the database on the other, joined by the agent-to-agent exchange.
+    Two,
+}
+
 impl Run {
     async fn start(frontend: Frontend, layout: CgroupLayout, oracle: bool) -> Run {
+        Run::start_on(frontend, layout, oracle, Nodes::One).await
+    }
+
+    async fn start_on(frontend: Frontend, layout: CgroupLayout, oracle: bool, nodes: Nodes) -> Run {
         require_root();
         let opts = Options {
             frontend,
@@ -102,32 +117,56 @@ impl Run {
             .expect("receiver starts");
         // Only the demo's processes (the pods and this test, the client): the machine is
         // shared, and a neighbour's load test must not fill this agent's export queue.
-        let pids = [
-            demo.frontend.pid(),
-            demo.backend.pid(),
-            demo.database.pid(),
-            std::process::id(),
-        ]
-        .map(|p| p.to_string());
-        let args: Vec<&str> = pids.iter().flat_map(|p| ["--pid", p.as_str()]).collect();
-        let agent = Agent::start(
-            &args,
-            &[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint()),
-                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
-                ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
-                // Room for every span of the concurrency run: this suite measures linking,
-                // export's bounded queue has its own tests.
-                ("OTEL_BSP_MAX_QUEUE_SIZE", "16384".to_owned()),
-            ],
-        )
-        .await
-        .expect("agent starts");
-        Run {
-            agent: Some(agent),
-            demo,
-            rx,
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+            // Room for every span of the concurrency run: this suite measures linking,
+            // export's bounded queue has its own tests.
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "16384".to_owned()),
+            (
+                "TRACER_EXCHANGE_TOKEN",
+                "demo-exchange-token-0123456789".to_owned(),
+            ),
+        ];
+        let scope = |pids: &[u32], extra: &[String]| -> Vec<String> {
+            pids.iter()
+                .flat_map(|p| ["--pid".to_owned(), p.to_string()])
+                .chain(extra.iter().cloned())
+                .collect()
+        };
+        let (front, back) = (
+            [demo.frontend.pid(), std::process::id()],
+            [demo.backend.pid(), demo.database.pid()],
+        );
+        let groups: Vec<Vec<String>> = match nodes {
+            Nodes::One => vec![scope(&[front[0], front[1], back[0], back[1]], &[])],
+            Nodes::Two => {
+                let (a, b) = (
+                    tracer_tests::unused_local_addr().unwrap(),
+                    tracer_tests::unused_local_addr().unwrap(),
+                );
+                let exchange = |mine: std::net::SocketAddr, peer: std::net::SocketAddr| {
+                    vec![
+                        "--exchange-addr".to_owned(),
+                        mine.to_string(),
+                        "--peer".to_owned(),
+                        peer.to_string(),
+                    ]
+                };
+                vec![
+                    scope(&back, &exchange(b, a)),
+                    scope(&front, &exchange(a, b)),
+                ]
+            }
+        };
+        let mut agents = Vec::new();
+        for args in &groups {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let env: &[(&str, String)] = if nodes == Nodes::One { &env[..4] } else { &env };
+            agents.push(Agent::start(&args, env).await.expect("agent starts"));
         }
+        Run { agents, demo, rx }
     }
 
     /// Which chain position a span takes, by process and kind; `None`: not the demo's.
@@ -169,12 +208,15 @@ impl Run {
             .rx
             .wait_for_spans(|spans| self.demo_spans(spans).len() >= want, timeout)
             .await;
-        let agent = self.agent.take().expect("agent running");
-        let dropped = agent
-            .metric("tracer_spans_dropped_queue_full_total")
-            .await
-            .unwrap_or(0);
-        let (_, stderr) = agent.stop().expect("agent stops cleanly");
+        assert!(!self.agents.is_empty(), "agents running");
+        let (mut dropped, mut stderr) = (0, String::new());
+        for agent in self.agents.drain(..) {
+            dropped += agent
+                .metric("tracer_spans_dropped_queue_full_total")
+                .await
+                .unwrap_or(0);
+            stderr.push_str(&agent.stop().expect("agent stops cleanly").1);
+        }
         let spans = self.demo_spans(&self.rx.spans());
         // (The receiver's own error lists every span name: too long to be useful here.)
         if waited.is_err() {
@@ -584,6 +626,32 @@ async fn demo_sequential_requests_give_one_trace_each() {
     assert_eq!(traces.len(), ids.len(), "one trace per request");
     chains.iter().for_each(assert_exchange);
     assert_resources(&run, &spans);
+}
+
+/// The lesson's three services split over two agents, as a DaemonSet on two nodes would
+/// see them (the client and the frontend on one, the backend and its database on the
+/// other): still one whole trace per request, the frontend → backend hop joined by the
+/// exchange.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_across_two_nodes_gives_one_trace_each() {
+    let _serial = SERIAL.lock().await;
+    let mut run = Run::start_on(Frontend::Lesson, CgroupLayout::Systemd, false, Nodes::Two).await;
+    let ids = request_ids("nodes", 100);
+    send(&run.demo.frontend_url(), &ids, 1, |_| None)
+        .await
+        .expect("requests");
+    let spans = run.collect(6 * ids.len(), Duration::from_secs(60)).await;
+    assert_eq!(spans.len(), 6 * ids.len(), "6 spans per request, no more");
+    let chains = assign(&run, &spans, &ids, Truth::Sequential, |_| None);
+    let report = evaluate(&chains, &spans);
+    show(&report.table(&format!(
+        "lesson demo across two agents, {} sequential requests",
+        ids.len()
+    )));
+    assert_eq!(report.chains_ok, ids.len(), "{}", report.table("two nodes"));
+    let traces: std::collections::HashSet<&str> =
+        spans.iter().map(|s| s.trace_id.as_str()).collect();
+    assert_eq!(traces.len(), ids.len(), "one trace per request");
 }
 
 /// 20 concurrent clients, 2,000 requests: linking accuracy per hop, against the oracle's

@@ -394,13 +394,24 @@ impl Peer {
         for (i, chunk) in keys.chunks(wire::MAX_LOOKUPS).enumerate() {
             // A failure gives up on this chunk and the ones after it.
             let unanswered = (keys.len() - i * wire::MAX_LOOKUPS) as u64;
-            let sent = http
-                .post(&self.url)
-                .header(reqwest::header::AUTHORIZATION, bearer)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(wire::encode_lookups(chunk))
-                .send()
-                .await;
+            let body = wire::encode_lookups(chunk);
+            let send = || {
+                http.post(&self.url)
+                    .header(reqwest::header::AUTHORIZATION, bearer)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone())
+                    .send()
+            };
+            // One immediate retry on a connection that failed before any answer (a pooled
+            // connection the peer had just closed): a single lost request must not back
+            // the peer off and cost every caller looked up meanwhile.
+            let sent = match send().await {
+                Err(e) if e.is_connect() || e.is_request() => {
+                    tracing::debug!("exchange peer {}: {e}; retrying once", self.addr);
+                    send().await
+                }
+                other => other,
+            };
             let response = match sent {
                 Ok(r) => r,
                 Err(e) => {
