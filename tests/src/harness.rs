@@ -18,7 +18,8 @@ pub fn require_root() {
     }
 }
 
-fn agent_binary() -> Result<PathBuf> {
+/// The agent under test: `TRACER_AGENT_BIN`, else the workspace's debug build.
+pub fn agent_binary() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("TRACER_AGENT_BIN") {
         return Ok(PathBuf::from(p));
     }
