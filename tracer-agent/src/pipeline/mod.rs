@@ -35,7 +35,8 @@ struct Connection {
     /// Created with the first data: an idle connection costs only its table entry (about
     /// 150 bytes; the HTTP state is about 1 KiB).
     http: Option<Box<HttpConnection>>,
-    last_activity_ns: u64,
+    /// Data since the eviction clock last passed it: spared once (see `Pipeline::evict_oldest`).
+    referenced: bool,
     /// Parse errors and stream gaps of this connection already added to the metrics.
     parse_errors: u64,
     gaps: u64,
@@ -54,6 +55,9 @@ pub struct Pipeline {
     cfg: PipelineConfig,
     /// By kernel connection id (a counter): foldhash, not SipHash, on the per-event lookup.
     conns: foldhash::HashMap<u64, Connection>,
+    /// Connection ids in the order the eviction clock visits them (ids of closed ones are
+    /// skipped when met, and compacted away now and then).
+    eviction: std::collections::VecDeque<u64>,
     enricher: Enricher,
     clock: Clock,
     linker: Linker,
@@ -75,6 +79,7 @@ impl Pipeline {
             linker: Linker::new(cfg.link.clone()),
             cfg,
             conns: foldhash::HashMap::default(),
+            eviction: std::collections::VecDeque::new(),
             enricher: Enricher::host(metrics.clone()),
             clock: Clock::sample(),
             metrics,
@@ -232,18 +237,34 @@ impl Pipeline {
             runtime,
             resource,
             http: None,
-            last_activity_ns: open.meta.ts_exit_ns,
+            referenced: false,
             parse_errors: 0,
             gaps: 0,
         };
         self.conns.insert(open.meta.conn_id, conn);
+        self.eviction.push_back(open.meta.conn_id);
+        if self.eviction.len() > 2 * self.conns.len() + 1024 {
+            let conns = &self.conns;
+            self.eviction.retain(|id| conns.contains_key(id));
+        }
     }
 
+    /// Makes room for a connection when the table is full: the clock (second-chance)
+    /// approximation of least recently used, amortised O(1) where a scan for the oldest
+    /// activity cost a pass over the whole table per new connection under a flood.
     fn evict_oldest(&mut self) {
-        if let Some((&id, _)) = self.conns.iter().min_by_key(|(_, c)| c.last_activity_ns) {
+        while let Some(id) = self.eviction.pop_front() {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                continue; // closed meanwhile
+            };
+            if std::mem::take(&mut conn.referenced) {
+                self.eviction.push_back(id);
+                continue;
+            }
             self.conns.remove(&id);
             self.linker.connection_closed(id, self.now_ns);
             Metrics::inc(&self.metrics.connections_evicted);
+            return;
         }
     }
 
@@ -253,7 +274,7 @@ impl Pipeline {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        conn.last_activity_ns = chunk.meta.ts_exit_ns;
+        conn.referenced = true;
         let stream = match (conn.meta.role(), chunk.direction) {
             (Role::Server, Direction::Ingress) | (Role::Client, Direction::Egress) => {
                 Stream::Request
@@ -454,6 +475,39 @@ mod tests {
             tcp_seq: None,
             payload,
         })
+    }
+
+    /// A full table evicts a connection without data since the clock last passed it: the
+    /// busy one is spared, the idle ones go first, oldest first.
+    #[test]
+    fn a_full_table_evicts_idle_connections_before_busy_ones() {
+        let metrics = Arc::new(Metrics::default());
+        let mut p = Pipeline::new(
+            PipelineConfig {
+                max_connections: 3,
+                ..Default::default()
+            },
+            metrics.clone(),
+        );
+        let me = std::process::id();
+        for id in 1..=3 {
+            p.handle(open(me, id, Role::Server));
+        }
+        p.handle(data(me, 1, Direction::Ingress, b"GET / HTTP/1.1\r\n"));
+        p.handle(open(me, 4, Role::Server));
+        assert!(p.conns.contains_key(&1), "the busy one is spared");
+        assert!(!p.conns.contains_key(&2), "the oldest idle one goes");
+        p.handle(open(me, 5, Role::Server));
+        assert!(!p.conns.contains_key(&3));
+        p.handle(open(me, 6, Role::Server));
+        assert!(!p.conns.contains_key(&1), "spared once, then idle");
+        assert_eq!(p.conns.len(), 3);
+        assert_eq!(metrics.connections_evicted.load(Ordering::Relaxed), 3);
+        // Closed connections leave the clock's queue too (now and then).
+        for id in 7..3000 {
+            p.handle(open(me, id, Role::Server));
+        }
+        assert!(p.eviction.len() <= 2 * p.conns.len() + 1024);
     }
 
     /// Idle connections hold no HTTP state; an oversized head is counted as a parse error;
