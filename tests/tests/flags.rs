@@ -46,12 +46,15 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, Vec<String>) {
     (status.code(), errors)
 }
 
+/// Flags, environment beside the token, and what the one error line must say.
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
 #[test]
 fn mistakes_in_flags_end_the_agent_with_one_line_that_says_what_to_do() {
     require_root();
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy_addr = busy.local_addr().unwrap().to_string();
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    let cases: &[Case] = &[
         (&["--peer", "foo"], &[], "--peer \"foo\" is not HOST:PORT"),
         (
             &["--peers-from-kubernetes", "app=tracer-agent"],
