@@ -210,7 +210,18 @@ impl Run {
             .await;
         assert!(!self.agents.is_empty(), "agents running");
         let (mut dropped, mut stderr) = (0, String::new());
+        let several = self.agents.len() > 1;
         for agent in self.agents.drain(..) {
+            if several {
+                // How the exchange went, per agent: read with the per-hop table.
+                let m = agent.metrics().await.unwrap_or_default();
+                m.lines()
+                    .filter(|l| {
+                        l.starts_with("tracer_peer_lookups_total")
+                            || l.starts_with("tracer_exchange_requests_total")
+                    })
+                    .for_each(|l| eprintln!("  {l}"));
+            }
             dropped += agent
                 .metric("tracer_spans_dropped_queue_full_total")
                 .await
@@ -658,8 +669,19 @@ async fn demo_across_two_nodes_gives_one_trace_each() {
 /// ground truth.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_concurrent_requests_linking_accuracy() {
+    concurrent_accuracy(Nodes::One).await;
+}
+
+/// The same split over two agents (see `demo_across_two_nodes_gives_one_trace_each`): the
+/// same per-hop accuracy as on one node, the frontend → backend hop joined by the exchange.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_across_two_nodes_concurrent_linking_accuracy() {
+    concurrent_accuracy(Nodes::Two).await;
+}
+
+async fn concurrent_accuracy(nodes: Nodes) {
     let _serial = SERIAL.lock().await;
-    let mut run = Run::start(Frontend::Lesson, CgroupLayout::Cgroupfs, true).await;
+    let mut run = Run::start_on(Frontend::Lesson, CgroupLayout::Cgroupfs, true, nodes).await;
     let ids = request_ids("conc", 2000);
     let started = Instant::now();
     send(&run.demo.frontend_url(), &ids, 20, |_| None)
@@ -671,7 +693,7 @@ async fn demo_concurrent_requests_linking_accuracy() {
     let chains = assign(&run, &spans, &ids, Truth::Header, |_| None);
     let report = evaluate(&chains, &spans);
     show(&report.table(&format!(
-        "lesson demo, {} requests from 20 concurrent clients in {took:.1?} (cgroupfs layout, oracle: x-request-id)",
+        "lesson demo, {} requests from 20 concurrent clients in {took:.1?} (cgroupfs layout, oracle: x-request-id, {nodes:?} node(s))",
         ids.len()
     )));
     show(&node_timeline(&chains));

@@ -44,8 +44,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::link::{Answer, PeerKey, SpanContext};
 use crate::metrics::Metrics;
 
-/// How long one lookup request to a peer may take.
-const LOOKUP_TIMEOUT: Duration = Duration::from_millis(300);
+/// How long one lookup request to a peer may take: a live agent busy draining a burst of
+/// events can take a few hundred milliseconds to answer, and a lookup given up is one of
+/// the span's few chances within the link window.
+const LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
 /// Lookup batches waiting to be sent; beyond it they are dropped and counted.
 const QUEUED_BATCHES: usize = 256;
 /// A caller on no known node is asked of every other agent, up to this many.
@@ -415,7 +417,7 @@ impl Peer {
             let response = match sent {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::debug!("exchange peer {}: {e}", self.addr);
+                    tracing::debug!("exchange peer {}: {e:#}", self.addr);
                     metrics.lookups(&self.addr, LookupResult::Failed, unanswered);
                     self.back_off();
                     return;
@@ -467,10 +469,15 @@ impl Peer {
         }
     }
 
+    /// A peer is skipped only from its second failure in a row: one slow answer from a
+    /// busy but live agent must not cost the lookups of every caller during a pause.
     fn back_off(&mut self) {
         self.failures = self.failures.saturating_add(1);
+        if self.failures < 2 {
+            return;
+        }
         let pause = BACKOFF_MIN
-            .saturating_mul(1 << self.failures.min(8).saturating_sub(1))
+            .saturating_mul(1 << self.failures.min(9).saturating_sub(2))
             .min(BACKOFF_MAX);
         self.retry_at = Some(tokio::time::Instant::now() + pause);
     }
