@@ -149,6 +149,8 @@ pub struct Found {
     pub fd: u32,
     pub conn: Established,
     pub comm: String,
+    /// The process's cgroup v2 id (0 when unknown).
+    pub cgroup_id: u64,
 }
 
 /// Processes whose connections are looked at: `only` when given, else every process but
@@ -166,6 +168,8 @@ pub fn scan(proc_root: &Path, only: &[u32], skip: u32) -> Vec<Found> {
     };
     // Tables by network namespace: processes of one pod share one.
     let mut tables: HashMap<String, HashMap<u64, Established>> = HashMap::new();
+    let cgroup_root =
+        crate::enrich::cgroupfs::find_root(crate::enrich::cgroupfs::DEFAULT_CANDIDATES);
     let mut found = Vec::new();
     for pid in pids.into_iter().filter(|&p| p != skip) {
         let dir = proc_root.join(pid.to_string());
@@ -200,6 +204,9 @@ pub fn scan(proc_root: &Path, only: &[u32], skip: u32) -> Vec<Found> {
         let comm = std::fs::read_to_string(dir.join("comm"))
             .map(|c| c.trim_end().to_owned())
             .unwrap_or_default();
+        let cgroup_id = cgroup_root
+            .as_deref()
+            .map_or(0, |root| cgroup_id(root, &dir));
         for (fd, inode) in sockets {
             if let Some(conn) = table.get(&inode) {
                 found.push(Found {
@@ -207,6 +214,7 @@ pub fn scan(proc_root: &Path, only: &[u32], skip: u32) -> Vec<Found> {
                     fd,
                     conn: *conn,
                     comm: comm.clone(),
+                    cgroup_id,
                 });
             }
         }
@@ -214,16 +222,12 @@ pub fn scan(proc_root: &Path, only: &[u32], skip: u32) -> Vec<Found> {
     found
 }
 
-/// The cgroup v2 id of a process (the inode of its cgroup's directory, as the programs
-/// report it), 0 when unknown: the enricher then reads `/proc/<pid>/cgroup` itself.
-pub fn cgroup_id(pid: u32) -> u64 {
+/// The cgroup v2 id of the process at `proc_dir` (the inode of its cgroup's directory under
+/// `root`, as the programs report it), 0 when unknown: the enricher then reads
+/// `/proc/<pid>/cgroup` itself.
+fn cgroup_id(root: &Path, proc_dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt as _;
-    let Some(root) =
-        crate::enrich::cgroupfs::find_root(crate::enrich::cgroupfs::DEFAULT_CANDIDATES)
-    else {
-        return 0;
-    };
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+    let Ok(text) = std::fs::read_to_string(proc_dir.join("cgroup")) else {
         return 0;
     };
     text.lines()

@@ -364,7 +364,7 @@ impl Capture {
         let mem = python::Memory::open(root, tgid)?;
         let version = python::version_of(mem.u32(interp.version)?);
         let layout = python::layout(version).ok_or(python::PyError::UnknownLayout(version))?;
-        let threads = self.register_python_threads(tgid, &interp, &layout)?;
+        let threads = self.register_python_threads(tgid, &mem, &interp, &layout)?;
         if threads == 0 {
             bail!(python::PyError::NoThreads);
         }
@@ -383,12 +383,12 @@ impl Capture {
     fn register_python_threads(
         &mut self,
         tgid: u32,
+        mem: &python::Memory,
         interp: &python::Interpreter,
         layout: &python::Layout,
     ) -> Result<usize> {
         let root = std::path::Path::new("/proc");
-        let mem = python::Memory::open(root, tgid)?;
-        let states = python::live_threads(root, tgid, python::thread_states(&mem, interp, layout)?);
+        let states = python::live_threads(root, tgid, python::thread_states(mem, interp, layout)?);
         let mut threads: BpfHashMap<_, u64, u64> = BpfHashMap::try_from(
             self.ebpf
                 .map_mut(MAP_PY_THREADS)
@@ -414,7 +414,10 @@ impl Capture {
                 gone.push(tgid);
                 continue;
             }
-            if let Err(e) = self.register_python_threads(tgid, &interp, &layout) {
+            let registered = python::Memory::open(std::path::Path::new("/proc"), tgid)
+                .map_err(anyhow::Error::from)
+                .and_then(|mem| self.register_python_threads(tgid, &mem, &interp, &layout));
+            if let Err(e) = registered {
                 tracing::debug!("CPython process {tgid}: threads not refreshed: {e:#}");
             }
         }
@@ -483,7 +486,7 @@ impl Capture {
                     conn_id,
                     ts_enter_ns: now_ns,
                     ts_exit_ns: now_ns,
-                    cgroup_id: adopt::cgroup_id(f.tgid),
+                    cgroup_id: f.cgroup_id,
                 },
                 role: f.conn.role,
                 local: Some(f.conn.local),

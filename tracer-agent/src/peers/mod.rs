@@ -247,11 +247,12 @@ impl PeerSource {
     fn knows(&self, addr: &str) -> bool {
         match self {
             PeerSource::Static(peers) => peers.iter().any(|p| p == addr),
-            PeerSource::Directory(dir) => dir
-                .read()
-                .expect("directory lock")
-                .peers()
-                .any(|a| a.to_string() == addr),
+            PeerSource::Directory(dir) => addr.parse::<SocketAddr>().is_ok_and(|addr| {
+                dir.read()
+                    .expect("directory lock")
+                    .peers()
+                    .any(|a| a == addr)
+            }),
         }
     }
 
