@@ -94,7 +94,9 @@ fn build_agent(release: bool) -> Result<PathBuf> {
     let tools = toolchain::ensure()?;
     eprintln!("==> building tracer-agent (eBPF programs included)");
     let mut cmd = cargo();
-    cmd.args(["build", "--package", "tracer-agent"]);
+    // `--workspace`: features resolved as for `cargo test --workspace`, so the tests, the
+    // VM guest and this build share one build of each dependency (and of the programs).
+    cmd.args(["build", "--workspace", "--bin", "tracer-agent"]);
     if release {
         cmd.arg("--release");
     }

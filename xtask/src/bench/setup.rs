@@ -41,8 +41,7 @@ pub fn tools(with_python: bool) -> Result<Tools> {
             .args([
                 "build",
                 "--release",
-                "-p",
-                "tracer-tests",
+                "--workspace",
                 "--bin",
                 "tracer-otlp-sink",
             ])
