@@ -218,3 +218,171 @@ async fn console_mode_prints_trace_trees() {
     // --pid restricts tracing to the server: curl's CLIENT span is absent.
     assert!(!stdout.contains("CLIENT"), "{stdout}");
 }
+
+/// A request carrying `Authorization`, `Cookie` and credentials in its query, answered
+/// with `Set-Cookie`: both spans are exported, and no credential value is in any of them
+/// (every attribute, event and resource of every span the two processes produced).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_never_reach_the_collector() {
+    const SECRETS: [&str; 6] = [
+        "bearer-5ecret-1",
+        "cookie-5ecret-2",
+        "query-5ecret-3",
+        "query-5ecret-4",
+        "set-cookie-5ecret-5",
+        "basic-5ecret-6",
+    ];
+    let script = format!(
+        r#"
+import http.server, socketserver
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *args): pass
+    def do_GET(self):
+        body = b"welcome\n"
+        self.send_response(200)
+        self.send_header("Set-Cookie", "session={cookie}; HttpOnly")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+srv = socketserver.TCPServer(("127.0.0.1", 0), Handler)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#,
+        cookie = SECRETS[4]
+    );
+    let mut cmd = programs::python();
+    cmd.arg("-c").arg(script);
+    let server = programs::spawn_printing_port(cmd, "python3 cookie server").unwrap();
+    let rx = OtlpReceiver::start(ReceiverProtocol::Grpc).await.unwrap();
+    let agent = agent_exporting_to(&rx, &[]).await.unwrap();
+    let bearer = format!("Authorization: Bearer {}", SECRETS[0]);
+    let cookie = format!("Cookie: sid={}", SECRETS[1]);
+    let url = format!(
+        "http://127.0.0.1:{}/login?user=ann&access_token={}&password={}",
+        server.port, SECRETS[2], SECRETS[3]
+    );
+    let first = curl(&["-o", "/dev/null", "-H", &bearer, "-H", &cookie, &url]).unwrap();
+    // Basic credentials in the URL's user part travel as an Authorization header.
+    let basic_url = format!("http://ann:{}@127.0.0.1:{}/basic", SECRETS[5], server.port);
+    let second = curl(&["-o", "/dev/null", &basic_url]).unwrap();
+    let spans = collect(&rx, agent, &[first.pid, second.pid, server.pid()], 4).await;
+    assert_eq!(spans.len(), 4, "{}", programs::summary(&spans));
+    let login = one(&spans, "SERVER span of /login", |s| {
+        s.kind == "SERVER" && s.attr_str("url.path") == Some("/login")
+    });
+    // The request was captured in full (the query is there, values redacted).
+    assert_eq!(
+        login.attr_str("url.query"),
+        Some("user=ann&access_token=REDACTED&password=REDACTED")
+    );
+    let exported = format!("{spans:?}");
+    for secret in SECRETS {
+        assert!(
+            !exported.contains(secret),
+            "{secret} reached the collector: {spans:#?}"
+        );
+    }
+}
+
+/// Real TLS (`openssl s_server`, curl over https) and real HTTP/2 with prior knowledge
+/// (curl against a gRPC server's h2c port) make no span and no parse error: each server
+/// end is counted once as not HTTP/1, by protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_http2_are_counted_as_not_http1() {
+    const N: usize = 4;
+    let dir = programs::TempDir::new("tls").unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is installed (`apt-get install openssl`)");
+    assert!(made.status.success(), "{made:?}");
+    let tls_port = programs::free_port().unwrap();
+    let tls = Server {
+        child: std::process::Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept"])
+            .arg(tls_port.to_string())
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl s_server starts"),
+        port: tls_port,
+    };
+    let mut sink = std::process::Command::new(env!("CARGO_BIN_EXE_tracer-otlp-sink"));
+    sink.args(["--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"]);
+    let mut sink = tracer_tests::harness::LineChild::spawn(&mut sink).unwrap();
+    let ready = sink.ask("", |l| l.starts_with("ready")).unwrap();
+    let h2c = ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("grpc="))
+        .expect("sink reports its gRPC address")
+        .to_owned();
+    programs::wait_for_listener(
+        format!("127.0.0.1:{tls_port}").parse().unwrap(),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+
+    let rx = OtlpReceiver::start(ReceiverProtocol::Grpc).await.unwrap();
+    let pids = [tls.pid(), sink.pid()];
+    let agent = agent_exporting_to(
+        &rx,
+        &["--pid", &pids[0].to_string(), "--pid", &pids[1].to_string()],
+    )
+    .await
+    .unwrap();
+    for _ in 0..N {
+        let page = curl(&["-k", &format!("https://127.0.0.1:{tls_port}/")]).unwrap();
+        assert!(page.stdout.contains("s_server"), "{}", page.stdout);
+        curl(&[
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            &format!("http://{h2c}/"),
+        ])
+        .unwrap();
+    }
+    let tls_metric = "tracer_connections_not_http_total{protocol=\"tls\"}";
+    let h2_metric = "tracer_connections_not_http_total{protocol=\"http2\"}";
+    let deadline = std::time::Instant::now() + programs::WAIT;
+    while agent.metric(tls_metric).await.unwrap() < N as u64
+        || agent.metric(h2_metric).await.unwrap() < N as u64
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not counted: {}",
+            agent.metrics().await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = agent.metrics().await.unwrap();
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    assert_eq!(value(tls_metric), N as u64, "one per TLS server end");
+    assert_eq!(value(h2_metric), N as u64, "one per h2c server end");
+    assert_eq!(
+        value("tracer_connections_not_http_total{protocol=\"other\"}"),
+        0
+    );
+    assert_eq!(
+        value("tracer_http_parse_errors_total"),
+        0,
+        "no parse-error storm"
+    );
+    assert_eq!(value("tracer_http_exchanges_total"), 0);
+    agent.stop().unwrap();
+    assert_eq!(programs::spans_of(&rx.spans(), &pids).len(), 0);
+}

@@ -346,12 +346,13 @@ async fn run(args: Args) -> Result<()> {
             servers + clients
         );
     }
-    metrics.ready.store(true, Ordering::Relaxed);
+    // Logged before readiness turns on: whoever sees /readyz answer 200 finds the line.
     tracing::info!(
         "tracing HTTP: {} programs attached, {} loaded for Go executables; health and metrics on http://{bound}",
         capture.attached,
         capture.go_programs
     );
+    metrics.ready.store(true, Ordering::Relaxed);
     let ring = capture.take_ring().context("ring buffer already taken")?;
     // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register(ring) }.context("cannot poll the ring buffer")?;
@@ -372,6 +373,9 @@ async fn run(args: Args) -> Result<()> {
             }
             _ = drops_refresh.tick() => {
                 for (slot, value) in metrics.kernel_drops.iter().zip(capture.drops()) {
+                    slot.store(value, Ordering::Relaxed);
+                }
+                for (slot, value) in metrics.connections_not_http.iter().zip(capture.not_http()) {
                     slot.store(value, Ordering::Relaxed);
                 }
             }

@@ -11,6 +11,9 @@ macro_rules! counters {
             $( pub $field: AtomicU64, )*
             /// Drops counted in the kernel, per reason, copied in by the capture loop.
             pub kernel_drops: [AtomicU64; tracer_common::DROP_REASON_COUNT],
+            /// Connection ends the kernel found speaking something other than HTTP/1, per
+            /// `tracer_common::Sniffed` (minus one), copied in by the capture loop.
+            pub connections_not_http: [AtomicU64; tracer_common::NOT_HTTP_KIND_COUNT],
             /// CLIENT spans the thread rule left without a parent, per
             /// `link::Abstained::ALL`, copied in by the pipeline.
             pub link_abstained: [AtomicU64; crate::link::Abstained::ALL.len()],
@@ -34,6 +37,12 @@ macro_rules! counters {
                         .map(|r| r.as_str())
                         .unwrap_or("unknown");
                     let _ = writeln!(out, "tracer_kernel_drops_total{{reason=\"{reason}\"}} {}", c.load(Ordering::Relaxed));
+                }
+                let _ = writeln!(out, "# HELP tracer_connections_not_http_total Connection ends whose first bytes were not HTTP/1 (not captured further), by protocol.");
+                let _ = writeln!(out, "# TYPE tracer_connections_not_http_total counter");
+                for (i, c) in self.connections_not_http.iter().enumerate() {
+                    let protocol = tracer_common::Sniffed::not_http_label(i);
+                    let _ = writeln!(out, "tracer_connections_not_http_total{{protocol=\"{protocol}\"}} {}", c.load(Ordering::Relaxed));
                 }
                 let _ = writeln!(out, "# HELP tracer_link_abstained_total CLIENT spans given no in-process parent because no choice was certain, by reason.");
                 let _ = writeln!(out, "# TYPE tracer_link_abstained_total counter");

@@ -13,6 +13,7 @@ pub const DEFAULT_CAPTURE_BYTES: u32 = 4096;
 /// Map and program names, used by both sides.
 pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_DROPS: &str = "DROPS";
+pub const MAP_NOT_HTTP: &str = "NOT_HTTP";
 pub const MAP_TRACED_PIDS: &str = "TRACED_PIDS";
 pub const MAP_CONNS: &str = "CONNS";
 pub const MAP_GO_PROCS: &str = "GO_PROCS";
@@ -366,6 +367,64 @@ pub const PROTO_UNKNOWN: u32 = 0;
 pub const PROTO_HTTP1: u32 = 1;
 pub const PROTO_OTHER: u32 = 2;
 
+/// What a connection speaks, judged by the first four bytes of its first data (either
+/// direction). Only HTTP/1 is captured; the others are counted per connection end in the
+/// `NOT_HTTP` per-CPU array, indexed by `Sniffed as u32 - 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Sniffed {
+    Http1 = 0,
+    /// A TLS record header: content type 20–23 (handshake first, or application data on
+    /// a connection whose start was missed), then major version 3.
+    Tls = 1,
+    /// The HTTP/2 client preface (`PRI * HTTP/2.0…`), as h2c and gRPC send it, or a
+    /// SETTINGS frame header (a server's first bytes, which it may send before it reads
+    /// the client's preface): a 24-bit length under 64 KiB, then type 4.
+    Http2 = 2,
+    Other = 3,
+}
+
+pub const NOT_HTTP_KIND_COUNT: usize = 3;
+
+impl Sniffed {
+    /// Compares whole words, as the eBPF programs do best (no byte-string compare).
+    #[inline(always)]
+    pub const fn of(prefix: [u8; 4]) -> Sniffed {
+        const fn tag(s: &[u8; 4]) -> u32 {
+            u32::from_le_bytes(*s)
+        }
+        let word = u32::from_le_bytes(prefix);
+        if word == tag(b"GET ")
+            || word == tag(b"POST")
+            || word == tag(b"PUT ")
+            || word == tag(b"HEAD")
+            || word == tag(b"DELE")
+            || word == tag(b"PATC")
+            || word == tag(b"OPTI")
+            || word == tag(b"CONN")
+            || word == tag(b"TRAC")
+            || word == tag(b"HTTP")
+        {
+            Sniffed::Http1
+        } else if word == tag(b"PRI ") || (prefix[0] == 0 && prefix[3] == 4) {
+            Sniffed::Http2
+        } else if prefix[0] >= 20 && prefix[0] <= 23 && prefix[1] == 3 {
+            Sniffed::Tls
+        } else {
+            Sniffed::Other
+        }
+    }
+
+    /// The `protocol` label of `tracer_connections_not_http_total` for slot `index`.
+    pub const fn not_http_label(index: usize) -> &'static str {
+        match index {
+            0 => "tls",
+            1 => "http2",
+            _ => "other",
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all are repr(C), contain only integers and arrays with explicit padding.
@@ -377,6 +436,36 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
+    use super::Sniffed;
+
+    #[test]
+    fn sniffing_first_bytes() {
+        let of = |b: &[u8]| Sniffed::of([b[0], b[1], b[2], b[3]]);
+        assert_eq!(of(b"GET / HTTP/1.1"), Sniffed::Http1);
+        assert_eq!(of(b"HTTP/1.1 200 OK"), Sniffed::Http1);
+        assert_eq!(of(b"PRI * HTTP/2.0\r\n"), Sniffed::Http2);
+        // A server's SETTINGS frame (18 bytes of settings), written before the preface came.
+        assert_eq!(of(&[0x00, 0x00, 0x12, 0x04]), Sniffed::Http2);
+        assert_eq!(of(&[0x00, 0x00, 0x12, 0x01]), Sniffed::Other);
+        // ClientHello (record version 3.1), application data of TLS 1.2/1.3, an alert.
+        assert_eq!(of(&[0x16, 0x03, 0x01, 0x02]), Sniffed::Tls);
+        assert_eq!(of(&[0x17, 0x03, 0x03, 0x00]), Sniffed::Tls);
+        assert_eq!(of(&[0x15, 0x03, 0x03, 0x00]), Sniffed::Tls);
+        assert_eq!(of(&[0x18, 0x03, 0x03, 0x00]), Sniffed::Other);
+        assert_eq!(of(&[0x16, 0x02, 0x01, 0x02]), Sniffed::Other);
+        assert_eq!(of(b"get / HTTP/1.1"), Sniffed::Other);
+        assert_eq!(of(b"SSH-2.0"), Sniffed::Other);
+        assert_eq!(Sniffed::not_http_label(Sniffed::Tls as usize - 1), "tls");
+        assert_eq!(
+            Sniffed::not_http_label(Sniffed::Http2 as usize - 1),
+            "http2"
+        );
+        assert_eq!(
+            Sniffed::not_http_label(Sniffed::Other as usize - 1),
+            "other"
+        );
+    }
+
     use super::*;
     use core::mem::size_of;
 

@@ -16,7 +16,7 @@ use tracer_common::{
     DATA_FLAG_TCP_SEQ, DATA_FLAG_TRUNCATED, DEFAULT_CAPTURE_BYTES, DataEvent, DataEventHeader,
     Direction, DropReason, EventHeader, EventKind, GO_CONN_WRITE, GO_ROUND_TRIP, GO_SPAWN, GoEvent,
     GoProc, KernelOffsets, MAX_CAPTURE_BYTES, PROTO_HTTP1, PROTO_OTHER, PROTO_UNKNOWN,
-    PY_FRAME_OWNED_BY_GENERATOR, PY_MAX_FRAMES, PyProc, Role, conn_key,
+    PY_FRAME_OWNED_BY_GENERATOR, PY_MAX_FRAMES, PyProc, Role, Sniffed, conn_key,
 };
 
 #[unsafe(no_mangle)]
@@ -43,6 +43,10 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 #[map]
 static DROPS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(tracer_common::DROP_REASON_COUNT as u32, 0);
+/// Connection ends that spoke something other than HTTP/1, by `Sniffed` (minus one).
+#[map]
+static NOT_HTTP: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(tracer_common::NOT_HTTP_KIND_COUNT as u32, 0);
 #[map]
 static TRACED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 /// Traced connections by `(tgid << 32) | fd`. LRU so a process that dies without closing
@@ -763,23 +767,6 @@ fn lost_flag(state: &mut ConnState, direction: u32) -> &mut u32 {
     }
 }
 
-#[inline(always)]
-fn looks_like_http(prefix: u32) -> bool {
-    const fn tag(s: &[u8; 4]) -> u32 {
-        u32::from_le_bytes(*s)
-    }
-    prefix == tag(b"GET ")
-        || prefix == tag(b"POST")
-        || prefix == tag(b"PUT ")
-        || prefix == tag(b"HEAD")
-        || prefix == tag(b"DELE")
-        || prefix == tag(b"PATC")
-        || prefix == tag(b"OPTI")
-        || prefix == tag(b"CONN")
-        || prefix == tag(b"TRAC")
-        || prefix == tag(b"HTTP")
-}
-
 /// Sends one data record: `moved` bytes are accounted, of which up to `available` (and the
 /// capture limit) are copied from `buf`.
 #[inline(always)]
@@ -820,12 +807,15 @@ fn emit_data(
         }
     }
     if state.protocol == PROTO_UNKNOWN && len >= 4 {
-        let prefix =
-            u32::from_le_bytes([event.data[0], event.data[1], event.data[2], event.data[3]]);
-        if looks_like_http(prefix) {
+        let sniffed = Sniffed::of([event.data[0], event.data[1], event.data[2], event.data[3]]);
+        if sniffed == Sniffed::Http1 {
             state.protocol = PROTO_HTTP1;
         } else {
             state.protocol = PROTO_OTHER;
+            if let Some(counter) = NOT_HTTP.get_ptr_mut(sniffed as u32 - 1) {
+                // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+                unsafe { *counter += 1 };
+            }
             return;
         }
     }

@@ -19,6 +19,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("nginx", "nginx"),
     ("wrk", "wrk"),
     ("node", "nodejs"),
+    // The capture suite's real TLS server and certificate.
+    ("openssl", "openssl"),
 ];
 
 fn have(cmd: &str) -> bool {

@@ -11,8 +11,8 @@ use tracer_common::{
     ConnState, DROP_REASON_COUNT, GLOBAL_AGENT_TGID, GLOBAL_CAPTURE_BYTES, GLOBAL_FILTER_PIDS,
     GLOBAL_FORK_CHILD_PID_OFFSET, GLOBAL_OFFSETS, GLOBAL_WAKEUP_BYTES, GO_NEWPROC1_RET, GO_UPROBES,
     GoProc, KernelOffsets, MAP_ADOPTED_PENDING, MAP_ADOPTING, MAP_CONNS, MAP_DROPS, MAP_EVENTS,
-    MAP_GO_PROCS, MAP_PY_PROCS, MAP_PY_THREADS, MAP_TRACED_PIDS, MAX_CAPTURE_BYTES, PROTO_UNKNOWN,
-    PyProc, conn_key,
+    MAP_GO_PROCS, MAP_NOT_HTTP, MAP_PY_PROCS, MAP_PY_THREADS, MAP_TRACED_PIDS, MAX_CAPTURE_BYTES,
+    NOT_HTTP_KIND_COUNT, PROTO_UNKNOWN, PyProc, conn_key,
 };
 
 use crate::capture::events::{ConnOpened, Meta};
@@ -61,6 +61,7 @@ pub struct Capture {
     ebpf: Ebpf,
     ring: Option<RingBuf<MapData>>,
     drops: PerCpuArray<MapData, u64>,
+    not_http: PerCpuArray<MapData, u64>,
     pub attached: usize,
     /// Uprobe programs loaded for Go executables (attached per executable as they are found).
     pub go_programs: usize,
@@ -207,10 +208,15 @@ impl Capture {
 
         let ring = RingBuf::try_from(ebpf.take_map(MAP_EVENTS).context("EVENTS map missing")?)?;
         let drops = PerCpuArray::try_from(ebpf.take_map(MAP_DROPS).context("DROPS map missing")?)?;
+        let not_http = PerCpuArray::try_from(
+            ebpf.take_map(MAP_NOT_HTTP)
+                .context("NOT_HTTP map missing")?,
+        )?;
         Ok(Capture {
             ebpf,
             ring: Some(ring),
             drops,
+            not_http,
             attached,
             go_programs,
             go_binaries: Default::default(),
@@ -576,14 +582,24 @@ impl Capture {
 
     /// Kernel-side drop counters summed over CPUs, indexed by `DropReason`.
     pub fn drops(&self) -> [u64; DROP_REASON_COUNT] {
-        let mut totals = [0u64; DROP_REASON_COUNT];
-        for (reason, total) in totals.iter_mut().enumerate() {
-            if let Ok(values) = self.drops.get(&(reason as u32), 0) {
-                *total = values.iter().sum();
-            }
-        }
-        totals
+        per_cpu_totals(&self.drops)
     }
+
+    /// Connection ends that spoke something other than HTTP/1, summed over CPUs, indexed
+    /// by `Sniffed as usize - 1`.
+    pub fn not_http(&self) -> [u64; NOT_HTTP_KIND_COUNT] {
+        per_cpu_totals(&self.not_http)
+    }
+}
+
+fn per_cpu_totals<const N: usize>(array: &PerCpuArray<MapData, u64>) -> [u64; N] {
+    let mut totals = [0u64; N];
+    for (slot, total) in totals.iter_mut().enumerate() {
+        if let Ok(values) = array.get(&(slot as u32), 0) {
+            *total = values.iter().sum();
+        }
+    }
+    totals
 }
 
 fn offsets_missing_stack(offsets: &KernelOffsets) -> bool {
