@@ -1,6 +1,9 @@
 //! Root integration suite: what a user sees around interruptions, with the real agent at
-//! its default export settings: a collector that goes away for a few seconds loses no span,
-//! and SIGTERM delivers every span still queued before the agent exits.
+//! its default settings: a collector that goes away for a few seconds loses no span (and
+//! one away for longer costs exactly the spans of that time, counted), SIGTERM delivers
+//! every span still queued before the agent exits, connections that predate the agent are
+//! traced, a restart under traffic misses no new connection after readiness, and losses in
+//! the kernel are counted and never pair an exchange with the wrong request.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -271,5 +274,403 @@ async fn connections_open_before_the_agent_are_traced() {
             .iter()
             .all(|s| id_of(s).is_some_and(|id| (6..26).contains(&id) || (46..66).contains(&id))),
         "only requests made while an agent ran are traced"
+    );
+}
+
+/// The agent traces only `pids`, exporting to `rx` with room for every span of a test.
+async fn agent_scoped(rx: &OtlpReceiver, pids: &[u32], extra: &[&str]) -> Agent {
+    let mut args: Vec<String> = pids
+        .iter()
+        .flat_map(|p| ["--pid".to_owned(), p.to_string()])
+        .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    tracer_tests::programs::agent_exporting_to(rx, &args)
+        .await
+        .expect("agent starts")
+}
+
+/// SERVER spans of `server` whose parent is a CLIENT span of `client` for another id.
+fn wrong_pairs(spans: &[tracer_tests::ReceivedSpan], client: u32, server: u32) -> Vec<String> {
+    let clients: std::collections::HashMap<&str, Option<u32>> = spans
+        .iter()
+        .filter(|s| span_pid(s) == client && s.kind == "CLIENT")
+        .map(|s| (s.span_id.as_str(), id_of(s)))
+        .collect();
+    spans
+        .iter()
+        .filter(|s| span_pid(s) == server && s.kind == "SERVER")
+        .filter_map(|s| {
+            let parent = clients.get(s.parent_span_id.as_str())?;
+            (*parent != id_of(s))
+                .then(|| format!("SERVER id {:?} under CLIENT id {parent:?}", id_of(s)))
+        })
+        .collect()
+}
+
+/// Keep-alive connections in one Python process, one per thread (`http.client`). A line
+/// `FIRST PER BYTES SEQUENTIAL` on stdin makes thread `t` POST `BYTES` bytes to
+/// `/load?id=N` for ids `FIRST + t * PER ..` on its own connection, all threads at once (or
+/// one after another when SEQUENTIAL is 1), then prints `done OK` (the 201s counted).
+const CONCURRENT_CLIENTS: &str = r#"
+import http.client, sys, threading
+port, threads = int(sys.argv[1]), int(sys.argv[2])
+conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(threads)]
+for line in sys.stdin:
+    first, per, size, sequential = map(int, line.split())
+    body = b"x" * size
+    ok = [0] * threads
+    def run(t):
+        for n in range(first + t * per, first + (t + 1) * per):
+            conns[t].request("POST", "/load?id=%d" % n, body)
+            r = conns[t].getresponse()
+            r.read()
+            ok[t] += r.status == 201
+    workers = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+        if sequential:
+            w.join()
+    for w in workers:
+        w.join()
+    print("done %d" % sum(ok), flush=True)
+"#;
+
+/// A ring buffer far too small for the load (32 KiB, 16 clients posting 8 KiB each): the
+/// kernel counts its drops; no SERVER span is ever paired with another request's CLIENT
+/// span; and once the load is over, every connection's streams have resynchronised: one
+/// more request on each is traced and linked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_ring_buffer_drops_are_counted_and_streams_resynchronise() {
+    const THREADS: u32 = 16;
+    const PER: u32 = 40;
+    let server = tracer_tests::programs::python_app_server("127.0.0.1", false).unwrap();
+    let mut cmd = tracer_tests::programs::python();
+    cmd.arg("-c")
+        .arg(CONCURRENT_CLIENTS)
+        .arg(server.port.to_string())
+        .arg(THREADS.to_string());
+    let mut clients = tracer_tests::harness::LineChild::spawn(&mut cmd).unwrap();
+    let rx = OtlpReceiver::start(ReceiverProtocol::Grpc).await.unwrap();
+    let pids = [clients.pid(), server.pid()];
+    let agent = agent_scoped(&rx, &pids, &["--ring-buffer-bytes", "32768"]).await;
+    let mut ask = |line: &str| {
+        clients
+            .ask(line, |l| l.starts_with("done "))
+            .expect("client report")
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(
+        ask(&format!("0 {PER} 8192 0")),
+        format!("done {}", THREADS * PER)
+    );
+    let drops = "tracer_kernel_drops_total{reason=\"ring_buffer_full\"}";
+    // The drop counters are copied in twice a second.
+    let started = Instant::now();
+    while agent.metric(drops).await.unwrap() == 0 && started.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dropped = agent.metric(drops).await.unwrap();
+    assert!(
+        dropped > 0,
+        "the load must overflow the ring buffer to test anything"
+    );
+    // The agent has caught up (every span it made is out, none waits for a link) before the
+    // last requests: they test resynchronisation, not a ring buffer still full of backlog.
+    let started = Instant::now();
+    loop {
+        let created = agent.metric("tracer_spans_created_total").await.unwrap();
+        let exported = agent.metric("tracer_spans_exported_total").await.unwrap();
+        let waiting = agent.metric("tracer_spans_waiting").await.unwrap();
+        if created == exported && waiting == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "the agent never caught up: {created} spans created, {exported} exported, {waiting} waiting"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // One request per connection, one connection at a time.
+    let first = 10_000;
+    assert_eq!(ask(&format!("{first} 1 16 1")), format!("done {THREADS}"));
+    let finals = first..first + THREADS;
+    let waited = rx
+        .wait_for_spans(
+            |s| pairs_linked(s, pids[0], pids[1], finals.clone()).is_empty(),
+            WAIT,
+        )
+        .await;
+    let gaps = agent.metric("tracer_stream_gaps_total").await.unwrap();
+    agent.stop().expect("agent stops cleanly");
+    let spans = tracer_tests::programs::spans_of(&rx.spans(), &pids);
+    let linked_under_load = spans
+        .iter()
+        .filter(|s| s.kind == "SERVER" && id_of(s).is_some_and(|id| id < first))
+        .filter(|s| !s.parent_span_id.is_empty())
+        .count();
+    println!(
+        "{dropped} events dropped, {gaps} stream gaps; {linked_under_load} of {} requests under load linked",
+        THREADS * PER
+    );
+    let wrong = wrong_pairs(&spans, pids[0], pids[1]);
+    assert!(wrong.is_empty(), "{} wrong pairs: {wrong:#?}", wrong.len());
+    assert!(
+        waited.is_ok(),
+        "after the load: {:#?}",
+        pairs_linked(&spans, pids[0], pids[1], finals)
+    );
+}
+
+/// One socket, a writer thread and a reader thread pinned to different CPUs, requests
+/// pipelined while responses are read: every exchange is traced and linked, and no gap
+/// is reported (losses are tracked per direction, so the two CPUs never clear or set each
+/// other's state).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_socket_written_and_read_on_two_cpus() {
+    const N: u32 = 200;
+    let script = r#"
+import os, socket, sys, threading, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+cpus = sorted(os.sched_getaffinity(0))
+sys.stdin.readline()
+s = socket.create_connection(("127.0.0.1", port))
+def writer():
+    os.sched_setaffinity(0, {cpus[0]})
+    for i in range(n):
+        s.sendall(b"GET /duplex?id=%d HTTP/1.1\r\nHost: duplex\r\n\r\n" % i)
+        if i % 4 == 3:
+            time.sleep(0.002)
+ok = 0
+def reader():
+    global ok
+    os.sched_setaffinity(0, {cpus[-1]})
+    f = s.makefile("rb")
+    for _ in range(n):
+        status = f.readline()
+        length = 0
+        while True:
+            h = f.readline()
+            if h in (b"\r\n", b""):
+                break
+            if h.lower().startswith(b"content-length:"):
+                length = int(h.split(b":")[1])
+        f.read(length)
+        ok += status.split()[1] == b"200"
+threads = [threading.Thread(target=writer), threading.Thread(target=reader)]
+for t in threads: t.start()
+for t in threads: t.join()
+print("ok %d cpus %d" % (ok, len(cpus)), flush=True)
+"#;
+    let server = tracer_tests::programs::python_app_server("127.0.0.1", false).unwrap();
+    let rx = OtlpReceiver::start(ReceiverProtocol::Grpc).await.unwrap();
+    let mut cmd = tracer_tests::programs::python();
+    cmd.arg("-c")
+        .arg(script)
+        .arg(server.port.to_string())
+        .arg(N.to_string());
+    let mut client = tracer_tests::harness::LineChild::spawn(&mut cmd).unwrap();
+    let pids = [client.pid(), server.pid()];
+    let agent = agent_scoped(&rx, &pids, &[]).await;
+    let report = client.ask("go", |l| l.starts_with("ok ")).unwrap();
+    assert!(
+        report.trim().starts_with(&format!("ok {N} ")),
+        "every response read: {report}"
+    );
+    assert!(
+        !report.trim().ends_with("cpus 1"),
+        "needs two CPUs: {report}"
+    );
+    let waited = rx
+        .wait_for_spans(
+            |s| tracer_tests::programs::spans_of(s, &pids).len() >= 2 * N as usize,
+            WAIT,
+        )
+        .await;
+    let gaps = agent.metric("tracer_stream_gaps_total").await.unwrap();
+    let drops = agent.metrics().await.unwrap();
+    agent.stop().expect("agent stops cleanly");
+    let spans = tracer_tests::programs::spans_of(&rx.spans(), &pids);
+    assert!(waited.is_ok(), "{} of {} spans", spans.len(), 2 * N);
+    assert_eq!(spans.len(), 2 * N as usize);
+    assert_eq!(gaps, 0, "no gap reported: {drops}");
+    let problems = pairs_linked(&spans, pids[0], pids[1], 0..N);
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+/// The collector is away for longer than the export budget (`OTEL_BSP_EXPORT_TIMEOUT`,
+/// 1 s here instead of 30): the spans made
+/// meanwhile are dropped and counted, exactly; capture goes on (every exchange is still
+/// reconstructed), memory stays bounded; and once the collector is back, new spans are
+/// delivered, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_away_longer_than_the_budget_drops_counted_capture_goes_on() {
+    const N: usize = 20;
+    let server = python_http_server("127.0.0.1", false).unwrap();
+    let endpoint = unused_local_addr().unwrap();
+    let agent = Agent::start(
+        &["--pid", &server.pid().to_string()],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{endpoint}")),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
+            ("OTEL_BSP_EXPORT_TIMEOUT", "1000".to_owned()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()),
+        ],
+    )
+    .await
+    .expect("agent starts");
+    let get = |ids: std::ops::Range<usize>| {
+        for i in ids {
+            curl(&[
+                "-o",
+                "/dev/null",
+                &format!("http://127.0.0.1:{}/?id={i}", server.port),
+            ])
+            .expect("curl");
+        }
+    };
+    let rss_at_start = tracer_tests::programs::rss_kib(agent.pid()).unwrap();
+    // Two rounds while the collector is away; only the server is traced: one span each.
+    get(0..N);
+    wait_metric(&agent, "tracer_spans_dropped_export_failed_total", N as u64).await;
+    get(N..2 * N);
+    wait_metric(&agent, "tracer_http_exchanges_total", 2 * N as u64).await;
+    wait_metric(
+        &agent,
+        "tracer_spans_dropped_export_failed_total",
+        2 * N as u64,
+    )
+    .await;
+    let rss = tracer_tests::programs::rss_kib(agent.pid()).unwrap();
+    assert!(
+        rss < rss_at_start + 16 * 1024,
+        "agent RSS {rss} KiB during the outage, {rss_at_start} KiB at start"
+    );
+    let rx = OtlpReceiver::start_on(ReceiverProtocol::Grpc, endpoint)
+        .await
+        .unwrap();
+    get(2 * N..3 * N);
+    let mine = |spans: &[tracer_tests::ReceivedSpan]| {
+        spans
+            .iter()
+            .filter(|s| span_pid(s) == server.pid())
+            .filter_map(id_of)
+            .collect::<Vec<_>>()
+    };
+    let waited = rx.wait_for_spans(|s| mine(s).len() >= N, WAIT).await;
+    let dropped = agent
+        .metric("tracer_spans_dropped_export_failed_total")
+        .await
+        .unwrap();
+    agent.stop().expect("agent stops cleanly");
+    let mut got = mine(&rx.spans());
+    got.sort_unstable();
+    assert!(waited.is_ok(), "after the outage: {got:?}");
+    let want: Vec<u32> = (2 * N as u32..3 * N as u32).collect();
+    assert_eq!(got, want, "the requests after the outage, each once");
+    assert_eq!(
+        dropped,
+        2 * N as u64,
+        "exactly the outage's spans counted as dropped"
+    );
+    println!(
+        "outage: {dropped} spans dropped and counted, RSS {rss} KiB ({rss_at_start} KiB at start)"
+    );
+}
+
+/// New connections keep coming while the agent is restarted: every request that starts
+/// after the new agent reports ready is traced, both ends, linked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_under_traffic_traces_every_new_connection_after_readiness() {
+    let script = r#"
+import http.client, sys, threading, time
+port = int(sys.argv[1])
+log, stop, errors = [], threading.Event(), []
+def run():
+    n = 0
+    while not stop.is_set():
+        start = time.time_ns()
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            c.request("GET", "/fresh?id=%d" % n)
+            r = c.getresponse()
+            r.read()
+            c.close()
+            status = r.status
+        except Exception as e:
+            errors.append("%d %r" % (n, e))
+            status = 0
+        log.append((n, start, status))
+        n += 1
+        time.sleep(0.01)
+sys.stdin.readline()
+t = threading.Thread(target=run)
+t.start()
+print("started", flush=True)
+sys.stdin.readline()
+stop.set()
+t.join()
+for n, start, status in log:
+    print(n, start, status)
+for e in errors:
+    print("error", e)
+print("end", flush=True)
+"#;
+    let server = tracer_tests::programs::python_app_server("127.0.0.1", false).unwrap();
+    let rx = OtlpReceiver::start(ReceiverProtocol::Grpc).await.unwrap();
+    let mut cmd = tracer_tests::programs::python();
+    cmd.arg("-c").arg(script).arg(server.port.to_string());
+    let mut load = tracer_tests::harness::LineChild::spawn(&mut cmd).unwrap();
+    let pids = [load.pid(), server.pid()];
+    let first = agent_scoped(&rx, &pids, &[]).await;
+    load.ask("go", |l| l == "started").unwrap();
+    // Traffic under the first agent until it has traced some of it.
+    wait_metric(&first, "tracer_http_exchanges_total", 20).await;
+    first.stop().expect("first agent stops cleanly");
+    let second = agent_scoped(&rx, &pids, &[]).await;
+    let ready_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    // The programs trace from before readiness (adoption comes last): count from here.
+    let at_ready = second.metric("tracer_http_exchanges_total").await.unwrap();
+    wait_metric(&second, "tracer_http_exchanges_total", at_ready + 60).await;
+    let out = load.ask("stop", |l| l == "end").unwrap();
+    let mut after = Vec::new();
+    let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("error")).collect();
+    assert!(errors.is_empty(), "requests failed: {errors:?}");
+    for line in out.lines().filter(|l| *l != "end") {
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect();
+        assert_eq!(f[2], 200, "request {} answered", f[0]);
+        if f[1] >= ready_at {
+            after.push(f[0] as u32);
+        }
+    }
+    assert!(
+        after.len() >= 20,
+        "traffic after the restart: {} of {} requests, ready at {ready_at}: {:?}",
+        after.len(),
+        out.lines().count(),
+        out.lines().rev().take(3).collect::<Vec<_>>()
+    );
+    let (lo, hi) = (after[0], after[after.len() - 1] + 1);
+    assert_eq!(after.len() as u32, hi - lo, "consecutive ids");
+    let waited = rx
+        .wait_for_spans(
+            |s| pairs_linked(s, pids[0], pids[1], lo..hi).is_empty(),
+            WAIT,
+        )
+        .await;
+    second.stop().expect("second agent stops cleanly");
+    let problems = pairs_linked(&rx.spans(), pids[0], pids[1], lo..hi);
+    assert!(
+        waited.is_ok() && problems.is_empty(),
+        "{} of {} requests after readiness not traced and linked: {problems:#?}",
+        problems.len(),
+        hi - lo
     );
 }
