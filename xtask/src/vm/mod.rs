@@ -6,6 +6,7 @@
 
 mod initramfs;
 mod kernel;
+mod netmods;
 mod qemu;
 
 use std::path::{Path, PathBuf};
@@ -52,7 +53,7 @@ pub enum Verdict {
 }
 
 struct Row {
-    version: &'static str,
+    version: String,
     release: String,
     verdict: Verdict,
     fetch: Duration,
@@ -133,6 +134,12 @@ pub fn run(args: VmTestArgs) -> Result<()> {
         cmdline_extra.push(format!("{ASSERT_LINKING_ENV}={v}"));
     }
 
+    // `-- two_nodes` (or a part of that name) runs only the two-guest case; any other filter
+    // only the one-guest suite.
+    let two_nodes_only = filter
+        .as_deref()
+        .is_some_and(|f| TWO_NODES_CASE.contains(f));
+    let with_two_nodes = filter.is_none() || two_nodes_only;
     let mut accel = None;
     let mut rows = Vec::new();
     for spec in specs {
@@ -142,7 +149,7 @@ pub fn run(args: VmTestArgs) -> Result<()> {
             Err(e) => {
                 eprintln!("error: {e:#}");
                 rows.push(Row {
-                    version: spec.version,
+                    version: spec.version.to_owned(),
                     release: "-".into(),
                     verdict: Verdict::Fail(format!("kernel not fetched: {e:#}")),
                     fetch: fetch_started.elapsed(),
@@ -161,47 +168,77 @@ pub fn run(args: VmTestArgs) -> Result<()> {
             Some(a) => a,
             None => *accel.insert(qemu::choose_accel(args.accel, &qemu, &kernel.vmlinuz)?),
         };
-        eprintln!(
-            "==> [{}] booting {} ({}) with {}, up to {}s",
-            spec.version,
-            kernel.release,
-            kernel.package,
-            accel.name(),
-            args.timeout
-        );
-        let guest_started = Instant::now();
-        let boot = qemu::BootSpec {
-            qemu: &qemu,
-            accel,
-            kernel: &kernel.vmlinuz,
-            initramfs: &image,
-            memory_mib: args.memory,
-            cpus: 2,
-            cmdline_extra: cmdline_extra.clone(),
-        };
-        let mut outcome = run_guest(&boot, spec.version, args.timeout);
-        // Under software emulation a kernel has been seen to oops in its own boot code
-        // (instruction patching), before init runs: that says nothing about the agent, so
-        // such a boot is tried once more. A panic once the suite runs is a failure.
-        if matches!(&outcome, Ok((_, _, true))) {
+        if !two_nodes_only {
             eprintln!(
-                "==> [{}] the kernel panicked while booting, before the suite started: booting it again",
-                spec.version
+                "==> [{}] booting {} ({}) with {}, up to {}s",
+                spec.version,
+                kernel.release,
+                kernel.package,
+                accel.name(),
+                args.timeout
             );
-            outcome = run_guest(&boot, spec.version, args.timeout);
+            let guest_started = Instant::now();
+            let boot = qemu::BootSpec {
+                qemu: &qemu,
+                accel,
+                kernel: &kernel.vmlinuz,
+                initramfs: &image,
+                memory_mib: args.memory,
+                cpus: 2,
+                cmdline_extra: cmdline_extra.clone(),
+                qemu_extra: Vec::new(),
+            };
+            let mut outcome = run_guest(&boot, spec.version, args.timeout);
+            // Under software emulation a kernel has been seen to oops in its own boot code
+            // (instruction patching), before init runs: that says nothing about the agent, so
+            // such a boot is tried once more. A panic once the suite runs is a failure.
+            if matches!(&outcome, Ok((_, _, true))) {
+                eprintln!(
+                    "==> [{}] the kernel panicked while booting, before the suite started: booting it again",
+                    spec.version
+                );
+                outcome = run_guest(&boot, spec.version, args.timeout);
+            }
+            let (verdict, cases) = match outcome {
+                Ok((verdict, cases, _)) => (verdict, cases),
+                Err(e) => (Verdict::Fail(format!("{e:#}")), String::new()),
+            };
+            rows.push(Row {
+                version: spec.version.to_owned(),
+                release: kernel.release.clone(),
+                verdict,
+                fetch,
+                guest: guest_started.elapsed(),
+                cases,
+            });
         }
-        let (verdict, cases) = match outcome {
-            Ok((verdict, cases, _)) => (verdict, cases),
-            Err(e) => (Verdict::Fail(format!("{e:#}")), String::new()),
-        };
-        rows.push(Row {
-            version: spec.version,
-            release: kernel.release,
-            verdict,
-            fetch,
-            guest: guest_started.elapsed(),
-            cases,
-        });
+        if with_two_nodes {
+            let started = Instant::now();
+            let outcome = two_nodes(&TwoNodes {
+                qemu: &qemu,
+                accel,
+                kernel: &kernel,
+                kernel_dir: &vm_dir.join("kernels").join(spec.suite),
+                base_image: &image,
+                vm_dir: &vm_dir,
+                memory_mib: args.memory,
+                cmdline_extra: &cmdline_extra,
+                label: spec.version,
+                timeout: args.timeout,
+            });
+            let (verdict, cases) = match outcome {
+                Ok(v) => v,
+                Err(e) => (Verdict::Fail(format!("{e:#}")), String::new()),
+            };
+            rows.push(Row {
+                version: format!("{} x2", spec.version),
+                release: kernel.release.clone(),
+                verdict,
+                fetch: Duration::ZERO,
+                guest: started.elapsed(),
+                cases,
+            });
+        }
     }
 
     print_table(&rows, accel);
@@ -210,6 +247,117 @@ pub fn run(args: VmTestArgs) -> Result<()> {
         bail!("{failed} of {} kernel(s) failed", rows.len());
     }
     Ok(())
+}
+
+/// The case with two guests, each its own node with its own kernel and agent, joined by
+/// a virtual network (QEMU's UDP socket backend between two virtio NICs: no bridge, no
+/// privilege): node `a` runs the client and the backend, node `b` the proxy between them,
+/// so each request crosses from a to b and back, and each agent sees half of each hop.
+const TWO_NODES_CASE: &str = "two_nodes";
+const NODE_A_IP: &str = "10.0.2.1";
+const NODE_B_IP: &str = "10.0.2.2";
+
+struct TwoNodes<'a> {
+    qemu: &'a Path,
+    accel: Accel,
+    kernel: &'a kernel::Kernel,
+    kernel_dir: &'a Path,
+    base_image: &'a Path,
+    vm_dir: &'a Path,
+    memory_mib: u32,
+    cmdline_extra: &'a [String],
+    label: &'a str,
+    timeout: u64,
+}
+
+fn free_udp_port() -> Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Boots both guests and follows both consoles; node a's result line is the verdict (node
+/// b serves until it is stopped, and fails the case only by reporting a failure itself).
+fn two_nodes(t: &TwoNodes) -> Result<(Verdict, String)> {
+    let mut image = std::fs::read(t.base_image)?;
+    image.extend(netmods::archive(t.kernel_dir, &t.kernel.release)?);
+    let image_path = t
+        .vm_dir
+        .join(format!("initramfs-two-nodes-{}.cpio", t.label));
+    std::fs::write(&image_path, &image)?;
+    let (port_a, port_b) = (free_udp_port()?, free_udp_port()?);
+    let boot = |node: &str, ip: &str, peer: &str, mine: u16, theirs: u16, mac: u8| {
+        let mut cmdline_extra = t.cmdline_extra.to_vec();
+        cmdline_extra.extend([
+            format!("TRACER_VM_NODE={node}"),
+            format!("TRACER_VM_IP={ip}"),
+            format!("TRACER_VM_PEER={peer}"),
+        ]);
+        qemu::boot(&qemu::BootSpec {
+            qemu: t.qemu,
+            accel: t.accel,
+            kernel: &t.kernel.vmlinuz,
+            initramfs: &image_path,
+            memory_mib: t.memory_mib,
+            cpus: 1,
+            cmdline_extra,
+            qemu_extra: vec![
+                "-netdev".into(),
+                format!("socket,id=n0,udp=127.0.0.1:{theirs},localaddr=127.0.0.1:{mine}"),
+                "-device".into(),
+                format!("virtio-net-pci,netdev=n0,mac=52:54:00:00:00:{mac:02x}"),
+            ],
+        })
+    };
+    eprintln!(
+        "==> [{}] booting two guests ({}), nodes a={NODE_A_IP} and b={NODE_B_IP}, up to {}s",
+        t.label, t.kernel.release, t.timeout
+    );
+    let mut a = boot("a", NODE_A_IP, NODE_B_IP, port_a, port_b, 1)?;
+    let mut b = boot("b", NODE_B_IP, NODE_A_IP, port_b, port_a, 2)?;
+    let deadline = Instant::now() + Duration::from_secs(t.timeout);
+    let (mut seen_a, mut seen_b) = (Seen::default(), Seen::default());
+    let mut b_running = true;
+    loop {
+        let tick = (Instant::now() + Duration::from_millis(50)).min(deadline);
+        match a.next_line(tick) {
+            Ok(line) => {
+                println!("[{} a] {line}", t.label);
+                seen_a.observe(&line);
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) if Instant::now() >= deadline => {
+                seen_a.timed_out = Some(t.timeout);
+                break;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        while b_running {
+            match b.next_line(Instant::now()) {
+                Ok(line) => {
+                    println!("[{} b] {line}", t.label);
+                    seen_b.observe(&line);
+                }
+                Err(RecvTimeoutError::Disconnected) => b_running = false,
+                Err(RecvTimeoutError::Timeout) => break,
+            }
+        }
+        if seen_b.panic.is_some() || seen_b.result.is_some() {
+            break;
+        }
+    }
+    a.kill();
+    b.kill();
+    if let Some(panic) = &seen_b.panic {
+        return Ok((
+            Verdict::Fail(format!("node b: kernel panic: {panic}")),
+            String::new(),
+        ));
+    }
+    if let Some(result) = &seen_b.result {
+        return Ok((Verdict::Fail(format!("node b: {result}")), String::new()));
+    }
+    Ok((seen_a.verdict(), seen_a.cases_summary()))
 }
 
 /// Builds the agent and the guest suite and returns their paths as cargo reports them. Debug

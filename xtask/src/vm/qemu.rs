@@ -200,6 +200,8 @@ pub struct BootSpec<'a> {
     pub cpus: u32,
     /// Extra kernel command line words (`KEY=value` reach init as environment variables).
     pub cmdline_extra: Vec<String>,
+    /// Extra QEMU arguments (a network device).
+    pub qemu_extra: Vec<String>,
 }
 
 pub fn boot(spec: &BootSpec) -> Result<Console> {
@@ -227,5 +229,6 @@ pub fn boot(spec: &BootSpec) -> Result<Console> {
     if spec.accel == Accel::Kvm {
         cmd.args(["-cpu", "host"]);
     }
+    cmd.args(&spec.qemu_extra);
     Console::spawn(cmd)
 }

@@ -30,6 +30,15 @@ impl GuestAgent {
     /// Starts the agent exporting to `otlp_endpoint` over gRPC (console mode when `None`) and
     /// waits until `/readyz` answers 200: every program loaded and attached.
     pub fn start(otlp_endpoint: Option<&str>, timeout: Duration) -> Result<GuestAgent> {
+        Self::start_with(otlp_endpoint, &[], timeout)
+    }
+
+    /// As [`GuestAgent::start`], with more flags.
+    pub fn start_with(
+        otlp_endpoint: Option<&str>,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<GuestAgent> {
         let metrics_port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
             .local_addr()?
             .port();
@@ -37,6 +46,7 @@ impl GuestAgent {
         let mut cmd = Command::new(&bin);
         cmd.arg("--metrics-addr")
             .arg(SocketAddr::from((Ipv4Addr::LOCALHOST, metrics_port)).to_string())
+            .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .env("OTEL_BSP_SCHEDULE_DELAY", "100")

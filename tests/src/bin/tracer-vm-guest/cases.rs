@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Read as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -73,6 +74,10 @@ pub const CASES: &[(&str, Case)] = &[
     ("go_goroutines", go_goroutines),
 ];
 
+/// The case of node `a` in the two-guest run (`cargo xtask vm-test` boots node `b` beside
+/// it); see [`two_nodes`].
+pub const TWO_NODE_CASES: &[(&str, Case)] = &[("two_nodes", two_nodes)];
+
 // ---- processes -------------------------------------------------------------------------
 
 /// A child killed on drop, so a failing case leaves nothing behind.
@@ -132,8 +137,14 @@ struct ClientRun {
 }
 
 /// Runs `client` to completion (bounded) and parses its `exchange …` lines.
-fn run_client(ctx: &Ctx, service: &str, port: u16, requests: &[&str]) -> Result<ClientRun> {
-    let mut args = vec!["client".to_owned(), port.to_string()];
+/// `target`: a port on 127.0.0.1 or an address.
+fn run_client(
+    ctx: &Ctx,
+    service: &str,
+    target: impl ToString,
+    requests: &[&str],
+) -> Result<ClientRun> {
+    let mut args = vec!["client".to_owned(), target.to_string()];
     args.extend(requests.iter().map(|s| s.to_string()));
     let mut child = role(ctx, service, &args).spawn()?;
     let pid = child.id();
@@ -415,7 +426,13 @@ fn programs_held_by(pid: u32) -> Result<BTreeMap<u32, u32>> {
 /// init: the agent's preflight mounts it.
 fn load_and_attach(_ctx: &Ctx) -> Result<()> {
     let agent = GuestAgent::start(None, AGENT_READY)?;
-    let log = agent.log();
+    // The agent logs the line before it turns ready; the log reader may lag a little.
+    let logged = Instant::now();
+    let mut log = agent.log();
+    while attached_count(&log).is_none() && logged.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+        log = agent.log();
+    }
     let attached = attached_count(&log)
         .with_context(|| format!("no `N programs attached` line in the log: {log:?}"))?;
     ensure!(attached > 0, "no programs attached: {log:?}");
@@ -720,6 +737,190 @@ pub fn assert_chain_linked(chain: &Chain) -> Result<()> {
     Ok(())
 }
 
+// ---- two nodes ---------------------------------------------------------------------------
+
+const TWO_NODE_REQUESTS: u32 = 20;
+const EXCHANGE_PORT: u16 = 9465;
+const PROXY_PORT: u16 = 8080;
+const BACKEND_PORT: u16 = 8081;
+const OTLP_PORT: u16 = 4317;
+const EXCHANGE_TOKEN_FILE: &str = "/tmp/exchange-token";
+/// Node b boots, loads its agent under emulation and starts the proxy meanwhile.
+const PEER_READY: Duration = Duration::from_secs(300);
+
+/// This node's address and the other's, from the kernel command line.
+pub fn node_addresses() -> Result<(Ipv4Addr, Ipv4Addr)> {
+    let var = |name: &str| -> Result<Ipv4Addr> {
+        std::env::var(name)
+            .with_context(|| format!("{name} is not set"))?
+            .parse()
+            .with_context(|| format!("{name} is not an IPv4 address"))
+    };
+    Ok((var("TRACER_VM_IP")?, var("TRACER_VM_PEER")?))
+}
+
+/// The agent of this node, exporting to `otlp`, exchanging contexts with the other node's.
+fn node_agent(otlp: &str, me: Ipv4Addr, peer: Ipv4Addr) -> Result<GuestAgent> {
+    std::fs::write(EXCHANGE_TOKEN_FILE, "two-node-vm-test-shared-token")?;
+    let (listen, peer) = (
+        format!("{me}:{EXCHANGE_PORT}"),
+        format!("{peer}:{EXCHANGE_PORT}"),
+    );
+    GuestAgent::start_with(
+        Some(otlp),
+        &[
+            // Under software emulation an agent's first lookups take several hundred
+            // milliseconds of guest time (each guest runs its agent, its services and the
+            // exchange on one emulated CPU); the default second is sized for real machines.
+            "--link-window-ms",
+            "3000",
+            "--exchange-addr",
+            &listen,
+            "--peer",
+            &peer,
+            "--exchange-token-file",
+            EXCHANGE_TOKEN_FILE,
+        ],
+        AGENT_READY,
+    )
+}
+
+/// Node b: the proxy between node a's client and backend, under its own agent, which
+/// exports to node a's receiver. Ready once the proxy listens (the agent is ready before);
+/// serves until the host stops the VM.
+pub fn node_b(ctx: &Ctx) -> Result<()> {
+    let (me, peer) = node_addresses()?;
+    let _agent = node_agent(&format!("http://{peer}:{OTLP_PORT}"), me, peer)?;
+    let proxy = start_server(
+        ctx,
+        "vm-proxy",
+        &[
+            "--bind".to_owned(),
+            format!("0.0.0.0:{PROXY_PORT}"),
+            "--proxy-to".to_owned(),
+            format!("{peer}:{BACKEND_PORT}"),
+        ],
+    )?;
+    println!("TRACER-VM-NODE b ready (proxy pid {})", proxy.pid());
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Two kernels, two agents: node a's client calls node b's proxy, which calls node a's
+/// backend, one new connection per request, 20 requests. Each hop is seen half by each
+/// agent; the exchange between them must make every request one trace, parent by parent
+/// (the proxy's SERVER span under the client's CLIENT span across the network, the proxy's
+/// CLIENT span under its SERVER span on node b, the backend's SERVER span under the
+/// proxy's CLIENT span across the network again).
+fn two_nodes(ctx: &Ctx) -> Result<()> {
+    let (me, peer) = node_addresses()?;
+    let rx = ctx
+        .rt
+        .block_on(OtlpReceiver::start_grpc_on(SocketAddr::from((
+            Ipv4Addr::UNSPECIFIED,
+            OTLP_PORT,
+        ))))?;
+    let agent = node_agent(&format!("http://127.0.0.1:{OTLP_PORT}"), me, peer)?;
+    let backend = start_server(
+        ctx,
+        "vm-backend",
+        &["--bind".to_owned(), format!("0.0.0.0:{BACKEND_PORT}")],
+    )?;
+    let proxy = SocketAddr::from((peer, PROXY_PORT));
+    let deadline = Instant::now() + PEER_READY;
+    while TcpStream::connect_timeout(&proxy, Duration::from_secs(1)).is_err() {
+        ensure!(
+            Instant::now() < deadline,
+            "node b's proxy {proxy} did not accept within {PEER_READY:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut clients = Vec::new();
+    for i in 0..TWO_NODE_REQUESTS {
+        let run = run_client(ctx, "vm-client", proxy, &["GET", &format!("/front?id={i}")])?;
+        check_eq(
+            &format!("status of request {i}"),
+            run.exchanges[0].status,
+            200,
+        )?;
+        clients.push(run.pid);
+    }
+    // Spans of this node's processes (by pid), and of node b's proxy (a long-lived process:
+    // its service name is known); pids repeat across the nodes, host names do not.
+    let on = |s: &ReceivedSpan, node: &str| {
+        s.resource.get("host.name") == Some(&Value::Str(format!("tracer-vm-{node}")))
+    };
+    let node_a_pids: Vec<u32> = clients.iter().copied().chain([backend.pid()]).collect();
+    let ours = |s: &ReceivedSpan| {
+        (on(s, "a") && pid_of(s).is_some_and(|p| node_a_pids.iter().any(|&q| q as i64 == p)))
+            || (on(s, "b") && s.service_name() == Some("vm-proxy"))
+    };
+    let mine = |spans: &[ReceivedSpan]| -> Vec<ReceivedSpan> {
+        spans.iter().filter(|s| ours(s)).cloned().collect()
+    };
+    let want = 4 * TWO_NODE_REQUESTS as usize;
+    let waited = ctx
+        .rt
+        .block_on(rx.wait_for_spans(|s| mine(s).len() >= want, SPANS_ARRIVE));
+    let metrics = agent
+        .get("/metrics")
+        .map(|(_, m)| {
+            m.lines()
+                .filter(|l| l.starts_with("tracer_peer") || l.starts_with("tracer_link"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    let log = agent.stop(AGENT_STOP)?;
+    let spans = mine(&rx.spans());
+    ensure!(
+        waited.is_ok() && spans.len() == want,
+        "expected {want} spans from both nodes, got {}: {}; node a's agent: {}",
+        spans.len(),
+        describe(&spans),
+        log.join(" | ")
+    );
+    let mut linked = 0;
+    for (i, &client_pid) in clients.iter().enumerate() {
+        let query = format!("id={i}");
+        let find = |what: &str, node: &str, kind: &str, f: &dyn Fn(&ReceivedSpan) -> bool| {
+            one(&spans, &format!("{what} of request {i}"), |s| {
+                on(s, node) && s.kind == kind && f(s)
+            })
+        };
+        let has_query = |s: &ReceivedSpan| s.attr_str("url.query") == Some(query.as_str());
+        let chain = Chain {
+            client: find("the client's CLIENT span", "a", "CLIENT", &|s| {
+                pid_of(s) == Some(client_pid as i64)
+            })?,
+            proxy_server: find("the proxy's SERVER span", "b", "SERVER", &has_query)?,
+            proxy_client: find("the proxy's CLIENT span", "b", "CLIENT", &|s| {
+                s.attr_str("url.full")
+                    .is_some_and(|u| u.ends_with(&format!("/back?{query}")))
+            })?,
+            backend_server: find("the backend's SERVER span", "a", "SERVER", &|s| {
+                pid_of(s) == Some(backend.pid() as i64) && has_query(s)
+            })?,
+        };
+        assert_chain_linked(&chain).with_context(|| {
+            format!(
+                "request {i} (spans client {} proxy server {}<-{} proxy client {}<-{} backend {}<-{}; node a: {metrics})",
+                chain.client.span_id,
+                chain.proxy_server.span_id,
+                chain.proxy_server.parent_span_id,
+                chain.proxy_client.span_id,
+                chain.proxy_client.parent_span_id,
+                chain.backend_server.span_id,
+                chain.backend_server.parent_span_id,
+            )
+        })?;
+        linked += 1;
+    }
+    println!("  {linked} of {TWO_NODE_REQUESTS} requests one trace across the two nodes");
+    Ok(())
+}
+
 /// The Go service `xtask vm-test` puts in the image (tests/linking/middle.go).
 const GO_MIDDLE: &str = "/bin/go-middle";
 
@@ -831,14 +1032,14 @@ pub struct Summary {
     pub filtered_out: usize,
 }
 
-/// Runs the cases whose name contains `filter`, printing one `TRACER-VM-CASE` line each.
-pub fn run(ctx: &Ctx, filter: Option<&str>) -> Summary {
+/// Runs the `cases` whose name contains `filter`, printing one `TRACER-VM-CASE` line each.
+pub fn run(ctx: &Ctx, cases: &[(&str, Case)], filter: Option<&str>) -> Summary {
     let mut summary = Summary {
         passed: 0,
         failed: Vec::new(),
         filtered_out: 0,
     };
-    for (name, case) in CASES {
+    for (name, case) in cases {
         if filter.is_some_and(|f| !name.contains(f)) {
             summary.filtered_out += 1;
             continue;

@@ -106,22 +106,22 @@ pub struct Exchange {
     pub body: Vec<u8>,
 }
 
-/// A client connection to 127.0.0.1:`port`. Reads and writes use the one socket fd the
+/// A client connection (to 127.0.0.1:`port`, or any address). Reads and writes use the one socket fd the
 /// process connected: the agent follows connections by fd, so a `try_clone` (a `dup`) would
 /// be a different, untracked descriptor.
 pub struct Connection {
     reader: BufReader<TcpStream>,
-    port: u16,
+    addr: SocketAddr,
     local_port: u16,
 }
 
 impl Connection {
-    pub fn open(port: u16) -> io::Result<Self> {
-        let stream = TcpStream::connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))?;
+    pub fn open_to(addr: SocketAddr) -> io::Result<Self> {
+        let stream = TcpStream::connect(addr)?;
         let local_port = stream.local_addr()?.port();
         Ok(Connection {
             reader: BufReader::new(stream),
-            port,
+            addr,
             local_port,
         })
     }
@@ -135,7 +135,7 @@ impl Connection {
         close: bool,
     ) -> io::Result<Exchange> {
         let mut headers = vec![
-            ("Host", format!("127.0.0.1:{}", self.port)),
+            ("Host", self.addr.to_string()),
             ("User-Agent", "tracer-vm-guest/1".to_owned()),
         ];
         if close {
@@ -160,7 +160,21 @@ impl Connection {
 
 /// One request on a fresh connection, closed afterwards.
 pub fn request_once(port: u16, method: &str, path: &str, body: &[u8]) -> io::Result<Exchange> {
-    Connection::open(port)?.request(method, path, body, true)
+    request_once_to(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        method,
+        path,
+        body,
+    )
+}
+
+pub fn request_once_to(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> io::Result<Exchange> {
+    Connection::open_to(addr)?.request(method, path, body, true)
 }
 
 /// Writes a response with one `write_all`.

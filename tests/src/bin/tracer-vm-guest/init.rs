@@ -36,42 +36,108 @@ pub fn setup() -> Result<()> {
     mount("devtmpfs", "/dev", "devtmpfs")?;
     mount("tmpfs", "/tmp", "tmpfs")?;
     mount("cgroup2", "/sys/fs/cgroup", "cgroup2")?;
-    let name = b"tracer-vm";
+    set_hostname("tracer-vm")?;
+    loopback_up()
+}
+
+/// The name spans carry as `host.name`.
+pub fn set_hostname(name: &str) -> Result<()> {
     // SAFETY: valid buffer and length.
     if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
         bail!("sethostname: {}", std::io::Error::last_os_error());
     }
-    loopback_up()
+    Ok(())
 }
 
 /// `ip link set lo up`, with the ioctls `ip` would use.
 fn loopback_up() -> Result<()> {
+    interface_up("lo", None).context("bringing up the loopback interface")
+}
+
+/// `ip addr add IP/24 dev NAME; ip link set NAME up`, with the ioctls `ip` would use.
+fn interface_up(name: &str, ip: Option<std::net::Ipv4Addr>) -> std::io::Result<()> {
     // SAFETY: plain socket(2); the fd is closed below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        bail!("socket: {}", std::io::Error::last_os_error());
+        return Err(std::io::Error::last_os_error());
     }
     // SAFETY: ifreq is plain old data; all-zero is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo") {
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
         *dst = *src as libc::c_char;
     }
-    // SAFETY: fd is a socket, req a valid ifreq naming an interface.
+    let sockaddr = |addr: std::net::Ipv4Addr| {
+        // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
+        let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sin.sin_family = libc::AF_INET as libc::sa_family_t;
+        sin.sin_addr.s_addr = u32::from_ne_bytes(addr.octets());
+        // SAFETY: sockaddr_in fits in sockaddr (both 16 bytes), as the ioctls expect.
+        unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+    };
+    // SAFETY: fd is a socket, req a valid ifreq naming an interface; each ioctl reads or
+    // writes only the ifreq.
     let result = unsafe {
-        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) != 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
+        let mut ok = true;
+        if let Some(ip) = ip {
+            req.ifr_ifru.ifru_addr = sockaddr(ip);
+            ok &= libc::ioctl(fd, libc::SIOCSIFADDR, &req) == 0;
+            req.ifr_ifru.ifru_netmask = sockaddr(std::net::Ipv4Addr::new(255, 255, 255, 0));
+            ok = ok && libc::ioctl(fd, libc::SIOCSIFNETMASK, &req) == 0;
+        }
+        ok = ok && libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) == 0;
+        if ok {
             req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) != 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(())
-            }
+            ok = libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) == 0;
+        }
+        if ok {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
         }
     };
     // SAFETY: fd is ours.
     unsafe { libc::close(fd) };
-    result.context("bringing up the loopback interface")
+    result
+}
+
+/// The two-node case's network: loads the NIC driver the host put in the image (in name
+/// order, which is dependency order) and gives `eth0` its address.
+pub fn network(node: &str, ip: std::net::Ipv4Addr) -> Result<()> {
+    set_hostname(&format!("tracer-vm-{node}"))?;
+    let mut modules: Vec<_> = std::fs::read_dir("/tracer-modules")
+        .context("the image has no /tracer-modules (built for one node only?)")?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    modules.sort();
+    for module in modules {
+        let file = std::fs::File::open(&module)?;
+        let params = c"";
+        // SAFETY: finit_module(2) with an open module file and a NUL-terminated parameter
+        // string; no memory of ours is kept.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_finit_module,
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                params.as_ptr(),
+                0,
+            )
+        };
+        let err = std::io::Error::last_os_error();
+        if rc != 0 && err.raw_os_error() != Some(libc::EEXIST) {
+            bail!("loading {}: {err}", module.display());
+        }
+    }
+    // The driver probes the device as it loads; give the interface a moment to appear.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match interface_up("eth0", Some(ip)) {
+            Ok(()) => return Ok(()),
+            Err(e) if std::time::Instant::now() > deadline => {
+                bail!("configuring eth0 as {ip}: {e}")
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
 }
 
 /// Flushes the console and powers the VM off. Never returns.

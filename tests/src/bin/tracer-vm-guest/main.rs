@@ -10,6 +10,10 @@
 //! environment variables: `TRACER_VM_FILTER=<substring>` selects cases,
 //! The two-hop chain must be one trace unless `TRACER_VM_ASSERT_LINKING=0`.
 //!
+//! With `TRACER_VM_NODE=a|b` (and `TRACER_VM_IP`, `TRACER_VM_PEER`) the guest is one of
+//! the two nodes of the two-guest case instead: it loads the NIC driver, configures `eth0`,
+//! and node a runs the `two_nodes` case while node b serves its part.
+//!
 //! `tracer-vm-guest suite [FILTER]` runs the same suite on a live machine as root (with
 //! `TRACER_AGENT_BIN` pointing at the agent), which is handy when working on a case.
 
@@ -73,7 +77,21 @@ fn suite(filter: Option<&str>) -> Result<bool> {
         "tracer-vm-guest: kernel {release}, filter {filter:?}, assert linking: {assert_linking}"
     );
     let ctx = cases::Ctx::new(release.clone(), assert_linking)?;
-    let summary = cases::run(&ctx, filter);
+    let summary = match std::env::var("TRACER_VM_NODE").as_deref() {
+        // The two-guest run: node a runs its case; node b serves (never returns unless its
+        // setup fails).
+        Ok("a") => {
+            init::network("a", cases::node_addresses()?.0)?;
+            cases::run(&ctx, cases::TWO_NODE_CASES, None)
+        }
+        Ok("b") => {
+            init::network("b", cases::node_addresses()?.0)?;
+            cases::node_b(&ctx)?;
+            unreachable!("node b serves until the VM is stopped")
+        }
+        Ok(other) => anyhow::bail!("TRACER_VM_NODE must be a or b, got {other:?}"),
+        Err(_) => cases::run(&ctx, cases::CASES, filter),
+    };
     let ran = summary.passed + summary.failed.len();
     let pass = summary.failed.is_empty() && ran > 0;
     println!(
