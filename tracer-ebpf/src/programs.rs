@@ -363,8 +363,13 @@ fn register_connection(pid_tgid: u64, fd: u32, role: Role, ts_enter: u64) {
 #[tracepoint]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: presence tests only.
-    if unsafe { HAS_CONNS.get(parent) }.is_none() && unsafe { INHERITORS.get(parent) }.is_none() {
+    // Only the children of a process with traced sockets: every read and write of an
+    // inheritor's untraced descriptors pays for a look at the socket behind them, so the
+    // mark must not spread to whole process trees (a shell's pipelines, a build's
+    // compilers) below a process that once made an HTTP call. A child that serves an
+    // inherited socket is registered, and so passes the mark on to its own children.
+    // SAFETY: presence test only.
+    if unsafe { HAS_CONNS.get(parent) }.is_none() {
         return 0;
     }
     // Constant offsets only (the verifier rejects variable ones into the context): the

@@ -20,6 +20,7 @@ mod load;
 mod procs;
 mod report;
 mod setup;
+mod tax;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -46,7 +47,7 @@ pub struct BenchArgs {
     /// Where to write the report [default: BENCHMARKS.md in the workspace].
     #[arg(long)]
     output: Option<PathBuf>,
-    /// Run only these parts (repeatable): fast, typical, go, asyncio, micro.
+    /// Run only these parts (repeatable): fast, typical, go, asyncio, tax, micro.
     #[arg(long = "only", value_enum)]
     only: Vec<Part>,
 }
@@ -57,6 +58,7 @@ enum Part {
     Typical,
     Go,
     Asyncio,
+    Tax,
     Micro,
 }
 
@@ -160,7 +162,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&work)?;
 
     let mut sections = Vec::new();
-    if wants(Part::Fast) || wants(Part::Typical) || wants(Part::Go) || wants(Part::Asyncio) {
+    if [
+        Part::Fast,
+        Part::Typical,
+        Part::Go,
+        Part::Asyncio,
+        Part::Tax,
+    ]
+    .into_iter()
+    .any(wants)
+    {
         let tools = setup::tools(wants(Part::Typical))?;
         let sink_log = work.join("otlp-sink.log");
         let (sink, sink_addrs) = start_sink(&tools, &sink_log)?;
@@ -175,6 +186,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         if wants(Part::Asyncio) {
             sections.push(asyncio_service(&tools, &plan, &work, &sink_addrs)?);
+        }
+        if wants(Part::Tax) {
+            sections.push(tax::syscall_tax(&tools, &plan, &work, &sink_addrs)?);
         }
         drop(sink);
     }
