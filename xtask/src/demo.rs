@@ -25,6 +25,11 @@ pub struct DemoArgs {
     /// Cgroup layout of the pods: the kubelet's `systemd` or `cgroupfs` driver.
     #[arg(long, default_value = "systemd", value_parser = ["systemd", "cgroupfs"])]
     layout: String,
+    /// Nodes to spread the pods over: 1, or 2 (an agent per node, as a DaemonSet runs them:
+    /// the frontend on one, the backend and the database on the other, joined by the
+    /// agents' context exchange).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    nodes: u8,
 }
 
 pub fn run(args: DemoArgs) -> Result<()> {
@@ -63,8 +68,11 @@ pub fn run(args: DemoArgs) -> Result<()> {
         );
     }
 
+    if args.nodes == 2 {
+        return two_nodes(&agent, demo, args.requests);
+    }
     eprintln!("==> starting tracer-agent (no collector configured: it prints traces as trees)");
-    let mut agent = ConsoleAgent::start(&agent)?;
+    let mut agent = ConsoleAgent::start(&agent, "1", &[], &[])?;
 
     let url = format!(
         "http://{}:{}/",
@@ -112,6 +120,125 @@ pub fn run(args: DemoArgs) -> Result<()> {
     Ok(())
 }
 
+/// The pods over two nodes, each traced by its own agent (`--pid` keeps each to its node's
+/// processes), the two joined by the exchange: each agent prints its part of every trace,
+/// and the parts share the trace id. The requests come from this process (on node 1 with
+/// the frontend), so the first span of each trace is the caller's.
+fn two_nodes(bin: &Path, demo: pods::lesson::Demo, requests: u32) -> Result<()> {
+    let free = || -> Result<String> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .to_string())
+    };
+    let (one, two) = (free()?, free()?);
+    let token = [(
+        "TRACER_EXCHANGE_TOKEN",
+        format!("demo-exchange-{:016x}", rand_u64()),
+    )];
+    let scope = |pids: &[u32], mine: &str, peer: &str| -> Vec<String> {
+        pids.iter()
+            .flat_map(|p| ["--pid".to_owned(), p.to_string()])
+            .chain(
+                ["--exchange-addr", mine, "--peer", peer]
+                    .iter()
+                    .map(|s| s.to_string()),
+            )
+            .collect()
+    };
+    eprintln!("==> node 1: frontend and the client; node 2: backend and database");
+    eprintln!("==> starting one tracer-agent per node (exchange on {one} and {two})");
+    let mut agents = [
+        ConsoleAgent::start(
+            bin,
+            "node1",
+            &scope(&[demo.frontend.pid(), std::process::id()], &one, &two),
+            &token,
+        )?,
+        ConsoleAgent::start(
+            bin,
+            "node2",
+            &scope(&[demo.backend.pid(), demo.database.pid()], &two, &one),
+            &token,
+        )?,
+    ];
+    let addr = std::net::SocketAddr::from((demo.frontend.ip, pods::lesson::FRONTEND_PORT));
+    for _ in 0..requests {
+        eprintln!("==> GET http://{addr}/");
+        eprintln!("    {}", http_get(addr)?);
+    }
+    let marker = format!("server={addr}");
+    let fronts = agents[0].wait_for_traces(&marker, requests as usize, Duration::from_secs(15));
+    let ids: Vec<String> = fronts.iter().filter_map(|t| trace_id(t)).collect();
+    let backs = agents[1].wait_for_traces_with(
+        |t| trace_id(t).is_some_and(|id| ids.contains(&id)),
+        ids.len(),
+        Duration::from_secs(15),
+    );
+    let logs = [agents[0].stop()?, agents[1].stop()?];
+    println!();
+    let mut whole = 0;
+    for front in &fronts {
+        let id = trace_id(front).unwrap_or_default();
+        println!("node 1 (agent 1):\n{front}");
+        match backs
+            .iter()
+            .find(|b| trace_id(b).as_deref() == Some(id.as_str()))
+        {
+            Some(back) => {
+                whole += 1;
+                println!("node 2 (agent 2), the same trace:\n{back}");
+            }
+            None => println!("node 2 (agent 2): no part of trace {id}\n"),
+        }
+    }
+    if whole < requests as usize {
+        bail!(
+            "{whole} of {requests} traces whole across the two nodes; node 1's log:\n{}\nnode 2's log:\n{}",
+            logs[0],
+            logs[1]
+        );
+    }
+    eprintln!(
+        "==> {requests} requests, {whole} traces across two nodes: each agent saw half of the frontend → backend hop and the exchange joined them"
+    );
+    drop(demo);
+    eprintln!("==> pods removed");
+    Ok(())
+}
+
+/// The id of a printed tree (`trace <id> (…)`).
+fn trace_id(tree: &str) -> Option<String> {
+    tree.strip_prefix("trace ")?
+        .split_whitespace()
+        .next()
+        .map(str::to_owned)
+}
+
+/// One GET on its own connection; the status line and body.
+fn http_get(addr: std::net::SocketAddr) -> Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("cannot connect to the frontend at {addr}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        conn,
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: tracer-demo\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response)?;
+    let status = response.lines().next().unwrap_or_default().to_owned();
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().trim();
+    if !status.contains(" 200 ") {
+        bail!("the frontend answered {status:?}: {body}");
+    }
+    Ok(format!("{status}: {body}"))
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher as _, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
 /// The agent in console mode, its output in files (read while it runs).
 struct ConsoleAgent {
     child: Option<std::process::Child>,
@@ -120,14 +247,21 @@ struct ConsoleAgent {
 }
 
 impl ConsoleAgent {
-    fn start(bin: &Path) -> Result<ConsoleAgent> {
+    fn start(
+        bin: &Path,
+        name: &str,
+        args: &[String],
+        env: &[(&str, String)],
+    ) -> Result<ConsoleAgent> {
         let dir = std::env::temp_dir();
-        let tag = std::process::id();
+        let tag = format!("{}-{name}", std::process::id());
         let stdout = dir.join(format!("tracer-demo-agent-{tag}.out"));
         let stderr = dir.join(format!("tracer-demo-agent-{tag}.err"));
         let child = Command::new(bin)
             // Its own port: a developer's agent may be running on the default one.
             .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
@@ -164,13 +298,19 @@ impl ConsoleAgent {
 
     /// Waits (bounded) until `want` printed traces contain `marker`; returns them.
     fn wait_for_traces(&mut self, marker: &str, want: usize, timeout: Duration) -> Vec<String> {
+        self.wait_for_traces_with(|t| t.contains(marker), want, timeout)
+    }
+
+    /// Waits (bounded) until `want` printed traces satisfy `f`; returns them.
+    fn wait_for_traces_with(
+        &mut self,
+        f: impl Fn(&str) -> bool,
+        want: usize,
+        timeout: Duration,
+    ) -> Vec<String> {
         let deadline = Instant::now() + timeout;
         loop {
-            let traces: Vec<String> = self
-                .printed()
-                .into_iter()
-                .filter(|t| t.contains(marker))
-                .collect();
+            let traces: Vec<String> = self.printed().into_iter().filter(|t| f(t)).collect();
             if traces.len() >= want || Instant::now() > deadline {
                 return traces;
             }
