@@ -20,6 +20,7 @@ pub const MAP_GO_PROCS: &str = "GO_PROCS";
 pub const MAP_PY_PROCS: &str = "PY_PROCS";
 pub const MAP_ADOPTED_PENDING: &str = "ADOPTED_PENDING";
 pub const MAP_ADOPTING: &str = "ADOPTING";
+pub const MAP_ADOPTING_ANY: &str = "ADOPTING_ANY";
 pub const MAP_PY_THREADS: &str = "PY_THREADS";
 
 /// Uprobe programs on Go executables and the function each enters (Go ≥ 1.17, amd64

@@ -8,7 +8,7 @@ use aya_ebpf::{
         bpf_probe_read_user, bpf_probe_read_user_buf,
     },
     macros::{map, tracepoint, uprobe},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, TracePointContext},
 };
 use tracer_common::{
@@ -93,6 +93,17 @@ static ADOPTED_PENDING: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384
 /// at the registers (the agent removes them once their connections were all entered).
 #[map]
 static ADOPTING: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+/// 1 while `ADOPTING` has entries (set and cleared by the agent): an array read, which the
+/// verifier inlines, spares every other syscall exit the hash lookup.
+#[map]
+static ADOPTING_ANY: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether the agent is still recovering blocked syscalls of adopted connections of `tgid`.
+#[inline(always)]
+fn adopting(tgid: u32) -> bool {
+    // SAFETY: presence tests only.
+    ADOPTING_ANY.get(0).is_some_and(|any| *any != 0) && unsafe { ADOPTING.get(tgid) }.is_some()
+}
 /// CPython processes whose asyncio tasks are followed, by tgid (filled in by the agent).
 #[map]
 static PY_PROCS: HashMap<u32, PyProc> = HashMap::with_max_entries(4096, 0);
@@ -616,8 +627,7 @@ fn on_data_enter(ctx: &TracePointContext, direction: Direction, args: Args) {
     if state.protocol == PROTO_OTHER {
         return;
     }
-    // SAFETY: presence test only.
-    if unsafe { ADOPTING.get((pid_tgid >> 32) as u32) }.is_some() {
+    if adopting((pid_tgid >> 32) as u32) {
         // Entered since the agent adopted it: nothing to recover for this descriptor.
         let _ = ADOPTED_PENDING.remove(key);
     }
@@ -691,8 +701,9 @@ fn on_data_exit(ctx: &TracePointContext, direction: Direction, args: Args) {
 #[inline(always)]
 fn adopted_blocked_syscall(pid_tgid: u64, direction: Direction, args: Args) -> Option<InflightIo> {
     let tgid = (pid_tgid >> 32) as u32;
-    // SAFETY: presence test only.
-    unsafe { ADOPTING.get(tgid) }?;
+    if !adopting(tgid) {
+        return None;
+    }
     let regs = user_regs()?;
     // SAFETY: bpf_probe_read_kernel tolerates bad addresses.
     let reg = |off: u64| unsafe { bpf_probe_read_kernel((regs + off) as *const u64) }.ok();

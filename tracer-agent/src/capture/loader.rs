@@ -4,15 +4,15 @@
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array as BpfArray, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{ProgramError, TracePoint, UProbe, uprobe::UProbeScope},
 };
 use tracer_common::{
     ConnState, DROP_REASON_COUNT, GLOBAL_AGENT_TGID, GLOBAL_CAPTURE_BYTES, GLOBAL_FILTER_PIDS,
     GLOBAL_FORK_CHILD_PID_OFFSET, GLOBAL_OFFSETS, GLOBAL_WAKEUP_BYTES, GO_NEWPROC1_RET, GO_UPROBES,
-    GoProc, KernelOffsets, MAP_ADOPTED_PENDING, MAP_ADOPTING, MAP_CONNS, MAP_DROPS, MAP_EVENTS,
-    MAP_GO_PROCS, MAP_NOT_HTTP, MAP_PY_PROCS, MAP_PY_THREADS, MAP_TRACED_PIDS, MAX_CAPTURE_BYTES,
-    NOT_HTTP_KIND_COUNT, PROTO_UNKNOWN, PyProc, conn_key,
+    GoProc, KernelOffsets, MAP_ADOPTED_PENDING, MAP_ADOPTING, MAP_ADOPTING_ANY, MAP_CONNS,
+    MAP_DROPS, MAP_EVENTS, MAP_GO_PROCS, MAP_NOT_HTTP, MAP_PY_PROCS, MAP_PY_THREADS,
+    MAP_TRACED_PIDS, MAX_CAPTURE_BYTES, NOT_HTTP_KIND_COUNT, PROTO_UNKNOWN, PyProc, conn_key,
 };
 
 use crate::capture::events::{ConnOpened, Meta};
@@ -518,7 +518,21 @@ impl Capture {
         for &(tgid, _) in &pending {
             let _ = adopting.insert(tgid, 1, 0);
         }
+        if !pending.is_empty() {
+            self.set_adopting_any(true)?;
+        }
         Ok(opened)
+    }
+
+    /// Tells the programs whether `ADOPTING` has entries at all.
+    fn set_adopting_any(&mut self, any: bool) -> Result<()> {
+        let mut flag: BpfArray<_, u32> = BpfArray::try_from(
+            self.ebpf
+                .map_mut(MAP_ADOPTING_ANY)
+                .context("ADOPTING_ANY map missing")?,
+        )?;
+        flag.set(0, u32::from(any), 0)?;
+        Ok(())
     }
 
     /// Stops looking at the registers of processes whose adopted connections have all been
@@ -551,8 +565,12 @@ impl Capture {
             .filter_map(Result::ok)
             .filter(|t| !waiting.contains(t))
             .collect();
-        for tgid in done {
-            let _ = adopting.remove(&tgid);
+        for tgid in &done {
+            let _ = adopting.remove(tgid);
+        }
+        let empty = adopting.keys().next().is_none();
+        if empty {
+            let _ = self.set_adopting_any(false);
         }
     }
 
