@@ -386,3 +386,14 @@ async fn tls_and_http2_are_counted_as_not_http1() {
     agent.stop().unwrap();
     assert_eq!(programs::spans_of(&rx.spans(), &pids).len(), 0);
 }
+
+/// The agent's feature probes on the machine running the suites: they load programs, so
+/// they run here with the root suites. This kernel has everything the agent requires.
+#[test]
+fn feature_probes_on_the_running_kernel() {
+    tracer_tests::harness::require_root();
+    use tracer_agent::capture::features::{Feature, Probe, decide, probe};
+    let p = probe();
+    assert_eq!(*p.get(Feature::RingBuffer), Probe::Yes, "{p:?}");
+    assert!(decide(&p).is_ok(), "{p:?}");
+}

@@ -428,11 +428,26 @@ impl Sniffed {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all are repr(C), contain only integers and arrays with explicit padding.
+    //! Plain data: every type here is `repr(C)`, holds only integers and integer arrays
+    //! with explicit padding fields, and so is valid for any bit pattern. Maps and ring
+    //! buffer records are read into them (`aya::Pod`, and the agent's `read_struct`).
+
+    // SAFETY: repr(C), integers only, padding explicit (see the module note).
     unsafe impl aya::Pod for super::KernelOffsets {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::ConnState {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::GoProc {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::PyProc {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::EventHeader {}
+    // SAFETY: as above (the addresses are byte arrays).
+    unsafe impl aya::Pod for super::ConnEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DataEventHeader {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::GoEvent {}
 }
 
 #[cfg(test)]

@@ -206,8 +206,9 @@ fn header(kind: EventKind, pid_tgid: u64, fd: u32, conn_id: u64, ts_enter: u64) 
         fd,
         conn_id,
         ts_enter_ns: ts_enter,
-        // SAFETY: helpers without preconditions.
+        // SAFETY: helper without preconditions.
         ts_exit_ns: unsafe { bpf_ktime_get_ns() },
+        // SAFETY: helper without preconditions.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
     }
 }
@@ -341,8 +342,7 @@ fn register_connection(pid_tgid: u64, fd: u32, role: Role, ts_enter: u64) {
     event.header.conn_id = conn_id;
     let off = KERNEL_OFFSETS.load();
     let sk = if off.valid != 0 {
-        // SAFETY: bpf_probe_read_kernel tolerates bad addresses.
-        unsafe { sock_of(fd, &off) }.map_or(0, |sk| sk as u64)
+        sock_of(fd, &off).map_or(0, |sk| sk as u64)
     } else {
         0
     };
@@ -385,9 +385,10 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     }
     // Constant offsets only (the verifier rejects variable ones into the context): the
     // two layouts kernels have had, char[16] comms (44) and __data_loc comms (20).
-    // SAFETY: both offsets are inside the record of their layout.
     let child = match FORK_CHILD_PID_OFFSET.load() {
+        // SAFETY: the offset is inside the record of its layout.
         20 => unsafe { ctx.read_at::<u32>(20) },
+        // SAFETY: as above.
         44 => unsafe { ctx.read_at::<u32>(44) },
         _ => return 0,
     };
@@ -411,8 +412,8 @@ fn adopt_inherited(pid_tgid: u64, fd: u32) -> bool {
     if off.valid == 0 {
         return false;
     }
-    // SAFETY: bpf_probe_read_kernel tolerates bad addresses (non-socket files included).
-    let Ok(sk) = (unsafe { sock_of(fd, &off) }) else {
+    // Non-socket files give an error or a pointer no socket role is recorded for.
+    let Ok(sk) = sock_of(fd, &off) else {
         return false;
     };
     // SAFETY: copied out at once.
@@ -443,8 +444,7 @@ fn read_socket(fd: u32, event: &mut ConnEvent) -> SocketKind {
     if off.valid == 0 {
         return SocketKind::Unknown;
     }
-    // SAFETY: bpf_probe_read_kernel tolerates bad addresses (returns an error).
-    match unsafe { read_socket_inner(fd, &off, event) } {
+    match read_socket_inner(fd, &off, event) {
         Ok(kind) => kind,
         Err(_) => {
             count_drop(DropReason::SocketReadFailed);
@@ -453,80 +453,68 @@ fn read_socket(fd: u32, event: &mut ConnEvent) -> SocketKind {
     }
 }
 
+/// A `T` at `base + offset` in kernel memory. Safe for any address: the helper checks it
+/// and returns an error for a bad one.
 #[inline(always)]
-unsafe fn read_ptr(base: *const u8, offset: u32) -> Result<*const u8, i64> {
-    unsafe { bpf_probe_read_kernel(base.add(offset as usize) as *const *const u8) }
+fn read_kernel<T>(base: *const u8, offset: u32) -> Result<T, i64> {
+    // SAFETY: bpf_probe_read_kernel validates the address; nothing is dereferenced here.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize) as *const T) }
         .map_err(|e| e as i64)
+}
+
+#[inline(always)]
+fn read_ptr(base: *const u8, offset: u32) -> Result<*const u8, i64> {
+    read_kernel::<*const u8>(base, offset)
 }
 
 /// task->files->fdt->fd[fd]->private_data (struct socket)->sk of the current task.
 #[inline(always)]
-unsafe fn sock_of(fd: u32, off: &KernelOffsets) -> Result<*const u8, i64> {
-    unsafe {
-        let task = bpf_get_current_task() as *const u8;
-        let files = read_ptr(task, off.task_struct_files)?;
-        let fdt = read_ptr(files, off.files_struct_fdt)?;
-        let fd_array = read_ptr(fdt, off.fdtable_fd)?;
-        let file = read_ptr(fd_array, fd.wrapping_mul(8))?;
-        let socket = read_ptr(file, off.file_private_data)?;
-        read_ptr(socket, off.socket_sk)
-    }
+fn sock_of(fd: u32, off: &KernelOffsets) -> Result<*const u8, i64> {
+    // SAFETY: helper without preconditions.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let files = read_ptr(task, off.task_struct_files)?;
+    let fdt = read_ptr(files, off.files_struct_fdt)?;
+    let fd_array = read_ptr(fdt, off.fdtable_fd)?;
+    let file = read_ptr(fd_array, fd.wrapping_mul(8))?;
+    let socket = read_ptr(file, off.file_private_data)?;
+    read_ptr(socket, off.socket_sk)
 }
 
 #[inline(always)]
-unsafe fn read_socket_inner(
+fn read_socket_inner(
     fd: u32,
     off: &KernelOffsets,
     event: &mut ConnEvent,
 ) -> Result<SocketKind, i64> {
-    unsafe {
-        let sk = sock_of(fd, off)?;
-        if sk.is_null() {
-            return Ok(SocketKind::Other);
-        }
-        let family: u16 =
-            bpf_probe_read_kernel(sk.add(off.sock_common_family as usize) as *const u16)
-                .map_err(|e| e as i64)?;
-        if family != AF_INET && family != AF_INET6 {
-            return Ok(SocketKind::Other);
-        }
-        if off.sock_protocol != u32::MAX {
-            let protocol: u16 =
-                bpf_probe_read_kernel(sk.add(off.sock_protocol as usize) as *const u16)
-                    .map_err(|e| e as i64)?;
-            if protocol != IPPROTO_TCP {
-                return Ok(SocketKind::Other);
-            }
-        }
-        event.family = family;
-        let dport: u16 =
-            bpf_probe_read_kernel(sk.add(off.sock_common_dport as usize) as *const u16)
-                .map_err(|e| e as i64)?;
-        event.peer_port = u16::from_be(dport);
-        event.local_port =
-            bpf_probe_read_kernel(sk.add(off.sock_common_num as usize) as *const u16)
-                .map_err(|e| e as i64)?;
-        if family == AF_INET {
-            let peer: [u8; 4] =
-                bpf_probe_read_kernel(sk.add(off.sock_common_daddr as usize) as *const [u8; 4])
-                    .map_err(|e| e as i64)?;
-            let local: [u8; 4] =
-                bpf_probe_read_kernel(sk.add(off.sock_common_rcv_saddr as usize) as *const [u8; 4])
-                    .map_err(|e| e as i64)?;
-            event.peer_addr[..4].copy_from_slice(&peer);
-            event.local_addr[..4].copy_from_slice(&local);
-        } else {
-            event.peer_addr =
-                bpf_probe_read_kernel(sk.add(off.sock_common_v6_daddr as usize) as *const [u8; 16])
-                    .map_err(|e| e as i64)?;
-            event.local_addr = bpf_probe_read_kernel(
-                sk.add(off.sock_common_v6_rcv_saddr as usize) as *const [u8; 16]
-            )
-            .map_err(|e| e as i64)?;
-        }
-        event.flags |= CONN_FLAG_ADDRS_KNOWN;
-        Ok(SocketKind::TcpInet)
+    let sk = sock_of(fd, off)?;
+    if sk.is_null() {
+        return Ok(SocketKind::Other);
     }
+    let family: u16 = read_kernel(sk, off.sock_common_family)?;
+    if family != AF_INET && family != AF_INET6 {
+        return Ok(SocketKind::Other);
+    }
+    if off.sock_protocol != u32::MAX {
+        let protocol: u16 = read_kernel(sk, off.sock_protocol)?;
+        if protocol != IPPROTO_TCP {
+            return Ok(SocketKind::Other);
+        }
+    }
+    event.family = family;
+    let dport: u16 = read_kernel(sk, off.sock_common_dport)?;
+    event.peer_port = u16::from_be(dport);
+    event.local_port = read_kernel(sk, off.sock_common_num)?;
+    if family == AF_INET {
+        let peer: [u8; 4] = read_kernel(sk, off.sock_common_daddr)?;
+        let local: [u8; 4] = read_kernel(sk, off.sock_common_rcv_saddr)?;
+        event.peer_addr[..4].copy_from_slice(&peer);
+        event.local_addr[..4].copy_from_slice(&local);
+    } else {
+        event.peer_addr = read_kernel(sk, off.sock_common_v6_daddr)?;
+        event.local_addr = read_kernel(sk, off.sock_common_v6_rcv_saddr)?;
+    }
+    event.flags |= CONN_FLAG_ADDRS_KNOWN;
+    Ok(SocketKind::TcpInet)
 }
 
 // ---- data ------------------------------------------------------------------------------
@@ -585,6 +573,7 @@ fn inflight_of(
             // struct msghdr: msg_iov at 16, msg_iovlen at 24.
             // SAFETY: the helper validates the user pointer.
             let iov = unsafe { bpf_probe_read_user((arg1 + 16) as *const u64) };
+            // SAFETY: as above.
             let count = unsafe { bpf_probe_read_user((arg1 + 24) as *const u64) };
             match (iov, count) {
                 (Ok(iov), Ok(count)) => (iov, BUF_IOVEC, count as u32),
@@ -729,8 +718,7 @@ fn tcp_seq_at_exit(state: &mut ConnState, fd: u32, direction: u32) -> Option<u32
         return None;
     }
     if state.sk == 0 {
-        // SAFETY: bpf_probe_read_kernel tolerates bad addresses.
-        state.sk = unsafe { sock_of(fd, &off) }.map_or(0, |sk| sk as u64);
+        state.sk = sock_of(fd, &off).map_or(0, |sk| sk as u64);
         if state.sk == 0 {
             return None;
         }

@@ -11,7 +11,10 @@ use clap::Args;
 // The pods harness of the test suites, compiled here as is: xtask must not depend on the
 // tests crate (that would build the agent, eBPF included, before xtask could run).
 #[path = "../../tests/src/pods.rs"]
-#[allow(dead_code)]
+#[expect(
+    dead_code,
+    reason = "the suites' harness, of which the demo uses the pods and the lesson's services"
+)]
 mod pods;
 
 use pods::CgroupLayout;

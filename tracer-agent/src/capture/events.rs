@@ -81,7 +81,9 @@ pub enum CaptureEvent<'a> {
     Go(GoObserved),
 }
 
-fn read_struct<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+/// A record's fixed part. `aya::Pod` (implemented in tracer-common for the record types
+/// only) promises a plain-data type, valid for any bit pattern.
+fn read_struct<T: aya::Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
     let need = size_of::<T>();
     if bytes.len() < need {
         return Err(DecodeError::Short {
@@ -89,8 +91,8 @@ fn read_struct<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
             got: bytes.len(),
         });
     }
-    // SAFETY: length checked; T is a repr(C) plain-old-data struct from tracer-common, valid
-    // for any bit pattern; read_unaligned has no alignment requirement.
+    // SAFETY: length checked; T: Pod is valid for any bit pattern; read_unaligned has no
+    // alignment requirement.
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 

@@ -444,19 +444,4 @@ mod tests {
             ]
         );
     }
-
-    /// On the machine running the tests: the probes load programs, so this needs root (like
-    /// the integration suites, it fails rather than skips without it).
-    #[test]
-    fn probes_the_running_kernel() {
-        // SAFETY: geteuid has no preconditions.
-        assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
-            "probing kernel features loads eBPF programs and needs root: run `cargo xtask test` as root"
-        );
-        let p = probe();
-        assert_eq!(*p.get(Feature::RingBuffer), Probe::Yes, "{p:?}");
-        assert!(decide(&p).is_ok(), "{p:?}");
-    }
 }

@@ -34,8 +34,9 @@ pub fn is_cgroup2(path: &Path) -> bool {
     let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
         return false;
     };
-    // SAFETY: statfs writes into the zeroed struct we own; the path is NUL-terminated.
+    // SAFETY: statfs is plain old data; all-zero is a valid value.
     let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statfs writes into the struct we own; the path is NUL-terminated.
     let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut buf) };
     rc == 0 && buf.f_type as i64 == CGROUP2_SUPER_MAGIC
 }
