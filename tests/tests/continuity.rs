@@ -608,6 +608,11 @@ sys.stdin.readline()
 t = threading.Thread(target=run)
 t.start()
 print("started", flush=True)
+# `after T`: answers `enough` once 20 requests that started at or after T (ns) are done.
+after = int(sys.stdin.readline().split()[1])
+while sum(1 for _, start, _ in log[:] if start >= after) < 20:
+    time.sleep(0.01)
+print("enough", flush=True)
 sys.stdin.readline()
 stop.set()
 t.join()
@@ -633,9 +638,10 @@ print("end", flush=True)
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64;
-    // The programs trace from before readiness (adoption comes last): count from here.
-    let at_ready = second.metric("tracer_http_exchanges_total").await.unwrap();
-    wait_metric(&second, "tracer_http_exchanges_total", at_ready + 60).await;
+    // The client's own count says when enough requests started after readiness (the
+    // agent's counters would also count what it captured before it was ready).
+    load.ask(&format!("after {ready_at}"), |l| l == "enough")
+        .unwrap();
     let out = load.ask("stop", |l| l == "end").unwrap();
     let mut after = Vec::new();
     let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("error")).collect();
