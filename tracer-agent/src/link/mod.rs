@@ -207,6 +207,10 @@ pub enum Answer {
 /// the first leaves a local client time to match, the later ones cover a caller whose agent
 /// reads its events late or whose own parent is still pending.
 const LOOKUP_AT_NS: [u64; 5] = [2_000_000, 20_000_000, 100_000_000, 300_000_000, 700_000_000];
+/// After that schedule, the interval of further lookups until the deadline: a caller that
+/// is itself waiting on another node (a chain crossing several nodes) resolves only when
+/// its own lookups do, which a slow node or a long link window can put late in the window.
+const LOOKUP_REPEAT_NS: u64 = 400_000_000;
 
 #[derive(Debug, Clone)]
 enum Parent {
@@ -1005,11 +1009,12 @@ impl Linker {
             };
             due.push(key);
             *lookups += 1;
-            if let Some(next) = LOOKUP_AT_NS.get(*lookups as usize) {
-                let at = *started_ns + next;
-                if at < *deadline_ns {
-                    self.lookups.push(Reverse((at, span_id)));
-                }
+            let at = match LOOKUP_AT_NS.get(*lookups as usize) {
+                Some(next) => *started_ns + next,
+                None => now_ns + LOOKUP_REPEAT_NS,
+            };
+            if at < *deadline_ns {
+                self.lookups.push(Reverse((at, span_id)));
             }
         }
         due

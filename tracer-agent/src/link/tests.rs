@@ -798,3 +798,43 @@ fn asyncio_unanswered_calls_fall_back_to_their_header() {
     assert_eq!((s.trace_id, s.parent_span_id), ([3; 16], Some([4; 8])));
     assert_eq!(l.stats().abstained, [0, 0, 0, 0, 1]);
 }
+
+/// With a long link window (a slow node), a caller still pending late in the window is
+/// asked again until the deadline, not only in the first second: a chain crossing several
+/// nodes resolves top-down, and the upstream hop may take most of the window.
+#[test]
+fn lookups_continue_until_the_deadline() {
+    const MS: u64 = 1_000_000;
+    let mut l = Linker::new(LinkConfig {
+        window_ns: 3_000 * MS,
+        remote: true,
+        ..Default::default()
+    });
+    let srv = Req::server(1, 5, 5, "10.0.0.1:80", "192.0.2.1:1000");
+    let s = srv.start(&mut l, 0);
+    let mut asked_at = Vec::new();
+    for t in (0..4_000).step_by(10) {
+        if !l.due_lookups(t * MS).is_empty() {
+            asked_at.push(t);
+        }
+    }
+    assert_eq!(asked_at.len(), 5 + 5, "asked at {asked_at:?} ms");
+    assert!(
+        asked_at
+            .last()
+            .is_some_and(|&t| (2_500..3_000).contains(&t)),
+        "{asked_at:?}"
+    );
+    // The caller's agent finally answers late in the window: the span is linked.
+    let key = ("192.0.2.1:1000".parse().unwrap(), 0);
+    let ctx = SpanContext {
+        trace_id: [7; 16],
+        span_id: [9; 8],
+        sampled: Some(true),
+        trace_state: String::new(),
+    };
+    assert!(l.remote_found(key, ctx));
+    srv.finish(&mut l, 2_900 * MS);
+    let spans = l.poll(2_901 * MS, false);
+    assert_eq!(find(&spans, s).parent_span_id, Some([9; 8]));
+}
