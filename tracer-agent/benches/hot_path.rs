@@ -143,7 +143,7 @@ impl Workload {
                 captured_len: payload.len() as u32,
                 goid: 0,
                 tcp_seq: 0,
-                _pad: 0,
+                opposite_seq: 0,
             };
             encode_data(&h, payload)
         };

@@ -66,6 +66,7 @@ counters! {
     connections_of_exited => ("tracer_connections_exited_total", "counter", "Connections ended because their process exited without closing them."),
     parse_errors => ("tracer_http_parse_errors_total", "counter", "HTTP messages that could not be parsed."),
     stream_gaps => ("tracer_stream_gaps_total", "counter", "Gaps in a captured byte stream (lost or truncated data)."),
+    desynchronised => ("tracer_http_desynchronised_total", "counter", "Connections whose requests and responses can no longer be paired after lost bytes (a client that pipelines): their later requests are exported without a response."),
     exchanges => ("tracer_http_exchanges_total", "counter", "HTTP request/response exchanges reconstructed."),
     own_exports_skipped => ("tracer_own_exports_skipped_total", "counter", "Exchanges skipped because they are this agent's own OTLP exports."),
     links_by_peer => ("tracer_links_by_peer_total", "counter", "SERVER spans linked to the CLIENT span of the same exchange (address match)."),

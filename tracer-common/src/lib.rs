@@ -198,6 +198,9 @@ pub const DATA_FLAG_TRUNCATED: u32 = 1;
 pub const DATA_FLAG_GAP_BEFORE: u32 = 2;
 /// `DataEventHeader::tcp_seq` holds the TCP sequence number of the record's first byte.
 pub const DATA_FLAG_TCP_SEQ: u32 = 4;
+/// `DataEventHeader::opposite_seq` holds the other direction's counter (set with
+/// [`DATA_FLAG_TCP_SEQ`]).
+pub const DATA_FLAG_OPPOSITE_SEQ: u32 = 8;
 
 /// Fixed part of a data event; `captured_len` payload bytes follow it in the record.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -220,7 +223,11 @@ pub struct DataEventHeader {
     /// bytes before it. Both ends of a connection number a byte the same way, whenever each
     /// began to watch it.
     pub tcp_seq: u32,
-    pub _pad: u32,
+    /// The other direction's counter at the syscall's exit, when [`DATA_FLAG_OPPOSITE_SEQ`]
+    /// is set: `copied_seq` (egress) or `write_seq` (ingress), the end of every byte this
+    /// socket had moved the other way. Tells lost bytes of the other stream from a peer that
+    /// pipelines: a request read after bytes of a response we never saw were written.
+    pub opposite_seq: u32,
 }
 
 /// `GoEvent::what`: `net/http` is about to write a request on the connection `arg` (a
@@ -362,7 +369,21 @@ pub struct ConnState {
     /// connection registered by the agent (adopted at start) has it filled in by its first
     /// data syscall.
     pub sk: u64,
+    /// Non-zero while user space has not been told of the connection: its open event was
+    /// lost (the ring buffer was full). It is sent again before the connection's next data,
+    /// which then starts both streams with a gap; without it the connection would stay
+    /// untraced for its whole life.
+    pub unannounced: u32,
+    /// Data events in which a connection picked up mid-stream (its open event lost, or
+    /// adopted by the agent) may still show an HTTP/1 message start before it is judged not
+    /// HTTP; those that do not are skipped and flagged lost. 0: the next data decides, as
+    /// for a connection seen from its first byte.
+    pub sniff_budget: u32,
 }
+
+/// [`ConnState::sniff_budget`] of a connection picked up mid-stream: enough for the rest of
+/// a message in flight (a body written in parts) to pass.
+pub const MID_STREAM_SNIFFS: u32 = 64;
 
 pub const PROTO_UNKNOWN: u32 = 0;
 pub const PROTO_HTTP1: u32 = 1;
@@ -494,7 +515,7 @@ mod tests {
         assert_eq!(size_of::<GoProc>(), 8);
         assert_eq!(size_of::<PyProc>(), 16);
         assert_eq!(size_of::<KernelOffsets>(), 17 * 4);
-        assert_eq!(size_of::<ConnState>(), 32);
+        assert_eq!(size_of::<ConnState>(), 40);
     }
 
     #[test]

@@ -13,10 +13,11 @@ use aya_ebpf::{
 };
 use tracer_common::{
     AF_INET, AF_INET6, CONN_FLAG_ADDRS_KNOWN, ConnEvent, ConnState, DATA_FLAG_GAP_BEFORE,
-    DATA_FLAG_TCP_SEQ, DATA_FLAG_TRUNCATED, DEFAULT_CAPTURE_BYTES, DataEvent, DataEventHeader,
-    Direction, DropReason, EventHeader, EventKind, GO_CONN_WRITE, GO_ROUND_TRIP, GO_SPAWN, GoEvent,
-    GoProc, KernelOffsets, MAX_CAPTURE_BYTES, PROTO_HTTP1, PROTO_OTHER, PROTO_UNKNOWN,
-    PY_FRAME_OWNED_BY_GENERATOR, PY_MAX_FRAMES, PyProc, Role, Sniffed, conn_key,
+    DATA_FLAG_OPPOSITE_SEQ, DATA_FLAG_TCP_SEQ, DATA_FLAG_TRUNCATED, DEFAULT_CAPTURE_BYTES,
+    DataEvent, DataEventHeader, Direction, DropReason, EventHeader, EventKind, GO_CONN_WRITE,
+    GO_ROUND_TRIP, GO_SPAWN, GoEvent, GoProc, KernelOffsets, MAX_CAPTURE_BYTES, MID_STREAM_SNIFFS,
+    PROTO_HTTP1, PROTO_OTHER, PROTO_UNKNOWN, PY_FRAME_OWNED_BY_GENERATOR, PY_MAX_FRAMES, PyProc,
+    Role, Sniffed, conn_key,
 };
 
 #[unsafe(no_mangle)]
@@ -317,11 +318,13 @@ fn next_conn_id() -> u64 {
     }
 }
 
+/// The open event of a connection, its addresses read from the socket behind `fd`; `None`
+/// for a descriptor that is not a TCP/IP socket.
 #[inline(always)]
-fn register_connection(pid_tgid: u64, fd: u32, role: Role, ts_enter: u64) {
+fn conn_event(pid_tgid: u64, fd: u32, role: u32, conn_id: u64, ts_enter: u64) -> Option<ConnEvent> {
     let mut event = ConnEvent {
-        header: header(EventKind::ConnOpen, pid_tgid, fd, 0, ts_enter),
-        role: role as u32,
+        header: header(EventKind::ConnOpen, pid_tgid, fd, conn_id, ts_enter),
+        role,
         flags: 0,
         family: 0,
         local_port: 0,
@@ -335,40 +338,67 @@ fn register_connection(pid_tgid: u64, fd: u32, role: Role, ts_enter: u64) {
         event.header.ts_enter_ns = event.header.ts_exit_ns;
     }
     match read_socket(fd, &mut event) {
-        SocketKind::TcpInet | SocketKind::Unknown => {}
-        SocketKind::Other => return,
+        SocketKind::TcpInet | SocketKind::Unknown => Some(event),
+        SocketKind::Other => None,
     }
+}
+
+#[inline(always)]
+fn register_connection(pid_tgid: u64, fd: u32, role: Role, ts_enter: u64) {
     let conn_id = next_conn_id();
-    event.header.conn_id = conn_id;
+    let Some(event) = conn_event(pid_tgid, fd, role as u32, conn_id, ts_enter) else {
+        return;
+    };
     let off = KERNEL_OFFSETS.load();
     let sk = if off.valid != 0 {
         sock_of(fd, &off).map_or(0, |sk| sk as u64)
     } else {
         0
     };
-    let state = ConnState {
+    let mut state = ConnState {
         conn_id,
         role: role as u32,
         protocol: PROTO_UNKNOWN,
         lost_ingress: 0,
         lost_egress: 0,
         sk,
+        unannounced: 0,
+        sniff_budget: 0,
     };
+    if EVENTS.output::<ConnEvent>(&event, wakeup_flags()).is_err() {
+        count_drop(DropReason::RingBufferFull);
+        // Announced again before its first data gets through (`announce`).
+        state.unannounced = 1;
+        state.sniff_budget = MID_STREAM_SNIFFS;
+        state.lost_ingress = 1;
+        state.lost_egress = 1;
+    }
     let key = conn_key((pid_tgid >> 32) as u32, fd);
     if CONNS.insert(key, state, 0).is_err() {
         count_drop(DropReason::ConnTableFull);
-        return;
-    }
-    if EVENTS.output::<ConnEvent>(&event, wakeup_flags()).is_err() {
-        count_drop(DropReason::RingBufferFull);
-        // Without its open event user space cannot place the data; do not trace it.
-        let _ = CONNS.remove(key);
         return;
     }
     if FORK_CHILD_PID_OFFSET.load() != 0 && sk != 0 {
         let _ = SOCK_ROLES.insert(sk, role as u32, 0);
         let _ = HAS_CONNS.insert((pid_tgid >> 32) as u32, 1u8, 0);
     }
+}
+
+/// Sends the open event of a connection whose first one was lost. User space places data
+/// only on connections it was told of; its streams then start with the gap the lost flags
+/// report, so they resynchronise at the next message start. False while the ring buffer is
+/// still full (the data is then lost as well, and flagged).
+#[inline(always)]
+fn announce(pid_tgid: u64, fd: u32, state: &mut ConnState) -> bool {
+    let Some(event) = conn_event(pid_tgid, fd, state.role, state.conn_id, 0) else {
+        return false;
+    };
+    if EVENTS.output::<ConnEvent>(&event, wakeup_flags()).is_err() {
+        count_drop(DropReason::RingBufferFull);
+        return false;
+    }
+    state.unannounced = 0;
+    true
 }
 
 #[tracepoint]
@@ -653,13 +683,19 @@ fn on_data_exit(ctx: &TracePointContext, direction: Direction, args: Args) {
     };
     // SAFETY: the LRU map value stays valid for the duration of the program.
     let state = unsafe { &mut *state };
+    if state.unannounced != 0 && !announce(pid_tgid, inflight.fd, state) {
+        return;
+    }
     let moved = ret as u64;
     // The sequence number of the first byte moved: the counter at exit minus the bytes.
     let seq = if state.protocol == PROTO_OTHER {
-        None
+        TcpSeqs::UNKNOWN
     } else {
-        tcp_seq_at_exit(state, inflight.fd, inflight.direction)
-            .map(|s| s.wrapping_sub(moved as u32))
+        let s = tcp_seqs_at_exit(state, inflight.fd, inflight.direction);
+        TcpSeqs {
+            first: s.first.wrapping_sub(moved as u32),
+            ..s
+        }
     };
     let mut goid = syscall_goid((pid_tgid >> 32) as u32);
     // A Python task matters only for what it writes (requests and responses), and only on
@@ -704,27 +740,59 @@ fn adopted_blocked_syscall(pid_tgid: u64, direction: Direction, args: Args) -> O
     inflight_of(fd, reg(PT_REGS_SI)?, reg(PT_REGS_DX)?, direction, args)
 }
 
-/// `write_seq` (egress) or `copied_seq` (ingress) of the connection's socket now; the
-/// socket is looked up once for a connection registered without it.
+/// A record's TCP sequence numbers: see `DataEventHeader::tcp_seq` and `opposite_seq`.
+/// Plain fields with flags rather than `Option`s: every byte is always written, since
+/// older verifiers (5.10) reject reading an uninitialised payload on the stack.
+#[derive(Clone, Copy)]
+struct TcpSeqs {
+    first: u32,
+    opposite: u32,
+    first_known: bool,
+    opposite_known: bool,
+}
+
+impl TcpSeqs {
+    const UNKNOWN: TcpSeqs = TcpSeqs {
+        first: 0,
+        opposite: 0,
+        first_known: false,
+        opposite_known: false,
+    };
+}
+
+/// `write_seq` (egress) or `copied_seq` (ingress) of the connection's socket now, and the
+/// other one; the socket is looked up once for a connection registered without it.
 #[inline(always)]
-fn tcp_seq_at_exit(state: &mut ConnState, fd: u32, direction: u32) -> Option<u32> {
+fn tcp_seqs_at_exit(state: &mut ConnState, fd: u32, direction: u32) -> TcpSeqs {
     let off = KERNEL_OFFSETS.load();
-    let field = if direction == Direction::Egress as u32 {
-        off.tcp_sock_write_seq
+    let (field, other) = if direction == Direction::Egress as u32 {
+        (off.tcp_sock_write_seq, off.tcp_sock_copied_seq)
     } else {
-        off.tcp_sock_copied_seq
+        (off.tcp_sock_copied_seq, off.tcp_sock_write_seq)
     };
     if off.valid == 0 || field == 0 {
-        return None;
+        return TcpSeqs::UNKNOWN;
     }
     if state.sk == 0 {
         state.sk = sock_of(fd, &off).map_or(0, |sk| sk as u64);
         if state.sk == 0 {
-            return None;
+            return TcpSeqs::UNKNOWN;
         }
     }
+    let mut seqs = TcpSeqs::UNKNOWN;
     // SAFETY: bpf_probe_read_kernel tolerates bad addresses.
-    unsafe { bpf_probe_read_kernel((state.sk + field as u64) as *const u32) }.ok()
+    if let Ok(first) = unsafe { bpf_probe_read_kernel((state.sk + field as u64) as *const u32) } {
+        seqs.first = first;
+        seqs.first_known = true;
+    }
+    if seqs.first_known && other != 0 {
+        // SAFETY: as above.
+        if let Ok(o) = unsafe { bpf_probe_read_kernel((state.sk + other as u64) as *const u32) } {
+            seqs.opposite = o;
+            seqs.opposite_known = true;
+        }
+    }
+    seqs
 }
 
 /// One record per iovec, in order, covering exactly the `moved` bytes; the last record
@@ -736,7 +804,7 @@ fn emit_iovecs(
     moved: u64,
     state: &mut ConnState,
     goid: u64,
-    seq: Option<u32>,
+    seq: TcpSeqs,
 ) {
     let mut remaining = moved;
     for i in 0..MAX_IOVECS {
@@ -755,7 +823,10 @@ fn emit_iovecs(
         let part = if len < remaining { len } else { remaining };
         let last = i + 1 == MAX_IOVECS || i + 1 == inflight.iov_count;
         let accounted = if last { remaining } else { part };
-        let at = seq.map(|s| s.wrapping_add((moved - remaining) as u32));
+        let at = TcpSeqs {
+            first: seq.first.wrapping_add((moved - remaining) as u32),
+            ..seq
+        };
         emit_data(pid_tgid, inflight, base, accounted, part, state, goid, at);
         remaining -= accounted;
     }
@@ -786,7 +857,7 @@ fn emit_data(
     available: u64,
     state: &mut ConnState,
     goid: u64,
-    seq: Option<u32>,
+    seq: TcpSeqs,
 ) {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
@@ -814,6 +885,11 @@ fn emit_data(
         let sniffed = Sniffed::of([event.data[0], event.data[1], event.data[2], event.data[3]]);
         if sniffed == Sniffed::Http1 {
             state.protocol = PROTO_HTTP1;
+        } else if state.sniff_budget > 0 {
+            // Picked up mid-stream: these may be the middle of a message.
+            state.sniff_budget -= 1;
+            *lost_flag(state, inflight.direction) = 1;
+            return;
         } else {
             state.protocol = PROTO_OTHER;
             if let Some(counter) = NOT_HTTP.get_ptr_mut(sniffed as u32 - 1) {
@@ -832,8 +908,11 @@ fn emit_data(
     if *lost_flag(state, inflight.direction) != 0 {
         flags |= DATA_FLAG_GAP_BEFORE;
     }
-    if seq.is_some() {
+    if seq.first_known {
         flags |= DATA_FLAG_TCP_SEQ;
+    }
+    if seq.opposite_known {
+        flags |= DATA_FLAG_OPPOSITE_SEQ;
     }
     event.header = DataEventHeader {
         header: header(
@@ -848,8 +927,8 @@ fn emit_data(
         syscall_len: moved as u32,
         captured_len: len as u32,
         goid,
-        tcp_seq: seq.unwrap_or(0),
-        _pad: 0,
+        tcp_seq: seq.first,
+        opposite_seq: seq.opposite,
     };
     let total = size_of::<DataEventHeader>() + len;
     // SAFETY: `event` is a DataEvent, at least `total` bytes long.

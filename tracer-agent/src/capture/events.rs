@@ -4,9 +4,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use thiserror::Error;
 use tracer_common::{
-    AF_INET, AF_INET6, CONN_FLAG_ADDRS_KNOWN, ConnEvent, DATA_FLAG_GAP_BEFORE, DATA_FLAG_TCP_SEQ,
-    DATA_FLAG_TRUNCATED, DataEventHeader, Direction, EventHeader, EventKind, GO_CONN_WRITE,
-    GO_ROUND_TRIP, GO_SPAWN, GoEvent, Role, UnknownTag,
+    AF_INET, AF_INET6, CONN_FLAG_ADDRS_KNOWN, ConnEvent, DATA_FLAG_GAP_BEFORE,
+    DATA_FLAG_OPPOSITE_SEQ, DATA_FLAG_TCP_SEQ, DATA_FLAG_TRUNCATED, DataEventHeader, Direction,
+    EventHeader, EventKind, GO_CONN_WRITE, GO_ROUND_TRIP, GO_SPAWN, GoEvent, Role, UnknownTag,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -53,6 +53,9 @@ pub struct DataChunk<'a> {
     pub goid: Option<u64>,
     /// TCP sequence number of the first byte moved, when the kernel's offsets are known.
     pub tcp_seq: Option<u32>,
+    /// The other direction's counter at the syscall's exit (see
+    /// [`DataEventHeader::opposite_seq`]).
+    pub opposite_seq: Option<u32>,
     pub payload: &'a [u8],
 }
 
@@ -165,6 +168,7 @@ pub fn decode(record: &[u8]) -> Result<CaptureEvent<'_>, DecodeError> {
                 gap_before: ev.flags & DATA_FLAG_GAP_BEFORE != 0,
                 goid: (ev.goid != 0).then_some(ev.goid),
                 tcp_seq: (ev.flags & DATA_FLAG_TCP_SEQ != 0).then_some(ev.tcp_seq),
+                opposite_seq: (ev.flags & DATA_FLAG_OPPOSITE_SEQ != 0).then_some(ev.opposite_seq),
                 payload,
             }))
         }
@@ -266,7 +270,7 @@ mod tests {
             captured_len: 3,
             goid: 42,
             tcp_seq: 0xffff_fff0,
-            _pad: 0,
+            opposite_seq: 77,
         };
         let mut rec = encode_data(&h, b"GET");
         let CaptureEvent::Data(d) = decode(&rec).unwrap() else {
@@ -279,6 +283,8 @@ mod tests {
         assert_eq!(d.meta.conn_id, 99);
         assert_eq!(d.goid, Some(42));
         assert_eq!(d.tcp_seq, Some(0xffff_fff0));
+        // The other direction's counter only with its own flag.
+        assert_eq!(d.opposite_seq, None);
         // A record shorter than its claimed payload is rejected, not read past its end.
         rec.truncate(rec.len() - 1);
         assert!(matches!(

@@ -12,7 +12,8 @@ use tracer_common::{
     GLOBAL_FORK_CHILD_PID_OFFSET, GLOBAL_OFFSETS, GLOBAL_WAKEUP_BYTES, GO_NEWPROC1_RET, GO_UPROBES,
     GoProc, KernelOffsets, MAP_ADOPTED_PENDING, MAP_ADOPTING, MAP_ADOPTING_ANY, MAP_CONNS,
     MAP_DROPS, MAP_EVENTS, MAP_GO_PROCS, MAP_NOT_HTTP, MAP_PY_PROCS, MAP_PY_THREADS,
-    MAP_TRACED_PIDS, MAX_CAPTURE_BYTES, NOT_HTTP_KIND_COUNT, PROTO_UNKNOWN, PyProc, conn_key,
+    MAP_TRACED_PIDS, MAX_CAPTURE_BYTES, MID_STREAM_SNIFFS, NOT_HTTP_KIND_COUNT, PROTO_UNKNOWN,
+    PyProc, conn_key,
 };
 
 use crate::capture::events::{ConnOpened, Meta};
@@ -479,6 +480,8 @@ impl Capture {
                 lost_ingress: 0,
                 lost_egress: 0,
                 sk: 0,
+                unannounced: 0,
+                sniff_budget: MID_STREAM_SNIFFS,
             };
             if conns.insert(key, state, 0).is_err() {
                 break; // the table is full: the rest stay untraced

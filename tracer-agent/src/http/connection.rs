@@ -117,6 +117,14 @@ pub struct HttpConnection {
     gap_barrier: Option<u64>,
     /// Request whose response decides whether the connection switches protocols.
     awaiting_switch: Option<u64>,
+    /// TCP sequence number just past the last bytes seen on each stream (request,
+    /// response), when the kernel reports them.
+    seen_end: [Option<u32>; 2],
+    /// The request chunk being parsed was read after response bytes this connection never
+    /// saw had been moved (lost in the capture, or not delivered yet). A request arriving
+    /// while an earlier one is unanswered is then no proof of pipelining: its response is
+    /// most likely among those bytes.
+    responses_unseen: bool,
     closed: bool,
     stats: ConnStats,
 }
@@ -138,6 +146,8 @@ impl HttpConnection {
             pipelining_seen: false,
             gap_barrier: None,
             awaiting_switch: None,
+            seen_end: [None; 2],
+            responses_unseen: false,
             closed: false,
             stats: ConnStats::default(),
         }
@@ -250,11 +260,34 @@ impl HttpConnection {
         if self.closed || self.is_not_http() {
             return;
         }
+        self.responses_unseen = stream == Stream::Request && self.response_bytes_unseen(&chunk);
+        if let Some(seq) = chunk.tcp_seq {
+            self.seen_end[stream as usize] = Some(seq.wrapping_add(chunk.syscall_len as u32));
+        }
         let mut inp = Input::new(&chunk);
         self.pump(stream, &mut inp);
+        self.responses_unseen = false;
         // A decision on one stream can release bytes held on the other (protocol switch).
         self.pump(stream.other(), &mut Input::empty());
         self.flush();
+    }
+
+    /// Whether the socket had moved response bytes this connection has not seen when the
+    /// request chunk was read (server) or written (client). The first chunk that reports the
+    /// response counter before any response byte was seen starts the count there: what came
+    /// before belongs to exchanges this connection never saw.
+    fn response_bytes_unseen(&mut self, chunk: &Chunk<'_>) -> bool {
+        let Some(moved) = chunk.opposite_seq else {
+            return false;
+        };
+        let seen = &mut self.seen_end[Stream::Response as usize];
+        match *seen {
+            Some(end) => end != moved,
+            None => {
+                *seen = Some(moved);
+                false
+            }
+        }
     }
 
     fn pump(&mut self, stream: Stream, inp: &mut Input<'_>) {
@@ -307,16 +340,21 @@ impl HttpConnection {
             }
         };
         self.stats.requests += 1;
+        // While response bytes moved before this request are unseen, an unanswered earlier
+        // request proves nothing: its response is among them, and when they were lost the
+        // response stream reports the gap and fails every request still waiting.
         if let Some(barrier) = self.gap_barrier {
             if self.pending.iter().any(|e| e.id < barrier && !e.settled) {
-                // A request sent before the pre-gap ones were answered: the client
-                // pipelines, so requests lost in the gap may own the next responses.
-                self.desynced = true;
+                if !self.responses_unseen {
+                    // A request sent before the pre-gap ones were answered: the client
+                    // pipelines, so requests lost in the gap may own the next responses.
+                    self.desynchronise();
+                }
             } else {
                 self.gap_barrier = None;
             }
         }
-        if self.pending.iter().any(|e| !e.settled) {
+        if self.pending.iter().any(|e| !e.settled) && !self.responses_unseen {
             self.pipelining_seen = true;
         }
         let id = self.next_id;
@@ -416,7 +454,7 @@ impl HttpConnection {
             self.push(e);
         }
         if self.pipelining_seen {
-            self.desynced = true;
+            self.desynchronise();
         } else if self.pending.iter().any(|e| !e.settled) {
             self.gap_barrier = Some(self.next_id);
         }
@@ -543,13 +581,20 @@ impl HttpConnection {
         }
         self.skip_responses = 0;
         if self.pipelining_seen {
-            self.desynced = true;
+            self.desynchronise();
         }
         if let Some(id) = self.awaiting_switch
             && self.pending.iter().any(|e| e.id == id && e.settled)
         {
             // We will never know whether it switched; assume it did not.
             self.resume_requests();
+        }
+    }
+
+    fn desynchronise(&mut self) {
+        if !self.desynced {
+            self.desynced = true;
+            self.stats.desynchronised += 1;
         }
     }
 

@@ -39,6 +39,13 @@
 //!   with [`ExchangeError::Gap`] and no response; later responses are discarded. Known
 //!   limit: a client whose first pipelined request is the lost one, and which sends the
 //!   next only after the earlier response arrived, goes undetected.
+//!
+//!   A request that arrives while an earlier one is unanswered is taken as pipelining only
+//!   if the socket had moved no response byte this connection has not seen
+//!   ([`Chunk::opposite_seq`], the kernel's other TCP counter at that syscall): otherwise
+//!   the earlier response was moved and lost in the capture, the response stream reports
+//!   that gap, and the connection stays in sync. Without the counters a lost response
+//!   followed by the next request desynchronises the connection, as pipelining does.
 //! * **Response stream**: the response being received is emitted with its head and
 //!   [`ExchangeError::Gap`] (`incomplete`). Every other request still waiting is emitted
 //!   with [`ExchangeError::Gap`] — its response may have been in the lost bytes. Responses
@@ -93,6 +100,9 @@ pub struct Chunk<'a> {
     pub ts_exit_ns: u64,
     /// TCP sequence number of the first byte, when the kernel reported it.
     pub tcp_seq: Option<u32>,
+    /// The other stream's counter when the syscall returned: the end of every byte the
+    /// socket had moved the other way, seen or not.
+    pub opposite_seq: Option<u32>,
 }
 
 /// Direction of a connection, by HTTP role.
@@ -212,6 +222,8 @@ pub struct ConnStats {
     pub unpaired_responses: u64,
     /// Requests dropped because `max_pending` were already waiting.
     pub dropped_unpaired: u64,
+    /// 1 once pairing was given up after a loss (a pipelining client), else 0.
+    pub desynchronised: u64,
     /// Requests currently waiting (gauge).
     pub pending: usize,
 }

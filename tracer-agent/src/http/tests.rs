@@ -28,6 +28,7 @@ impl T {
             ts_enter_ns: self.t,
             ts_exit_ns: self.t + 1,
             tcp_seq: None,
+            opposite_seq: None,
         };
         match stream {
             Stream::Request => self.c.on_request_bytes(chunk),
@@ -251,6 +252,7 @@ fn feed_cut(c: &mut HttpConnection, stream: Stream, bytes: &[u8], cuts: &[usize]
             ts_enter_ns: t,
             ts_exit_ns: t + 1,
             tcp_seq: None,
+            opposite_seq: None,
         };
         match stream {
             Stream::Request => c.on_request_bytes(chunk),
@@ -880,6 +882,193 @@ fn response_gap_with_pipelining_fails_all_and_desynchronises() {
     assert_eq!(t.c.stats().unpaired_responses, 1);
 }
 
+/// A connection whose chunks carry both TCP counters, as the kernel reports them: each
+/// stream's bytes are numbered, and a chunk that is "lost" advances its stream's counter
+/// without being fed (the next chunk of that stream carries the gap).
+struct Seq {
+    c: HttpConnection,
+    t: u64,
+    /// Next sequence number of the request and response streams.
+    next: [u32; 2],
+    lost: [bool; 2],
+}
+
+impl Seq {
+    fn new() -> Self {
+        Seq {
+            c: HttpConnection::new(&HttpConfig::default()),
+            t: 0,
+            // Both counters start near the wrap, as real initial sequence numbers may.
+            next: [u32::MAX - 3, u32::MAX - 30],
+            lost: [false; 2],
+        }
+    }
+
+    fn send(&mut self, stream: Stream, bytes: &[u8], delivered: bool) {
+        let i = stream as usize;
+        let seq = self.next[i];
+        self.next[i] = seq.wrapping_add(bytes.len() as u32);
+        if !delivered {
+            self.lost[i] = true;
+            return;
+        }
+        if std::mem::take(&mut self.lost[i]) {
+            self.c.on_gap(stream);
+        }
+        self.t += 10;
+        let chunk = Chunk {
+            bytes,
+            syscall_len: bytes.len(),
+            ts_enter_ns: self.t,
+            ts_exit_ns: self.t + 1,
+            tcp_seq: Some(seq),
+            opposite_seq: Some(self.next[1 - i]),
+        };
+        match stream {
+            Stream::Request => self.c.on_request_bytes(chunk),
+            Stream::Response => self.c.on_response_bytes(chunk),
+        }
+    }
+
+    /// One exchange of a client that waits for each response; `lose` drops its request or
+    /// response chunk in the capture.
+    fn exchange(&mut self, n: u32, lose: Option<Stream>) {
+        let req = format!("GET /r{n} HTTP/1.1\r\nHost: h\r\n\r\n");
+        let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-N: {n}\r\n\r\nok");
+        self.send(
+            Stream::Request,
+            req.as_bytes(),
+            lose != Some(Stream::Request),
+        );
+        self.send(
+            Stream::Response,
+            resp.as_bytes(),
+            lose != Some(Stream::Response),
+        );
+    }
+
+    /// (target, the X-N of the response it was paired with, error) of every exchange out.
+    fn take(&mut self) -> Vec<(String, Option<String>, Option<ExchangeError>)> {
+        self.c
+            .take_exchanges()
+            .into_iter()
+            .map(|e| {
+                let n = e.response.and_then(|r| r.header("x-n").map(str::to_owned));
+                (e.request.target, n, e.error)
+            })
+            .collect()
+    }
+}
+
+/// A client that sends one request at a time, and the capture loses a response: the next
+/// request arrives while the lost one is still unanswered, which looks like pipelining.
+/// The response counter the kernel reports with that request shows the response was moved
+/// (just not seen), so the connection stays in sync: the exchanges around the loss fail
+/// with `Gap` and every later one pairs again.
+#[test]
+fn lost_response_is_not_taken_for_pipelining() {
+    for lost in 0..4 {
+        let mut t = Seq::new();
+        for n in 0..6 {
+            t.exchange(n, (n == lost).then_some(Stream::Response));
+        }
+        let got = t.take();
+        assert_eq!(got.len(), 6, "{got:?}");
+        for (n, (target, paired, error)) in got.iter().enumerate() {
+            assert_eq!(target, &format!("/r{n}"));
+            let n = n as u32;
+            if n == lost || n == lost + 1 {
+                // The lost response's exchange, and the one whose response carried the gap.
+                assert_eq!(
+                    (paired, error),
+                    (&None, &Some(ExchangeError::Gap)),
+                    "lost {lost}"
+                );
+            } else {
+                assert_eq!(
+                    (paired.as_deref(), error),
+                    (Some(n.to_string().as_str()), &None),
+                    "lost {lost}: {got:?}"
+                );
+            }
+        }
+    }
+}
+
+/// The same with requests and responses lost in turn, several times, and both lost in one
+/// exchange: whatever is paired is paired right, and the connection always recovers.
+#[test]
+fn losses_on_both_streams_recover_and_never_mispair() {
+    let patterns: [&[(u32, Stream)]; 4] = [
+        &[(1, Stream::Request), (3, Stream::Response)],
+        &[(1, Stream::Response), (2, Stream::Request)],
+        &[(2, Stream::Response), (2, Stream::Request)],
+        &[
+            (0, Stream::Response),
+            (1, Stream::Response),
+            (2, Stream::Request),
+            (4, Stream::Response),
+        ],
+    ];
+    for pattern in patterns {
+        let mut t = Seq::new();
+        for n in 0..9u32 {
+            let req = format!("GET /r{n} HTTP/1.1\r\n\r\n");
+            let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-N: {n}\r\n\r\n");
+            let lost = |s| pattern.contains(&(n, s));
+            t.send(Stream::Request, req.as_bytes(), !lost(Stream::Request));
+            t.send(Stream::Response, resp.as_bytes(), !lost(Stream::Response));
+        }
+        let got = t.take();
+        for (target, paired, _) in &got {
+            if let Some(p) = paired {
+                assert_eq!(target, &format!("/r{p}"), "{pattern:?}: {got:?}");
+            }
+        }
+        // The last exchanges, after every loss, are paired.
+        let tail: Vec<_> = got.iter().rev().take(3).collect();
+        assert!(
+            tail.iter().all(|(_, p, e)| p.is_some() && e.is_none()),
+            "{pattern:?}: {got:?}"
+        );
+    }
+}
+
+/// A client that really pipelines: the server reads the second request before writing
+/// the first response (the response counter shows nothing unseen). After a loss the
+/// connection desynchronises, as without sequence numbers.
+#[test]
+fn pipelining_shown_by_the_counters_still_desynchronises() {
+    let mut t = Seq::new();
+    t.send(Stream::Request, b"GET /a HTTP/1.1\r\n\r\n", true);
+    t.send(Stream::Request, b"GET /b HTTP/1.1\r\n\r\n", true);
+    t.send(
+        Stream::Response,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-N: a\r\n\r\n",
+        false,
+    );
+    t.send(
+        Stream::Response,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-N: b\r\n\r\n",
+        true,
+    );
+    t.send(Stream::Request, b"GET /c HTTP/1.1\r\n\r\n", true);
+    t.send(
+        Stream::Response,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-N: c\r\n\r\n",
+        true,
+    );
+    let got = t.take();
+    assert_eq!(
+        got,
+        vec![
+            ("/a".into(), None, Some(ExchangeError::Gap)),
+            ("/b".into(), None, Some(ExchangeError::Gap)),
+            ("/c".into(), None, Some(ExchangeError::Gap)),
+        ]
+    );
+}
+
 #[test]
 fn resync_skips_body_text_that_only_looks_like_http() {
     let mut t = T::new();
@@ -1174,6 +1363,7 @@ fn started_requests_announce_heads_before_their_exchanges() {
         ts_enter_ns: ts,
         ts_exit_ns: ts + 1,
         tcp_seq: None,
+        opposite_seq: None,
     };
     c.on_request_bytes(chunk(
         b"GET /a HTTP/1.1\r\ntraceparent: tp\r\nTraceState: ts\r\nX-B3-Sampled: 1\r\nCookie: c\r\n\r\n",
@@ -1297,6 +1487,7 @@ fn requests_know_the_sequence_number_of_their_first_byte() {
                     ts_enter_ns: at as u64,
                     ts_exit_ns: at as u64 + 1,
                     tcp_seq: Some(base.wrapping_add(at as u32)),
+                    opposite_seq: None,
                 });
                 at = end;
             }
@@ -1318,6 +1509,7 @@ fn requests_know_the_sequence_number_of_their_first_byte() {
         ts_enter_ns: 1,
         ts_exit_ns: 2,
         tcp_seq: None,
+        opposite_seq: None,
     });
     assert_eq!(c.take_started()[0].timing.first_seq, None);
 }

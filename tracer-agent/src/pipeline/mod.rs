@@ -39,6 +39,7 @@ struct Connection {
     referenced: bool,
     /// Parse errors and stream gaps of this connection already added to the metrics.
     parse_errors: u64,
+    desynchronised: u64,
     gaps: u64,
 }
 
@@ -239,6 +240,7 @@ impl Pipeline {
             http: None,
             referenced: false,
             parse_errors: 0,
+            desynchronised: 0,
             gaps: 0,
         };
         self.conns.insert(open.meta.conn_id, conn);
@@ -305,6 +307,7 @@ impl Pipeline {
             ts_enter_ns: chunk.meta.ts_enter_ns,
             ts_exit_ns: chunk.meta.ts_exit_ns,
             tcp_seq: chunk.tcp_seq,
+            opposite_seq: chunk.opposite_seq,
         };
         match stream {
             Stream::Request => http.on_request_bytes(http_chunk),
@@ -404,7 +407,12 @@ impl Pipeline {
             &self.metrics.stream_gaps,
             stats.gaps.saturating_sub(conn.gaps),
         );
-        (conn.parse_errors, conn.gaps) = (stats.parse_errors, stats.gaps);
+        Metrics::add(
+            &self.metrics.desynchronised,
+            stats.desynchronised.saturating_sub(conn.desynchronised),
+        );
+        (conn.parse_errors, conn.gaps, conn.desynchronised) =
+            (stats.parse_errors, stats.gaps, stats.desynchronised);
         http.drain_exchanges_into(&mut self.exchanges);
         for exchange in self.exchanges.drain(..) {
             Metrics::inc(&self.metrics.exchanges);
@@ -473,6 +481,7 @@ mod tests {
             gap_before: false,
             goid: None,
             tcp_seq: None,
+            opposite_seq: None,
             payload,
         })
     }
