@@ -148,11 +148,19 @@ for line in sys.stdin:
 
 struct PooledClient(tracer_tests::harness::LineChild);
 
+/// A Python script driven line by line (see `LineChild`), with its arguments.
+fn python_script(script: &str, args: &[&dyn ToString]) -> tracer_tests::harness::LineChild {
+    let mut cmd = tracer_tests::programs::python();
+    cmd.arg("-c").arg(script);
+    for a in args {
+        cmd.arg(a.to_string());
+    }
+    tracer_tests::harness::LineChild::spawn(&mut cmd).expect("python script starts")
+}
+
 impl PooledClient {
     fn start(port: u16) -> PooledClient {
-        let mut cmd = tracer_tests::programs::python();
-        cmd.arg("-c").arg(POOLED_CLIENT).arg(port.to_string());
-        PooledClient(tracer_tests::harness::LineChild::spawn(&mut cmd).expect("pooled client"))
+        PooledClient(python_script(POOLED_CLIENT, &[&port]))
     }
 
     fn pid(&self) -> u32 {
@@ -346,12 +354,7 @@ async fn small_ring_buffer_drops_are_counted_and_never_mispair() {
     const THREADS: u32 = 16;
     const PER: u32 = 40;
     let server = tracer_tests::programs::python_app_server("127.0.0.1", false).unwrap();
-    let mut cmd = tracer_tests::programs::python();
-    cmd.arg("-c")
-        .arg(CONCURRENT_CLIENTS)
-        .arg(server.port.to_string())
-        .arg(THREADS.to_string());
-    let mut clients = tracer_tests::harness::LineChild::spawn(&mut cmd).unwrap();
+    let mut clients = python_script(CONCURRENT_CLIENTS, &[&server.port, &THREADS]);
     let rx = OtlpReceiver::start(ReceiverProtocol::Grpc).await.unwrap();
     let pids = [clients.pid(), server.pid()];
     let agent = agent_scoped(&rx, &pids, &["--ring-buffer-bytes", "32768"]).await;
@@ -507,12 +510,7 @@ print("ok %d cpus %d" % (ok, len(cpus)), flush=True)
 "#;
     let server = tracer_tests::programs::python_app_server("127.0.0.1", false).unwrap();
     let rx = OtlpReceiver::start(ReceiverProtocol::Grpc).await.unwrap();
-    let mut cmd = tracer_tests::programs::python();
-    cmd.arg("-c")
-        .arg(script)
-        .arg(server.port.to_string())
-        .arg(N.to_string());
-    let mut client = tracer_tests::harness::LineChild::spawn(&mut cmd).unwrap();
+    let mut client = python_script(script, &[&server.port, &N]);
     let pids = [client.pid(), server.pid()];
     let agent = agent_scoped(&rx, &pids, &[]).await;
     let report = client.ask("go", |l| l.starts_with("ok ")).unwrap();
@@ -673,9 +671,7 @@ print("end", flush=True)
 "#;
     let server = tracer_tests::programs::python_app_server("127.0.0.1", false).unwrap();
     let rx = OtlpReceiver::start(ReceiverProtocol::Grpc).await.unwrap();
-    let mut cmd = tracer_tests::programs::python();
-    cmd.arg("-c").arg(script).arg(server.port.to_string());
-    let mut load = tracer_tests::harness::LineChild::spawn(&mut cmd).unwrap();
+    let mut load = python_script(script, &[&server.port]);
     let pids = [load.pid(), server.pid()];
     let first = agent_scoped(&rx, &pids, &[]).await;
     load.ask("go", |l| l == "started").unwrap();

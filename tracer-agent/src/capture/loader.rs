@@ -70,6 +70,9 @@ pub struct Capture {
     go_binaries: std::collections::HashMap<(u64, u64), usize>,
     /// Go processes in `GO_PROCS`.
     go_followed: std::collections::HashSet<u32>,
+    /// What `ADOPTING_ANY` says: written on a change only, and while false pruning has
+    /// nothing to look at.
+    adopting_any: bool,
     /// Why Go goroutines cannot be followed at all on this kernel, if so.
     go_unavailable: Option<String>,
     /// Followed CPython processes: where their interpreter keeps its threads.
@@ -222,6 +225,7 @@ impl Capture {
             go_programs,
             go_binaries: Default::default(),
             go_followed: Default::default(),
+            adopting_any: false,
             go_unavailable,
             py_followed: Default::default(),
         })
@@ -535,12 +539,16 @@ impl Capture {
                 .context("ADOPTING_ANY map missing")?,
         )?;
         flag.set(0, u32::from(any), 0)?;
+        self.adopting_any = any;
         Ok(())
     }
 
     /// Stops looking at the registers of processes whose adopted connections have all been
     /// entered since (or that exited).
     pub fn prune_adopting(&mut self) {
+        if !self.adopting_any {
+            return;
+        }
         let waiting: std::collections::HashSet<u32> = match self
             .ebpf
             .map(MAP_ADOPTED_PENDING)
