@@ -68,7 +68,8 @@ fn assert_pair(
         if status >= 400 { "ERROR" } else { "UNSET" }
     );
 
-    assert_eq!(server_span.name, "GET");
+    assert_eq!(server_span.name, format!("GET {path}"));
+    assert_eq!(server_span.attr_str("url.template"), Some(path));
     assert_eq!(server_span.attr_str("http.request.method"), Some("GET"));
     assert_eq!(
         server_span.attr_int("http.response.status_code"),
@@ -214,7 +215,7 @@ async fn console_mode_prints_trace_trees() {
     }
     let (stdout, _) = agent.stop().unwrap();
     assert!(stdout.contains("trace "), "{stdout}");
-    assert!(stdout.contains("SERVER GET 404"), "{stdout}");
+    assert!(stdout.contains("SERVER GET /hello 404"), "{stdout}");
     // --pid restricts tracing to the server: curl's CLIENT span is absent.
     assert!(!stdout.contains("CLIENT"), "{stdout}");
 }

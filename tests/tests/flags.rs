@@ -101,6 +101,13 @@ fn mistakes_in_flags_end_the_agent_with_one_line_that_says_what_to_do() {
             &[],
             "--capture-bytes must be between",
         ),
+        (&["--exclude-path", "health"], &[], "must start with `/`"),
+        (
+            &[],
+            &[("TRACER_EXCLUDE_PATHS", "/ok,metrics")],
+            "--exclude-path `metrics` must start with `/`",
+        ),
+        (&["--route", "/a/*/b"], &[], "may only be the last segment"),
     ];
     for (args, env, want) in cases {
         let (code, errors) = run(args, env);

@@ -124,6 +124,39 @@ struct Args {
     #[arg(long, env = "TRACER_FOLLOW_PYTHON", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     follow_python: bool,
 
+    /// Trace kubelet probes (User-Agent `kube-probe/…`); by default they are not traced.
+    #[arg(long, env = "TRACER_TRACE_PROBES")]
+    trace_probes: bool,
+
+    /// Do not trace requests to this path, nor what they cause downstream: a prefix
+    /// (`/health`) or a glob with `*` and `?` (`/api/*/status`). Repeatable;
+    /// comma-separated in the environment.
+    #[arg(
+        long = "exclude-path",
+        env = "TRACER_EXCLUDE_PATHS",
+        value_delimiter = ',',
+        value_name = "PATH"
+    )]
+    exclude_paths: Vec<String>,
+
+    /// Name spans `{method} {route}` by this route pattern, and set `http.route`: `{name}`
+    /// matches one path segment, a last `*` the rest (`/api/users/{id}`, `/static/*`).
+    /// Repeatable, first match wins; comma-separated in the environment. Other paths are
+    /// named by a guessed template (numbers, UUIDs, hex and tokens as placeholders) in
+    /// `url.template`.
+    #[arg(
+        long = "route",
+        env = "TRACER_ROUTES",
+        value_delimiter = ',',
+        value_name = "PATTERN"
+    )]
+    routes: Vec<String>,
+
+    /// Distinct guessed route templates per service; past it spans keep the method alone as
+    /// their name. 0 turns guessing off.
+    #[arg(long, env = "TRACER_ROUTE_TEMPLATES_PER_SERVICE", default_value_t = tracer_agent::spans::route::DEFAULT_TEMPLATES_PER_SERVICE)]
+    route_templates_per_service: usize,
+
     #[command(flatten)]
     enrich: tracer_agent::enrich::cli::EnrichArgs,
 }
@@ -186,6 +219,12 @@ async fn run(args: Args) -> Result<()> {
     )?;
     let sampler = export::Sampler::resolve(args.sample_ratio, |k| std::env::var(k).ok())?;
     tracing::info!("sampling: exporting {}", sampler.describe());
+    let exclude = export::Exclusions::new(args.trace_probes, &args.exclude_paths)?;
+    tracing::info!("not traced: {}", exclude.describe());
+    let routes = tracer_agent::spans::route::RouteNamer::new(
+        &args.routes,
+        args.route_templates_per_service,
+    )?;
     match &export_cfg {
         Some(cfg) => tracing::info!("exporting OTLP to {}", cfg.describe()),
         None => tracing::info!("no OTLP endpoint configured: printing traces to stdout"),
@@ -314,6 +353,8 @@ async fn run(args: Args) -> Result<()> {
     let mut pipeline = Pipeline::new(
         PipelineConfig {
             max_connections: args.max_connections,
+            exclude,
+            routes,
             link: LinkConfig {
                 window_ns: args.link_window_ms * 1_000_000,
                 remote: exchange,
@@ -425,10 +466,11 @@ async fn run(args: Args) -> Result<()> {
     let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     tracing::info!(
         target: "tracer_agent::accounting",
-        "spans created={} exported={} unsampled={} dropped_queue_full={} dropped_export_failed={} out_of_scope={}",
+        "spans created={} exported={} unsampled={} excluded={} dropped_queue_full={} dropped_export_failed={} out_of_scope={}",
         n(&metrics.spans_created),
         n(&metrics.spans_exported),
         n(&metrics.spans_unsampled),
+        n(&metrics.spans_excluded),
         n(&metrics.spans_dropped_queue_full),
         n(&metrics.spans_dropped_export_failed),
         n(&metrics.spans_out_of_scope),

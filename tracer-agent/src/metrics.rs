@@ -17,6 +17,8 @@ macro_rules! counters {
             /// CLIENT spans the thread rule left without a parent, per
             /// `link::Abstained::ALL`, copied in by the pipeline.
             pub link_abstained: [AtomicU64; crate::link::Abstained::ALL.len()],
+            /// Requests not traced, per `export::exclude::Rule::ALL`.
+            pub requests_excluded: [AtomicU64; crate::export::exclude::Rule::ALL.len()],
             /// The agent-to-agent exchange.
             pub peers: crate::peers::PeerMetrics,
             pub ready: AtomicBool,
@@ -48,6 +50,11 @@ macro_rules! counters {
                 let _ = writeln!(out, "# TYPE tracer_link_abstained_total counter");
                 for (why, c) in crate::link::Abstained::ALL.iter().zip(&self.link_abstained) {
                     let _ = writeln!(out, "tracer_link_abstained_total{{reason=\"{}\"}} {}", why.as_str(), c.load(Ordering::Relaxed));
+                }
+                let _ = writeln!(out, "# HELP tracer_requests_excluded_total Requests not traced (their span and every span below it dropped), by rule.");
+                let _ = writeln!(out, "# TYPE tracer_requests_excluded_total counter");
+                for (rule, c) in crate::export::exclude::Rule::ALL.iter().zip(&self.requests_excluded) {
+                    let _ = writeln!(out, "tracer_requests_excluded_total{{rule=\"{}\"}} {}", rule.as_str(), c.load(Ordering::Relaxed));
                 }
                 self.peers.render(&mut out);
                 out
@@ -90,6 +97,8 @@ counters! {
     kube_watch_errors => ("tracer_kube_watch_errors_total", "counter", "Kubernetes list/watch failures (each is retried)."),
     kube_pods => ("tracer_kube_pods", "gauge", "Pods on this node known from the Kubernetes API."),
     spans_created => ("tracer_spans_created_total", "counter", "Spans built from exchanges."),
+    route_names_capped => ("tracer_route_names_capped_total", "counter", "Spans named by their method alone because their service reached its cap of guessed route templates."),
+    spans_excluded => ("tracer_spans_excluded_total", "counter", "Spans not exported because their trace starts at an excluded request (a kubelet probe, an excluded path)."),
     spans_unsampled => ("tracer_spans_unsampled_total", "counter", "Spans not exported because their trace was not sampled."),
     spans_exported => ("tracer_spans_exported_total", "counter", "Spans accepted by the exporter's destination."),
     spans_dropped_queue_full => ("tracer_spans_dropped_queue_full_total", "counter", "Spans dropped because the export queue was full."),

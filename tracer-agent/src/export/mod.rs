@@ -7,6 +7,7 @@
 pub mod batcher;
 pub mod config;
 pub mod console;
+pub mod exclude;
 pub mod otlp;
 pub mod sampler;
 pub mod transport;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 pub use batcher::SpanExporter;
 pub use config::{ConfigError, ExportConfig, ExportOverrides, Protocol};
 pub use console::{ConsoleConfig, ConsoleSink};
+pub use exclude::Exclusions;
 pub use sampler::{Sampler, SamplerError};
 pub use transport::TransportError;
 

@@ -226,6 +226,18 @@ impl HttpConnection {
         out.append(&mut self.started);
     }
 
+    /// The head of the request at position `seq`, while its exchange is still held here
+    /// (waiting, or complete and not yet taken): what a started request's policy reads.
+    pub fn request_head(&self, seq: u64) -> Option<&RequestHead> {
+        self.pending
+            .iter()
+            .filter(|e| !e.phantom)
+            .map(|e| (e.id, &e.request))
+            .chain(self.ready.iter().map(|x| (x.seq, &x.request)))
+            .find(|&(id, _)| id == seq)
+            .map(|(_, head)| head)
+    }
+
     /// Completed exchanges, in request order.
     pub fn take_exchanges(&mut self) -> Vec<Exchange> {
         std::mem::take(&mut self.ready)

@@ -108,6 +108,9 @@ pub struct StartedRequest {
     /// The task that read (server) or wrote (client) the request head: the goroutine in a
     /// followed Go process, the asyncio task's coroutine frame in a followed CPython process.
     pub goid: Option<u64>,
+    /// Excluded from tracing (a kubelet probe, an excluded path): neither its span nor any
+    /// span linked below it is released.
+    pub excluded: bool,
 }
 
 /// Why the thread rule gave a CLIENT span no parent although its process was serving
@@ -169,6 +172,8 @@ pub struct LinkStats {
     pub orphans: u64,
     pub evicted: u64,
     pub waiting: u64,
+    /// Spans not released because they belong to an excluded request's trace.
+    pub excluded: u64,
 }
 
 /// Serving lists kept while empty, per map, before emptied ones are removed again.
@@ -245,10 +250,13 @@ struct Resolved {
     trace_state: String,
     /// The sampling decision of the remote context this trace continues, if any.
     sampled: Option<bool>,
+    /// The trace below an excluded request: not released.
+    excluded: bool,
 }
 
 struct Node {
     parent: Parent,
+    excluded: bool,
     own_trace: TraceId,
     resolved: Option<Resolved>,
     span: Option<SpanRecord>,
@@ -281,8 +289,8 @@ pub struct Linker {
     /// SERVER requests in flight by the thread that read them, and their count per process.
     serving_by_thread: HashMap<(u32, u32), Vec<SpanId>>,
     serving_by_process: HashMap<u32, u32>,
-    /// Traces (and sampling decisions) of released spans, for late children.
-    exported: FifoMap<SpanId, (TraceId, Option<bool>)>,
+    /// Traces (sampling decisions, exclusion) of released spans, for late children.
+    exported: FifoMap<SpanId, (TraceId, Option<bool>, bool)>,
     /// Finished spans not yet released, in finishing order.
     finished: VecDeque<SpanId>,
     /// Finished SERVER spans waiting for their client (`Parent::AwaitPeer`), by the time
@@ -503,6 +511,7 @@ impl Linker {
             span_id,
             Node {
                 parent,
+                excluded: r.excluded,
                 own_trace,
                 resolved: None,
                 span: None,
@@ -735,7 +744,7 @@ impl Linker {
                 span.trace_id = self.ids.trace_id();
                 self.stats.orphans += 1;
                 self.stats.roots += 1;
-                self.remember(span.span_id, span.trace_id, None);
+                self.remember(span.span_id, span.trace_id, None, false);
                 self.released.push(span);
                 return;
             }
@@ -772,7 +781,7 @@ impl Linker {
     fn give_up(&mut self, span_id: SpanId, now_ns: u64) {
         let trace = self
             .resolve(span_id, now_ns, true, 0)
-            .map(|r| (r.trace_id, r.sampled));
+            .map(|r| (r.trace_id, r.sampled, r.excluded));
         if let Some(node) = self.nodes.remove(&span_id) {
             self.take_request(node.request.0, node.request.1);
             if node.kind == SpanKind::Server {
@@ -790,8 +799,8 @@ impl Linker {
                 return;
             }
         }
-        if let Some((trace, sampled)) = trace {
-            self.remember(span_id, trace, sampled);
+        if let Some((trace, sampled, excluded)) = trace {
+            self.remember(span_id, trace, sampled, excluded);
         }
     }
 
@@ -805,8 +814,8 @@ impl Linker {
         }
     }
 
-    fn remember(&mut self, span: SpanId, trace: TraceId, sampled: Option<bool>) {
-        self.exported.insert(span, (trace, sampled));
+    fn remember(&mut self, span: SpanId, trace: TraceId, sampled: Option<bool>, excluded: bool) {
+        self.exported.insert(span, (trace, sampled, excluded));
     }
 
     /// The trace (and parent) of a span, if decidable now. `force` applies the fallbacks
@@ -818,30 +827,33 @@ impl Linker {
         force: bool,
         depth: u32,
     ) -> Option<Resolved> {
-        if let Some(&(trace_id, sampled)) = self.exported.map.get(&span_id) {
+        if let Some(&(trace_id, sampled, excluded)) = self.exported.map.get(&span_id) {
             return Some(Resolved {
                 trace_id,
                 parent: None,
                 trace_state: String::new(),
                 sampled,
+                excluded,
             });
         }
         let node = self.nodes.get(&span_id)?;
         if let Some(r) = &node.resolved {
             return Some(r.clone());
         }
-        let own_trace = node.own_trace;
+        let (own_trace, excluded) = (node.own_trace, node.excluded);
         let root = Resolved {
             trace_id: own_trace,
             parent: None,
             trace_state: String::new(),
             sampled: None,
+            excluded: false,
         };
         let remote = |ctx: &SpanContext| Resolved {
             trace_id: ctx.trace_id,
             parent: Some(ctx.span_id),
             trace_state: ctx.trace_state.clone(),
             sampled: ctx.sampled,
+            excluded: false,
         };
         // Deep chains are legitimate but bounded; beyond the bound (or a cycle forged
         // through headers) the span becomes a root.
@@ -917,7 +929,9 @@ impl Linker {
                 }
             }
         };
-        let resolved = resolved?;
+        let mut resolved = resolved?;
+        // Inherited from the parent (`..r`) or set here: a probe's downstream calls go too.
+        resolved.excluded |= excluded;
         match how {
             Some(Link::Root) => self.stats.roots += 1,
             Some(Link::Header) => self.stats.by_header += 1,
@@ -945,6 +959,7 @@ impl Linker {
         resolved: Option<Resolved>,
         _now_ns: u64,
     ) {
+        let excluded = resolved.as_ref().is_some_and(|r| r.excluded);
         match resolved {
             Some(r) => {
                 span.trace_id = r.trace_id;
@@ -959,8 +974,12 @@ impl Linker {
                 self.stats.roots += 1;
             }
         }
-        self.remember(span_id, span.trace_id, span.parent_sampled);
-        self.released.push(span);
+        self.remember(span_id, span.trace_id, span.parent_sampled, excluded);
+        if excluded {
+            self.stats.excluded += 1;
+        } else {
+            self.released.push(span);
+        }
     }
 
     /// Another agent asks for the CLIENT request written from `key` (this node's client
@@ -973,7 +992,8 @@ impl Linker {
             Some(r) => Answer::Found(SpanContext {
                 trace_id: r.trace_id,
                 span_id,
-                sampled: r.sampled,
+                // An excluded trace is dropped on the other nodes too.
+                sampled: if r.excluded { Some(false) } else { r.sampled },
                 trace_state: r.trace_state,
             }),
             // Tracked, parent not decided yet.

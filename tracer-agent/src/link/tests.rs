@@ -51,6 +51,7 @@ struct Req {
     context: Option<SpanContext>,
     runtime: Runtime,
     goid: Option<u64>,
+    excluded: bool,
 }
 
 impl Req {
@@ -66,6 +67,7 @@ impl Req {
             context: None,
             runtime: Runtime::Native,
             goid: None,
+            excluded: false,
         }
     }
     fn client(conn: u64, tgid: u32, tid: u32, local: &'static str, peer: &'static str) -> Req {
@@ -99,6 +101,12 @@ impl Req {
     fn seq(self, seq: u64) -> Req {
         Req { seq, ..self }
     }
+    fn excluded(self) -> Req {
+        Req {
+            excluded: true,
+            ..self
+        }
+    }
     fn ctx(self, context: SpanContext) -> Req {
         Req {
             context: Some(context),
@@ -119,6 +127,7 @@ impl Req {
                 context: self.context.clone(),
                 runtime: self.runtime,
                 goid: self.goid,
+                excluded: self.excluded,
             },
             now,
         )
@@ -837,4 +846,34 @@ fn lookups_continue_until_the_deadline() {
     srv.finish(&mut l, 2_900 * MS);
     let spans = l.poll(2_901 * MS, false);
     assert_eq!(find(&spans, s).parent_span_id, Some([9; 8]));
+}
+
+/// An excluded request (a kubelet probe) releases no span, and neither does what it
+/// caused: the call its handler made, and that call's server on another process. A caller
+/// on another node is told the trace is not sampled. Other requests are untouched.
+#[test]
+fn excluded_requests_take_their_trace_with_them() {
+    let mut l = remote_linker();
+    let probe = Req::server(1, 10, 11, "10.0.0.1:80", "10.0.0.9:5000").excluded();
+    let call = Req::client(2, 10, 11, "10.0.0.1:40000", "10.0.0.2:5432");
+    let db = Req::server(3, 20, 21, "10.0.0.2:5432", "10.0.0.1:40000");
+    let other = Req::server(4, 10, 12, "10.0.0.1:80", "10.0.0.9:5001");
+    let p = probe.start(&mut l, 0);
+    let c = call.start(&mut l, 1);
+    db.start(&mut l, 2);
+    let o = other.start(&mut l, 3);
+    for r in [&db, &call, &probe, &other] {
+        r.finish(&mut l, 10);
+    }
+    let spans = l.poll(3_000_000_000, false);
+    assert_eq!(spans.len(), 1, "{spans:#?}");
+    assert_eq!(spans[0].span_id, o);
+    assert_eq!(l.stats().excluded, 3);
+    assert_ne!(p, c);
+    // Asked by the caller's node about the excluded call: not sampled.
+    let key = ("10.0.0.1:40000".parse().unwrap(), 0);
+    match l.answer(key, 3_000_000_001) {
+        Answer::Found(ctx) => assert_eq!(ctx.sampled, Some(false)),
+        other => panic!("{other:?}"),
+    }
 }

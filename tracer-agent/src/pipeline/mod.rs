@@ -11,12 +11,14 @@ use tracer_common::{Direction, Role};
 
 use crate::capture::events::{CaptureEvent, ConnOpened, DataChunk, Meta};
 use crate::enrich::Enricher;
+use crate::export::Exclusions;
 use crate::http::{self, Chunk, Exchange, HttpConfig, HttpConnection, Stream};
 use crate::link::{Answer, LinkConfig, Linker, PeerKey, StartedRequest, context};
 use crate::metrics::Metrics;
-use crate::spans::builder::{ConnMeta, build_span};
+use crate::spans::builder::{ConnMeta, build_span, split_target};
 use crate::spans::clock::Clock;
 use crate::spans::resource::Runtime;
+use crate::spans::route::RouteNamer;
 use crate::spans::{Resource, SpanKind, SpanRecord};
 
 #[derive(Debug, Clone, Default)]
@@ -25,6 +27,10 @@ pub struct PipelineConfig {
     pub link: LinkConfig,
     /// Connections tracked at once; the least recently active is evicted beyond it.
     pub max_connections: usize,
+    /// Requests not traced (kubelet probes, excluded paths).
+    pub exclude: Exclusions,
+    /// Span names by route.
+    pub routes: RouteNamer,
 }
 
 struct Connection {
@@ -62,6 +68,7 @@ pub struct Pipeline {
     enricher: Enricher,
     clock: Clock,
     linker: Linker,
+    routes: RouteNamer,
     metrics: Arc<Metrics>,
     /// Monotonic time of the newest event seen: the linker's clock, so replayed or
     /// delayed events link the same way as live ones.
@@ -78,6 +85,7 @@ impl Pipeline {
     pub fn new(cfg: PipelineConfig, metrics: Arc<Metrics>) -> Self {
         Pipeline {
             linker: Linker::new(cfg.link.clone()),
+            routes: cfg.routes.clone(),
             cfg,
             conns: foldhash::HashMap::default(),
             eviction: std::collections::VecDeque::new(),
@@ -162,6 +170,7 @@ impl Pipeline {
         m.link_orphans.store(s.orphans, Ordering::Relaxed);
         m.link_evicted.store(s.evicted, Ordering::Relaxed);
         m.spans_waiting.store(s.waiting, Ordering::Relaxed);
+        m.spans_excluded.store(s.excluded, Ordering::Relaxed);
     }
 
     /// Go and CPython processes whose first connection was just seen: the capture layer
@@ -286,6 +295,12 @@ impl Pipeline {
             }
             (Role::Unknown, _) => return,
         };
+        let (kind, local, peer, runtime) = (
+            conn.kind(),
+            conn.meta.local(),
+            conn.meta.peer(),
+            conn.runtime,
+        );
         let http = conn
             .http
             .get_or_insert_with(|| Box::new(HttpConnection::new(&self.cfg.http)));
@@ -314,8 +329,13 @@ impl Pipeline {
             Stream::Response => http.on_response_bytes(http_chunk),
         }
         http.drain_started_into(&mut self.started);
-        let kind = conn.kind();
         for started in self.started.drain(..) {
+            let excluded = http
+                .request_head(started.seq)
+                .and_then(|head| self.cfg.exclude.check(head));
+            if let Some(rule) = excluded {
+                Metrics::inc(&self.metrics.requests_excluded[rule as usize]);
+            }
             let request = StartedRequest {
                 conn_id: id,
                 seq: started.seq,
@@ -323,11 +343,12 @@ impl Pipeline {
                 kind,
                 tgid: chunk.meta.tgid,
                 tid: chunk.meta.tid,
-                local: conn.meta.local(),
-                peer: conn.meta.peer(),
+                local,
+                peer,
                 context: context::extract(&started.context_headers),
-                runtime: conn.runtime,
+                runtime,
                 goid: chunk.goid,
+                excluded: excluded.is_some(),
             };
             self.linker.request_started(request, self.now_ns);
         }
@@ -428,13 +449,19 @@ impl Pipeline {
                 }
                 continue;
             }
-            let span = build_span(
+            let mut span = build_span(
                 &exchange,
                 &conn.meta,
                 conn.resource.clone(),
                 &self.clock,
                 span_id.unwrap_or_default(),
             );
+            if !self
+                .routes
+                .apply(&mut span, split_target(&exchange.request.target).0)
+            {
+                Metrics::inc(&self.metrics.route_names_capped);
+            }
             Metrics::inc(&self.metrics.spans_created);
             self.linker
                 .span_finished(conn_id, exchange.seq, span, self.now_ns);

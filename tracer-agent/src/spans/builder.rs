@@ -164,7 +164,8 @@ fn split_host(host: &str) -> (&str, Option<u16>) {
     }
 }
 
-fn split_target(target: &str) -> (&str, Option<&str>) {
+/// The path and query of a request target (origin or absolute form).
+pub fn split_target(target: &str) -> (&str, Option<&str>) {
     // Absolute-form (proxies): keep only the path.
     let target = if let Some(rest) = target
         .strip_prefix("http://")

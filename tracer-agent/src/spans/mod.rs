@@ -5,6 +5,7 @@ pub mod builder;
 pub mod clock;
 pub mod model;
 pub mod resource;
+pub mod route;
 pub mod runtime;
 
 pub use model::*;

@@ -355,6 +355,7 @@ impl Accounting {
             created: field("created")?,
             exported: field("exported")?,
             not_exported: field("unsampled")?
+                + field("excluded")?
                 + field("dropped_queue_full")?
                 + field("dropped_export_failed")?
                 + field("out_of_scope")?,
@@ -1129,7 +1130,7 @@ mod tests {
 
     #[test]
     fn span_accounting_from_the_agent_log() {
-        let log = "noise\n\x1b[32m INFO\x1b[0m tracer_agent::accounting: spans created=10 exported=7 unsampled=2 dropped_queue_full=1 dropped_export_failed=0 out_of_scope=0\n";
+        let log = "noise\n\x1b[32m INFO\x1b[0m tracer_agent::accounting: spans created=10 exported=7 unsampled=1 excluded=1 dropped_queue_full=1 dropped_export_failed=0 out_of_scope=0\n";
         let a = Accounting::parse(log).unwrap();
         assert_eq!(
             a,

@@ -1,0 +1,150 @@
+//! Root integration suite: what is traced and how spans are named — kubelet probes and
+//! excluded paths dropped with everything they cause downstream, span names by route.
+//! Expected counts come from the requests the test makes, never from the agent.
+
+use std::time::Duration;
+
+use tracer_tests::ReceivedSpan;
+use tracer_tests::harness::{CurlRun, curl};
+use tracer_tests::programs::{self, agent_exporting_to, python_app_server, span_pid};
+
+/// A Python server that, for every GET, calls the backend at `/back?from=<path>` (a new
+/// connection each time, from the handler's thread) and answers 200.
+fn middle_server(backend_port: u16) -> tracer_tests::harness::Server {
+    let script = format!(
+        r#"
+import http.server, socketserver, urllib.request
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *args): pass
+    def do_GET(self):
+        urllib.request.urlopen("http://127.0.0.1:{backend_port}/back?from=" + self.path.replace("?", "%3F")).read()
+        body = b"ok\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+srv = Server(("127.0.0.1", 0), Handler)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#
+    );
+    let mut cmd = programs::python();
+    cmd.arg("-c").arg(script);
+    programs::spawn_printing_port(cmd, "python3 middle server").expect("middle server starts")
+}
+
+/// Probes from the kubelet and requests to excluded paths (prefix and glob) give no span at
+/// all, neither theirs nor those of the calls they cause downstream; the same paths from
+/// another client, and other paths, are traced whole. Spans are named by the configured
+/// route, else by the guessed template.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_and_excluded_paths_cost_no_spans_and_routes_name_spans() {
+    let rx = programs::receiver().await.unwrap();
+    let backend = python_app_server("127.0.0.1", false).unwrap();
+    let middle = middle_server(backend.port);
+    let agent = agent_exporting_to(
+        &rx,
+        &[
+            "--exclude-path",
+            "/stats",
+            "--exclude-path",
+            "/api/*/status",
+            "--route",
+            "/users/{id}",
+        ],
+    )
+    .await
+    .unwrap();
+    let base = format!("http://127.0.0.1:{}", middle.port);
+    let get =
+        |path: &str, ua: &str| -> CurlRun { curl(&["-A", ua, &format!("{base}{path}")]).unwrap() };
+    let mut excluded: Vec<CurlRun> = Vec::new();
+    let mut traced: Vec<(CurlRun, &str, &str)> = Vec::new();
+    for _ in 0..3 {
+        excluded.push(get("/healthz", "kube-probe/1.31"));
+    }
+    for _ in 0..2 {
+        traced.push((get("/healthz", "curl/8"), "/healthz", "url.template"));
+        excluded.push(get("/statsz", "curl/8"));
+        excluded.push(get("/api/orders/status", "curl/8"));
+    }
+    traced.push((get("/users/42", "curl/8"), "/users/{id}", "http.route"));
+    traced.push((get("/items/7?x=1", "curl/8"), "/items/{id}", "url.template"));
+
+    let mut pids: Vec<u32> = excluded
+        .iter()
+        .chain(traced.iter().map(|t| &t.0))
+        .map(|r| r.pid)
+        .collect();
+    pids.extend([middle.pid(), backend.pid()]);
+    // Each traced request: curl's CLIENT, the middle's SERVER and CLIENT, the backend's SERVER.
+    let want = 4 * traced.len();
+    let (spans, metrics) = programs::collect(&rx, agent, &pids, want, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let metric = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics"))
+    };
+    for run in &excluded {
+        let theirs: Vec<&ReceivedSpan> = spans.iter().filter(|s| span_pid(s) == run.pid).collect();
+        assert!(
+            theirs.is_empty(),
+            "an excluded request was traced: {theirs:#?}"
+        );
+    }
+    assert_eq!(
+        spans.len(),
+        want,
+        "only the traced requests' spans, downstream included:\n{}",
+        programs::summary(&spans)
+    );
+    for (run, route, attr) in &traced {
+        let client = programs::one(&spans, "curl's CLIENT span", |s| span_pid(s) == run.pid);
+        let trace: Vec<&ReceivedSpan> = spans
+            .iter()
+            .filter(|s| s.trace_id == client.trace_id)
+            .collect();
+        assert_eq!(trace.len(), 4, "one whole trace for {route}: {trace:#?}");
+        let server = trace
+            .iter()
+            .find(|s| s.kind == "SERVER" && span_pid(s) == middle.pid())
+            .expect("the middle's SERVER span");
+        assert_eq!(server.name, format!("GET {route}"));
+        assert_eq!(server.attr_str(attr), Some(*route));
+        if *attr == "url.template" {
+            assert_eq!(
+                server.attr_str("http.route"),
+                None,
+                "a guess is never http.route"
+            );
+        }
+        // curl's span is named by the same route (a CLIENT span has no http.route).
+        assert_eq!(client.name, format!("GET {route}"));
+        assert_eq!(client.attr_str("url.template"), Some(*route));
+        let back = trace
+            .iter()
+            .find(|s| s.kind == "SERVER" && span_pid(s) == backend.pid())
+            .expect("the backend's SERVER span");
+        assert_eq!(back.name, "GET /back");
+    }
+    // Each excluded request is seen at both ends (curl and the middle); the rule counts
+    // each end, and every span of its trace is counted as excluded.
+    assert_eq!(
+        metric("tracer_requests_excluded_total{rule=\"kube_probe\"}"),
+        2 * 3
+    );
+    assert_eq!(
+        metric("tracer_requests_excluded_total{rule=\"path\"}"),
+        2 * 4
+    );
+    assert_eq!(
+        metric("tracer_spans_excluded_total"),
+        4 * excluded.len() as u64
+    );
+}
