@@ -148,3 +148,129 @@ async fn probes_and_excluded_paths_cost_no_spans_and_routes_name_spans() {
         4 * excluded.len() as u64
     );
 }
+
+/// A server answering `/fail` with 500 and `/slow` after 300 ms, anything else at once.
+fn failing_server() -> tracer_tests::harness::Server {
+    let script = r#"
+import http.server, socketserver, time
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *args): pass
+    def do_GET(self):
+        status = 500 if self.path.startswith("/fail") else 200
+        if self.path.startswith("/slow"):
+            time.sleep(0.3)
+        body = b"done\n"
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+srv = Server(("127.0.0.1", 0), Handler)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+    let mut cmd = programs::python();
+    cmd.arg("-c").arg(script);
+    programs::spawn_printing_port(cmd, "python3 failing server").expect("server starts")
+}
+
+/// Tail sampling at a 50% ratio: every trace with an error (5xx) and every slow trace
+/// (300 ms against a 200 ms threshold) is exported whole; of 201 ordinary traces about half
+/// are, each whole, within four standard deviations of the ratio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_sampling_keeps_every_error_and_slow_trace_and_a_ratio_of_the_rest() {
+    const FAILS: usize = 5;
+    const SLOWS: usize = 3;
+    const ORDINARY: usize = 201;
+    programs::require_python_requests().unwrap();
+    let rx = programs::receiver().await.unwrap();
+    let special = failing_server();
+    let ordinary = python_app_server("127.0.0.1", false).unwrap();
+    let agent = agent_exporting_to(
+        &rx,
+        &[
+            "--sample-ratio",
+            "0.5",
+            "--sample-errors",
+            "--sample-slower-than-ms",
+            "200",
+            "--tail-wait-ms",
+            "500",
+        ],
+    )
+    .await
+    .unwrap();
+    let base = format!("http://127.0.0.1:{}", special.port);
+    let mut kept_runs = Vec::new();
+    for i in 0..FAILS {
+        kept_runs.push(curl(&[&format!("{base}/fail/{i}")]).unwrap());
+    }
+    for i in 0..SLOWS {
+        kept_runs.push(curl(&[&format!("{base}/slow/{i}")]).unwrap());
+    }
+    let (client, out) = programs::run_client(
+        programs::python_requests_client(ordinary.port, ORDINARY - 1, 0),
+        "python requests client",
+    )
+    .unwrap();
+    assert_eq!(
+        programs::reported(&out, "requests").unwrap(),
+        ORDINARY as u64
+    );
+
+    let mut pids: Vec<u32> = kept_runs.iter().map(|r| r.pid).collect();
+    pids.extend([special.pid(), client, ordinary.pid()]);
+    // At least the error and slow traces; the agent's stop then decides the rest.
+    let want = 2 * (FAILS + SLOWS);
+    let (spans, metrics) = programs::collect(&rx, agent, &pids, want, Duration::from_secs(30))
+        .await
+        .unwrap();
+    for run in &kept_runs {
+        let c = programs::one(&spans, "curl's CLIENT span", |s| span_pid(s) == run.pid);
+        let trace = spans.iter().filter(|s| s.trace_id == c.trace_id).count();
+        assert_eq!(trace, 2, "the kept trace of curl {} is whole", run.pid);
+    }
+    let special_spans = spans
+        .iter()
+        .filter(|s| span_pid(s) == special.pid())
+        .count();
+    assert_eq!(special_spans, FAILS + SLOWS);
+    let mut traces: std::collections::HashMap<&str, usize> = Default::default();
+    for s in spans
+        .iter()
+        .filter(|s| span_pid(s) == client || span_pid(s) == ordinary.pid())
+    {
+        *traces.entry(s.trace_id.as_str()).or_default() += 1;
+    }
+    assert!(
+        traces.values().all(|&n| n == 2),
+        "every kept ordinary trace is whole: {traces:?}"
+    );
+    let kept = traces.len() as f64;
+    let (mean, sd) = (ORDINARY as f64 * 0.5, (ORDINARY as f64 * 0.25).sqrt());
+    assert!(
+        (kept - mean).abs() <= 4.0 * sd,
+        "{kept} of {ORDINARY} ordinary traces kept at ratio 0.5 (expected {mean} ± {:.0})",
+        4.0 * sd
+    );
+    let metric = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics"))
+    };
+    assert_eq!(
+        metric("tracer_tail_traces_total{decision=\"error\"}"),
+        FAILS as u64
+    );
+    assert!(metric("tracer_tail_traces_total{decision=\"slow\"}") >= SLOWS as u64);
+    println!(
+        "kept {kept} of {ORDINARY} ordinary traces; metrics: error {}, slow {}, sampled {}, dropped {}",
+        metric("tracer_tail_traces_total{decision=\"error\"}"),
+        metric("tracer_tail_traces_total{decision=\"slow\"}"),
+        metric("tracer_tail_traces_total{decision=\"sampled\"}"),
+        metric("tracer_tail_traces_total{decision=\"dropped\"}"),
+    );
+}

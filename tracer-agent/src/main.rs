@@ -74,6 +74,34 @@ struct Args {
     #[arg(long, value_name = "RATIO")]
     sample_ratio: Option<f64>,
 
+    /// Tail sampling: keep every trace with an error span (5xx, broken exchanges; 4xx on
+    /// clients), whatever the ratio. Traces wait --tail-wait-ms on this node to be decided.
+    #[arg(long, env = "TRACER_SAMPLE_ERRORS")]
+    sample_errors: bool,
+
+    /// Tail sampling: keep every trace with a span longer than this many milliseconds.
+    #[arg(long, env = "TRACER_SAMPLE_SLOWER_THAN_MS", value_name = "MS")]
+    sample_slower_than_ms: Option<u64>,
+
+    /// Tail sampling: how long a trace's spans wait on this node for the rest of it.
+    #[arg(
+        long,
+        env = "TRACER_TAIL_WAIT_MS",
+        default_value_t = 2000,
+        value_name = "MS"
+    )]
+    tail_wait_ms: u64,
+
+    /// Tail sampling: spans buffered at most; when full, the oldest traces are decided at
+    /// once on what they have.
+    #[arg(
+        long,
+        env = "TRACER_TAIL_MAX_SPANS",
+        default_value_t = 50_000,
+        value_name = "N"
+    )]
+    tail_max_spans: usize,
+
     /// Answer other nodes' agents asking for the callers of their SERVER spans on this
     /// address (agent-to-agent exchange; needs the shared token).
     #[arg(long, env = "TRACER_EXCHANGE_ADDR", value_name = "ADDR")]
@@ -219,6 +247,23 @@ async fn run(args: Args) -> Result<()> {
     )?;
     let sampler = export::Sampler::resolve(args.sample_ratio, |k| std::env::var(k).ok())?;
     tracing::info!("sampling: exporting {}", sampler.describe());
+    let tail_policy = export::TailPolicy {
+        keep_errors: args.sample_errors,
+        slower_than_ns: args.sample_slower_than_ms.map(|ms| ms * 1_000_000),
+        wait_ns: args.tail_wait_ms * 1_000_000,
+        max_spans: args.tail_max_spans,
+    };
+    let mut tail = tail_policy.enabled().then(|| {
+        tracing::info!(
+            "tail sampling: keeping every trace with {}{}{}, deciding {} ms after a trace's first span here (at most {} spans waiting)",
+            if args.sample_errors { "an error" } else { "" },
+            if args.sample_errors && args.sample_slower_than_ms.is_some() { " or " } else { "" },
+            args.sample_slower_than_ms.map(|ms| format!("a span slower than {ms} ms")).unwrap_or_default(),
+            args.tail_wait_ms,
+            args.tail_max_spans,
+        );
+        export::TailSampler::new(tail_policy, sampler)
+    });
     let exclude = export::Exclusions::new(args.trace_probes, &args.exclude_paths)?;
     tracing::info!("not traced: {}", exclude.describe());
     let routes = tracer_agent::spans::route::RouteNamer::new(
@@ -430,9 +475,8 @@ async fn run(args: Args) -> Result<()> {
                         client.lookup(due);
                     }
                 }
-                for span in pipeline.take_spans(now) {
-                    submit_sampled(&sink, &sampler, &metrics, span);
-                }
+                let spans = pipeline.take_spans(now);
+                release(&sink, &sampler, tail.as_mut(), &metrics, spans, now, false);
             }
             Some(q) = recv_some(&mut questions) => {
                 // Events read so far may hold the asked-for requests.
@@ -453,9 +497,16 @@ async fn run(args: Args) -> Result<()> {
 
     tracing::info!("shutting down: draining events and flushing spans");
     drain(ring.get_mut(), &mut pipeline, &metrics);
-    for span in pipeline.flush() {
-        submit_sampled(&sink, &sampler, &metrics, span);
-    }
+    let spans = pipeline.flush();
+    release(
+        &sink,
+        &sampler,
+        tail.as_mut(),
+        &metrics,
+        spans,
+        Clock::monotonic_now_ns(),
+        true,
+    );
     metrics.ready.store(false, Ordering::Relaxed);
     // Detach before the flush so no new events arrive while exporting.
     drop(capture);
@@ -578,17 +629,51 @@ async fn recv_some<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option
     }
 }
 
-fn submit_sampled(
+/// Linked spans leave: through the tail sampler when one is set (it decides whole traces
+/// later), else by the head sampler at once. `flush`: decide everything now.
+fn release(
     sink: &export::Sink,
     sampler: &export::Sampler,
+    tail: Option<&mut export::TailSampler>,
     metrics: &Metrics,
-    span: tracer_agent::spans::SpanRecord,
+    spans: Vec<tracer_agent::spans::SpanRecord>,
+    now_ns: u64,
+    flush: bool,
 ) {
-    if sampler.keeps(&span) {
-        sink.submit(span);
-    } else {
-        Metrics::inc(&metrics.spans_unsampled);
+    let Some(tail) = tail else {
+        for span in spans {
+            if sampler.keeps(&span) {
+                sink.submit(span);
+            } else {
+                Metrics::inc(&metrics.spans_unsampled);
+            }
+        }
+        return;
+    };
+    let dropped_before = tail.stats().spans_dropped;
+    let mut out = Vec::new();
+    for span in spans {
+        tail.push(span, now_ns, &mut out);
     }
+    if flush {
+        tail.flush(&mut out);
+    } else {
+        tail.poll(now_ns, &mut out);
+    }
+    for span in out {
+        sink.submit(span);
+    }
+    let s = tail.stats();
+    Metrics::add(&metrics.spans_unsampled, s.spans_dropped - dropped_before);
+    for (slot, n) in metrics.tail_traces.iter().zip(s.traces) {
+        slot.store(n, Ordering::Relaxed);
+    }
+    metrics
+        .tail_decided_early
+        .store(s.decided_early, Ordering::Relaxed);
+    metrics
+        .tail_buffered_spans
+        .store(s.buffered, Ordering::Relaxed);
 }
 
 fn drain(

@@ -17,6 +17,8 @@ macro_rules! counters {
             /// CLIENT spans the thread rule left without a parent, per
             /// `link::Abstained::ALL`, copied in by the pipeline.
             pub link_abstained: [AtomicU64; crate::link::Abstained::ALL.len()],
+            /// Traces decided by the tail sampler, per `export::tail::Decision::ALL`.
+            pub tail_traces: [AtomicU64; crate::export::tail::Decision::ALL.len()],
             /// Requests not traced, per `export::exclude::Rule::ALL`.
             pub requests_excluded: [AtomicU64; crate::export::exclude::Rule::ALL.len()],
             /// The agent-to-agent exchange.
@@ -55,6 +57,11 @@ macro_rules! counters {
                 let _ = writeln!(out, "# TYPE tracer_requests_excluded_total counter");
                 for (rule, c) in crate::export::exclude::Rule::ALL.iter().zip(&self.requests_excluded) {
                     let _ = writeln!(out, "tracer_requests_excluded_total{{rule=\"{}\"}} {}", rule.as_str(), c.load(Ordering::Relaxed));
+                }
+                let _ = writeln!(out, "# HELP tracer_tail_traces_total Traces decided by the tail sampler, by decision (error and slow kept whole, sampled by the ratio, dropped).");
+                let _ = writeln!(out, "# TYPE tracer_tail_traces_total counter");
+                for (d, c) in crate::export::tail::Decision::ALL.iter().zip(&self.tail_traces) {
+                    let _ = writeln!(out, "tracer_tail_traces_total{{decision=\"{}\"}} {}", d.as_str(), c.load(Ordering::Relaxed));
                 }
                 self.peers.render(&mut out);
                 out
@@ -98,6 +105,8 @@ counters! {
     kube_pods => ("tracer_kube_pods", "gauge", "Pods on this node known from the Kubernetes API."),
     spans_created => ("tracer_spans_created_total", "counter", "Spans built from exchanges."),
     route_names_capped => ("tracer_route_names_capped_total", "counter", "Spans named by their method alone because their service reached its cap of guessed route templates."),
+    tail_decided_early => ("tracer_tail_decided_early_total", "counter", "Traces the tail sampler decided before their wait was over because its buffer was full."),
+    tail_buffered_spans => ("tracer_tail_buffered_spans", "gauge", "Spans waiting in the tail sampler's buffer for their trace to be decided."),
     spans_excluded => ("tracer_spans_excluded_total", "counter", "Spans not exported because their trace starts at an excluded request (a kubelet probe, an excluded path)."),
     spans_unsampled => ("tracer_spans_unsampled_total", "counter", "Spans not exported because their trace was not sampled."),
     spans_exported => ("tracer_spans_exported_total", "counter", "Spans accepted by the exporter's destination."),

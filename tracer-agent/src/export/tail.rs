@@ -1,0 +1,330 @@
+//! Tail sampling on the node: keep every trace with an error or a slow span, and a ratio of
+//! the rest, decided on this node's whole part of the trace.
+//!
+//! Spans wait in a buffer by trace id until `wait` after the first span of their trace
+//! arrived here; then the trace is decided. It is kept if one of its spans has status ERROR
+//! (with `--sample-errors`) or lasted longer than `--sample-slower-than`; otherwise the head
+//! [`Sampler`] decides as without tail sampling (the ratio on the trace id, or the caller's
+//! `sampled` flag). Spans of a decided trace that arrive later follow its decision, which is
+//! remembered for the most recent traces.
+//!
+//! Bounded: the buffer holds at most `max_spans`; a span that would exceed it makes the
+//! oldest traces be decided at once on what they have (counted as decided early), so
+//! memory never grows with load.
+//!
+//! Known limit: the decision is this node's. A trace crossing nodes is decided by each agent
+//! on its own part, so an error seen on one node does not yet keep the other nodes' parts
+//! unless their own spans are errors or slow (the caller's CLIENT span of a failed call is
+//! usually an error too).
+
+use std::collections::{HashMap, VecDeque};
+
+use super::Sampler;
+use crate::spans::{SpanRecord, SpanStatus, TraceId};
+
+/// Decisions remembered for late spans.
+const DECISIONS_REMEMBERED: usize = 65_536;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TailPolicy {
+    pub keep_errors: bool,
+    /// Keep traces with a span longer than this.
+    pub slower_than_ns: Option<u64>,
+    /// How long a trace's spans wait for the rest of it.
+    pub wait_ns: u64,
+    /// Spans buffered at most.
+    pub max_spans: usize,
+}
+
+impl TailPolicy {
+    /// Whether any tail rule is set; without one the head sampler works alone.
+    pub fn enabled(&self) -> bool {
+        self.keep_errors || self.slower_than_ns.is_some()
+    }
+}
+
+/// Why a trace was kept or not, for `tracer_tail_traces_total{decision}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Error,
+    Slow,
+    Sampled,
+    Dropped,
+}
+
+impl Decision {
+    pub const ALL: [Decision; 4] = [
+        Decision::Error,
+        Decision::Slow,
+        Decision::Sampled,
+        Decision::Dropped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Error => "error",
+            Decision::Slow => "slow",
+            Decision::Sampled => "sampled",
+            Decision::Dropped => "dropped",
+        }
+    }
+
+    fn keeps(self) -> bool {
+        self != Decision::Dropped
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TailStats {
+    /// Traces decided, per [`Decision::ALL`].
+    pub traces: [u64; 4],
+    /// Traces decided before their wait was over because the buffer was full.
+    pub decided_early: u64,
+    /// Spans not exported (their trace was dropped).
+    pub spans_dropped: u64,
+    /// Spans in the buffer now.
+    pub buffered: u64,
+}
+
+struct Pending {
+    spans: Vec<SpanRecord>,
+    /// The strongest reason to keep it seen so far.
+    reason: Option<Decision>,
+}
+
+pub struct TailSampler {
+    policy: TailPolicy,
+    head: Sampler,
+    pending: HashMap<TraceId, Pending>,
+    /// Traces by the time they are due, oldest first (times only grow).
+    due: VecDeque<(u64, TraceId)>,
+    buffered: usize,
+    decided: HashMap<TraceId, bool>,
+    decided_order: VecDeque<TraceId>,
+    stats: TailStats,
+}
+
+impl TailSampler {
+    pub fn new(policy: TailPolicy, head: Sampler) -> Self {
+        TailSampler {
+            policy: TailPolicy {
+                max_spans: policy.max_spans.max(1),
+                ..policy
+            },
+            head,
+            pending: HashMap::new(),
+            due: VecDeque::new(),
+            buffered: 0,
+            decided: HashMap::new(),
+            decided_order: VecDeque::new(),
+            stats: TailStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> TailStats {
+        TailStats {
+            buffered: self.buffered as u64,
+            ..self.stats
+        }
+    }
+
+    fn reason(&self, span: &SpanRecord) -> Option<Decision> {
+        if self.policy.keep_errors && matches!(span.status, SpanStatus::Error { .. }) {
+            return Some(Decision::Error);
+        }
+        let took = span.end_unix_nanos.saturating_sub(span.start_unix_nanos);
+        if self.policy.slower_than_ns.is_some_and(|t| took > t) {
+            return Some(Decision::Slow);
+        }
+        None
+    }
+
+    /// Takes a span whose trace is linked; spans that may leave now go to `out`.
+    pub fn push(&mut self, span: SpanRecord, now_ns: u64, out: &mut Vec<SpanRecord>) {
+        if let Some(&keep) = self.decided.get(&span.trace_id) {
+            if keep {
+                out.push(span);
+            } else {
+                self.stats.spans_dropped += 1;
+            }
+            return;
+        }
+        while self.buffered >= self.policy.max_spans {
+            if !self.decide_oldest(out) {
+                break;
+            }
+            self.stats.decided_early += 1;
+        }
+        let reason = self.reason(&span);
+        let trace = span.trace_id;
+        let entry = self.pending.entry(trace).or_insert_with(|| {
+            self.due.push_back((now_ns + self.policy.wait_ns, trace));
+            Pending {
+                spans: Vec::new(),
+                reason: None,
+            }
+        });
+        if entry.reason != Some(Decision::Error) && reason.is_some() {
+            entry.reason = reason;
+        }
+        entry.spans.push(span);
+        self.buffered += 1;
+    }
+
+    /// Decides the traces whose wait is over.
+    pub fn poll(&mut self, now_ns: u64, out: &mut Vec<SpanRecord>) {
+        while self.due.front().is_some_and(|&(at, _)| at <= now_ns) {
+            self.decide_oldest(out);
+        }
+    }
+
+    /// Decides everything now (shutdown).
+    pub fn flush(&mut self, out: &mut Vec<SpanRecord>) {
+        while self.decide_oldest(out) {}
+    }
+
+    fn decide_oldest(&mut self, out: &mut Vec<SpanRecord>) -> bool {
+        let Some((_, trace)) = self.due.pop_front() else {
+            return false;
+        };
+        let Some(p) = self.pending.remove(&trace) else {
+            return true;
+        };
+        self.buffered -= p.spans.len();
+        let decision = match p.reason {
+            Some(r) => r,
+            // Every span of a trace has the same head decision (the linker gives them the
+            // same parent flag); the first one stands for the trace.
+            None if p.spans.first().is_some_and(|s| self.head.keeps(s)) => Decision::Sampled,
+            None => Decision::Dropped,
+        };
+        self.stats.traces[decision as usize] += 1;
+        if decision.keeps() {
+            out.extend(p.spans);
+        } else {
+            self.stats.spans_dropped += p.spans.len() as u64;
+        }
+        if self.decided_order.len() >= DECISIONS_REMEMBERED
+            && let Some(old) = self.decided_order.pop_front()
+        {
+            self.decided.remove(&old);
+        }
+        self.decided.insert(trace, decision.keeps());
+        self.decided_order.push_back(trace);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::spans::{Resource, SpanKind};
+
+    const MS: u64 = 1_000_000;
+
+    fn span(trace: u8, n: u8, took_ms: u64, error: bool) -> SpanRecord {
+        let mut trace_id = [0; 16];
+        trace_id[0] = trace;
+        // Low bits decide the ratio: `trace` high means outside any ratio below 1.
+        trace_id[8] = trace;
+        SpanRecord {
+            trace_id,
+            span_id: [n; 8],
+            parent_span_id: None,
+            trace_state: String::new(),
+            parent_sampled: None,
+            name: "GET".into(),
+            kind: SpanKind::Server,
+            start_unix_nanos: 1_000 * MS,
+            end_unix_nanos: 1_000 * MS + took_ms * MS,
+            attributes: Vec::new(),
+            status: if error {
+                SpanStatus::Error {
+                    description: "500".into(),
+                }
+            } else {
+                SpanStatus::Unset
+            },
+            resource: Arc::new(Resource {
+                attributes: Vec::new(),
+            }),
+        }
+    }
+
+    fn policy() -> TailPolicy {
+        TailPolicy {
+            keep_errors: true,
+            slower_than_ns: Some(100 * MS),
+            wait_ns: 1_000 * MS,
+            max_spans: 1_000,
+        }
+    }
+
+    fn sampler_none() -> Sampler {
+        Sampler::ratio(0.0).unwrap()
+    }
+
+    #[test]
+    fn errors_and_slow_traces_are_kept_whole_the_rest_by_ratio() {
+        let mut t = TailSampler::new(policy(), sampler_none());
+        let mut out = Vec::new();
+        // Trace 1: one error among fast spans. Trace 2: one slow span. Trace 3: neither.
+        t.push(span(1, 1, 5, false), 0, &mut out);
+        t.push(span(2, 1, 5, false), 0, &mut out);
+        t.push(span(3, 1, 5, false), 0, &mut out);
+        t.push(span(1, 2, 5, true), 10 * MS, &mut out);
+        t.push(span(2, 2, 150, false), 10 * MS, &mut out);
+        t.push(span(3, 2, 50, false), 10 * MS, &mut out);
+        assert!(out.is_empty(), "nothing leaves before the wait");
+        t.poll(999 * MS, &mut out);
+        assert!(out.is_empty());
+        t.poll(1_000 * MS, &mut out);
+        let kept: Vec<(u8, u8)> = out.iter().map(|s| (s.trace_id[0], s.span_id[0])).collect();
+        assert_eq!(kept, vec![(1, 1), (1, 2), (2, 1), (2, 2)]);
+        let s = t.stats();
+        assert_eq!(s.traces, [1, 1, 0, 1]);
+        assert_eq!((s.spans_dropped, s.buffered), (2, 0));
+        // Late spans follow their trace's decision.
+        out.clear();
+        t.push(span(1, 3, 1, false), 2_000 * MS, &mut out);
+        t.push(span(3, 3, 500, true), 2_000 * MS, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].trace_id[0], 1);
+        assert_eq!(t.stats().spans_dropped, 3);
+    }
+
+    #[test]
+    fn the_head_sampler_decides_the_rest() {
+        let mut t = TailSampler::new(policy(), Sampler::DEFAULT);
+        let mut out = Vec::new();
+        t.push(span(9, 1, 1, false), 0, &mut out);
+        t.flush(&mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(t.stats().traces, [0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn a_full_buffer_decides_the_oldest_traces_early_and_never_grows() {
+        let mut t = TailSampler::new(
+            TailPolicy {
+                max_spans: 10,
+                ..policy()
+            },
+            sampler_none(),
+        );
+        let mut out = Vec::new();
+        for i in 0..100u8 {
+            // Every tenth trace has an error.
+            t.push(span(i, 1, 1, i % 10 == 0), u64::from(i), &mut out);
+            assert!(t.stats().buffered <= 10);
+        }
+        t.flush(&mut out);
+        let s = t.stats();
+        assert_eq!(s.decided_early, 90);
+        assert_eq!(s.traces[Decision::Error as usize], 10);
+        assert_eq!(out.len(), 10, "every error trace kept, under pressure too");
+        assert_eq!(s.spans_dropped, 90);
+    }
+}
