@@ -99,7 +99,15 @@ async fn node_agent(
     peers: &[SocketAddr],
     batch_delay_ms: Option<u64>,
 ) -> Agent {
-    discovering_agent(rx, pids, exchange, Discovery::Static(peers), batch_delay_ms).await
+    discovering_agent(
+        rx,
+        pids,
+        exchange,
+        Discovery::Static(peers),
+        batch_delay_ms,
+        &[],
+    )
+    .await
 }
 
 async fn discovering_agent(
@@ -108,8 +116,10 @@ async fn discovering_agent(
     exchange: SocketAddr,
     discovery: Discovery<'_>,
     batch_delay_ms: Option<u64>,
+    extra: &[&str],
 ) -> Agent {
     let mut args: Vec<String> = vec!["--exchange-addr".into(), exchange.to_string()];
+    args.extend(extra.iter().map(|a| a.to_string()));
     for p in pids {
         args.extend(["--pid".into(), p.to_string()]);
     }
@@ -198,7 +208,7 @@ fn judge_ids(
     load: u32,
     middle: u32,
     down: u32,
-    ids: std::ops::Range<u32>,
+    ids: impl IntoIterator<Item = u32>,
 ) -> Verdict {
     let id_of = |s: &ReceivedSpan| -> Option<u32> {
         let q = s.attr_str("url.query").map(str::to_owned).or_else(|| {
@@ -298,6 +308,7 @@ async fn run_peered(
         ex2,
         discovery(peering, &to1, &kubeconfig, "node-2"),
         None,
+        &[],
     )
     .await;
     let node1 = discovering_agent(
@@ -306,6 +317,7 @@ async fn run_peered(
         ex1,
         discovery(peering, &to2, &kubeconfig, "node-1"),
         None,
+        &[],
     )
     .await;
     let load = client.pid();
@@ -742,4 +754,123 @@ async fn a_restarted_peer_joins_the_traces_again() {
     );
     assert_eq!(v.whole, 100, "{:#?}", v.problems);
     assert_eq!(v.cross_node_wrong, 0);
+}
+
+/// A downstream server answering `/down?id=N` with 404 when N is a multiple of 4, else 200.
+fn picky_downstream() -> Server {
+    let script = r#"
+import http.server, urllib.parse
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *args): pass
+    def do_GET(self):
+        n = int(urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)["id"][0])
+        status = 404 if n % 4 == 0 else 200
+        body = b"down\n"
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+srv = Server(("127.0.0.1", 0), Handler)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+    let mut cmd = python();
+    cmd.arg("-c").arg(script);
+    tracer_tests::programs::spawn_printing_port(cmd, "python3 picky downstream")
+        .expect("downstream")
+}
+
+/// Tail sampling across nodes, ratio 0: only failed requests are kept. The failure is an
+/// error on node 1 only (the middle's call got a 404, the middle answered 502); node 2's
+/// downstream SERVER span answered 404, which is no error for a server, so node 2 keeps it
+/// only because node 1's agent told it. Every failed request is one whole trace of four
+/// spans across the two nodes, and nothing else is exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_tail_sampling_keeps_failed_traces_whole() {
+    const COUNT: u32 = 40;
+    let _serial = SERIAL.lock().await;
+    let downstream = picky_downstream();
+    let middle = threads_middle(downstream.port).expect("middle service");
+    let client = GatedClient::start(middle.port, COUNT, 4);
+    let rx = receiver().await.expect("receiver");
+    let (ex1, ex2) = (unused_local_addr().unwrap(), unused_local_addr().unwrap());
+    let tail = [
+        "--sample-ratio",
+        "0",
+        "--sample-errors",
+        "--tail-wait-ms",
+        "1500",
+    ];
+    let node2 = discovering_agent(
+        &rx,
+        &[downstream.pid()],
+        ex2,
+        Discovery::Static(&[ex1]),
+        Some(100),
+        &tail,
+    )
+    .await;
+    let node1 = discovering_agent(
+        &rx,
+        &[client.pid(), middle.pid()],
+        ex1,
+        Discovery::Static(&[ex2]),
+        Some(100),
+        &tail,
+    )
+    .await;
+    let load = client.pid();
+    let out = client.run();
+    let report = parse_load_report(&out).expect("load report");
+    let failed: Vec<u32> = (1..=COUNT).filter(|n| n % 4 == 0).collect();
+    assert_eq!(report.ok, u64::from(COUNT) - failed.len() as u64, "{out}");
+    let pids = [load, middle.pid(), downstream.pid()];
+    let want = 4 * failed.len();
+    let waited = rx
+        .wait_for_spans(|s| spans_of(s, &pids).len() >= want, WAIT)
+        .await;
+    let (m1, m2) = (
+        node1.metrics().await.unwrap_or_default(),
+        node2.metrics().await.unwrap_or_default(),
+    );
+    node1.stop().expect("agent 1 stops cleanly");
+    node2.stop().expect("agent 2 stops cleanly");
+    let spans = spans_of(&rx.spans(), &pids);
+    let tail_lines = |m: &str| -> String {
+        m.lines()
+            .filter(|l| l.starts_with("tracer_tail") || l.starts_with("tracer_peer_keeps"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert!(
+        waited.is_ok() && spans.len() == want,
+        "want {want} spans (the failed requests only), got {}:\n{}\nnode 1: {}\nnode 2: {}",
+        spans.len(),
+        summary(&spans),
+        tail_lines(&m1),
+        tail_lines(&m2)
+    );
+    let v = judge_ids(
+        &spans,
+        load,
+        middle.pid(),
+        downstream.pid(),
+        failed.iter().copied(),
+    );
+    assert_eq!(
+        v.whole,
+        failed.len(),
+        "every failed request one whole trace across the nodes: {v:?}\nnode 1: {}\nnode 2: {}",
+        tail_lines(&m1),
+        tail_lines(&m2)
+    );
+    println!(
+        "{} failed requests kept whole across two nodes; node 1: {}; node 2: {}",
+        v.whole,
+        tail_lines(&m1),
+        tail_lines(&m2)
+    );
 }

@@ -305,13 +305,14 @@ async fn run(args: Args) -> Result<()> {
     } else {
         None
     };
-    let mut questions = match (args.exchange_addr.filter(|_| exchange), &token) {
+    let (mut questions, mut remote_keeps) = match (args.exchange_addr.filter(|_| exchange), &token)
+    {
         (Some(addr), Some(token)) => {
-            let (bound, rx) = peers::serve(addr, token.clone(), metrics.clone()).await?;
+            let (bound, inbox) = peers::serve(addr, token.clone(), metrics.clone()).await?;
             tracing::info!("answering other agents' caller lookups on {bound}");
-            Some(rx)
+            (Some(inbox.questions), Some(inbox.keeps))
         }
-        _ => None,
+        _ => (None, None),
     };
     let (peer_client, mut found) = match (&token, args.peers.is_empty()) {
         (Some(_), false) if args.peers_from_kubernetes.is_some() => {
@@ -477,6 +478,12 @@ async fn run(args: Args) -> Result<()> {
                 }
                 let spans = pipeline.take_spans(now);
                 release(&sink, &sampler, tail.as_mut(), &metrics, spans, now, false);
+                if let (Some(tail), Some(client)) = (tail.as_mut(), &peer_client) {
+                    let kept = tail.take_announcements();
+                    if !kept.is_empty() {
+                        client.keep(kept);
+                    }
+                }
             }
             Some(q) = recv_some(&mut questions) => {
                 // Events read so far may hold the asked-for requests.
@@ -484,6 +491,11 @@ async fn run(args: Args) -> Result<()> {
                 let _ = q.reply.send(pipeline.answer(&q.keys));
             }
             Some((key, ctx)) = recv_some(&mut found) => pipeline.remote_found(key, ctx),
+            Some(traces) = recv_some(&mut remote_keeps) => {
+                if let Some(tail) = tail.as_mut() {
+                    tail.keep_remote(&traces);
+                }
+            }
             _ = housekeeping.tick() => {
                 pipeline.tick();
                 capture.prune_go();

@@ -12,15 +12,20 @@
 //! oldest traces be decided at once on what they have (counted as decided early), so
 //! memory never grows with load.
 //!
-//! Known limit: the decision is this node's. A trace crossing nodes is decided by each agent
-//! on its own part, so an error seen on one node does not yet keep the other nodes' parts
-//! unless their own spans are errors or slow (the caller's CLIENT span of a failed call is
-//! usually an error too).
+//! Across nodes: the first error or slow span of a trace is announced at once
+//! ([`TailSampler::take_announcements`], with the peer addresses of the trace's spans so far)
+//! and the agent-to-agent exchange tells the agents holding its other parts, which keep them
+//! ([`TailSampler::keep_remote`]) if they have not decided yet — they wait as long as this
+//! node does, and the announcement leaves when the span arrives, not when the trace is
+//! decided. A ratio decision needs no message: it is made on the trace id, the same on
+//! every node. A keep that arrives after the other node dropped its part is too late
+//! (counted as `late`).
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 
 use super::Sampler;
-use crate::spans::{SpanRecord, SpanStatus, TraceId};
+use crate::spans::{AttrValue, SpanRecord, SpanStatus, TraceId};
 
 /// Decisions remembered for late spans.
 const DECISIONS_REMEMBERED: usize = 65_536;
@@ -48,14 +53,17 @@ impl TailPolicy {
 pub enum Decision {
     Error,
     Slow,
+    /// Another node's agent kept it (an error or slow span there).
+    Remote,
     Sampled,
     Dropped,
 }
 
 impl Decision {
-    pub const ALL: [Decision; 4] = [
+    pub const ALL: [Decision; 5] = [
         Decision::Error,
         Decision::Slow,
+        Decision::Remote,
         Decision::Sampled,
         Decision::Dropped,
     ];
@@ -64,6 +72,7 @@ impl Decision {
         match self {
             Decision::Error => "error",
             Decision::Slow => "slow",
+            Decision::Remote => "remote",
             Decision::Sampled => "sampled",
             Decision::Dropped => "dropped",
         }
@@ -77,7 +86,9 @@ impl Decision {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TailStats {
     /// Traces decided, per [`Decision::ALL`].
-    pub traces: [u64; 4],
+    pub traces: [u64; 5],
+    /// Keeps from other nodes for traces this node had already dropped.
+    pub remote_late: u64,
     /// Traces decided before their wait was over because the buffer was full.
     pub decided_early: u64,
     /// Spans not exported (their trace was dropped).
@@ -90,6 +101,8 @@ struct Pending {
     spans: Vec<SpanRecord>,
     /// The strongest reason to keep it seen so far.
     reason: Option<Decision>,
+    /// Told to the other nodes already.
+    announced: bool,
 }
 
 pub struct TailSampler {
@@ -101,6 +114,9 @@ pub struct TailSampler {
     buffered: usize,
     decided: HashMap<TraceId, bool>,
     decided_order: VecDeque<TraceId>,
+    /// Traces kept here for their own spans, with the peer addresses of those spans, not yet
+    /// handed to the exchange.
+    announcements: Vec<(TraceId, Vec<IpAddr>)>,
     stats: TailStats,
 }
 
@@ -117,6 +133,7 @@ impl TailSampler {
             buffered: 0,
             decided: HashMap::new(),
             decided_order: VecDeque::new(),
+            announcements: Vec::new(),
             stats: TailStats::default(),
         }
     }
@@ -162,6 +179,7 @@ impl TailSampler {
             Pending {
                 spans: Vec::new(),
                 reason: None,
+                announced: false,
             }
         });
         if entry.reason != Some(Decision::Error) && reason.is_some() {
@@ -169,6 +187,50 @@ impl TailSampler {
         }
         entry.spans.push(span);
         self.buffered += 1;
+        if reason.is_some() && !entry.announced {
+            entry.announced = true;
+            let mut ips: Vec<IpAddr> = entry.spans.iter().filter_map(peer_ip).collect();
+            ips.sort_unstable();
+            ips.dedup();
+            self.announcements.push((trace, ips));
+        }
+    }
+
+    /// Traces kept here for their own spans since the last call: the exchange tells the
+    /// agents holding their other parts.
+    pub fn take_announcements(&mut self) -> Vec<(TraceId, Vec<IpAddr>)> {
+        std::mem::take(&mut self.announcements)
+    }
+
+    /// Other nodes kept these traces: keep this node's parts too, those waiting and those
+    /// still to come.
+    pub fn keep_remote(&mut self, traces: &[TraceId]) {
+        for trace in traces {
+            if let Some(p) = self.pending.get_mut(trace) {
+                if p.reason.is_none() {
+                    p.reason = Some(Decision::Remote);
+                }
+                // Never announced back: the sender knows.
+                p.announced = true;
+                continue;
+            }
+            match self.decided.get(trace) {
+                Some(true) => {}
+                Some(false) => self.stats.remote_late += 1,
+                None => self.remember(*trace, true),
+            }
+        }
+    }
+
+    fn remember(&mut self, trace: TraceId, keep: bool) {
+        if self.decided_order.len() >= DECISIONS_REMEMBERED
+            && let Some(old) = self.decided_order.pop_front()
+        {
+            self.decided.remove(&old);
+        }
+        if self.decided.insert(trace, keep).is_none() {
+            self.decided_order.push_back(trace);
+        }
     }
 
     /// Decides the traces whose wait is over.
@@ -204,14 +266,16 @@ impl TailSampler {
         } else {
             self.stats.spans_dropped += p.spans.len() as u64;
         }
-        if self.decided_order.len() >= DECISIONS_REMEMBERED
-            && let Some(old) = self.decided_order.pop_front()
-        {
-            self.decided.remove(&old);
-        }
-        self.decided.insert(trace, decision.keeps());
-        self.decided_order.push_back(trace);
+        self.remember(trace, decision.keeps());
         true
+    }
+}
+
+/// The other end's address of a span: where the rest of its trace may be traced.
+fn peer_ip(span: &SpanRecord) -> Option<IpAddr> {
+    match span.attr("network.peer.address") {
+        Some(AttrValue::Str(s)) => s.as_str().parse().ok(),
+        _ => None,
     }
 }
 
@@ -284,7 +348,7 @@ mod tests {
         let kept: Vec<(u8, u8)> = out.iter().map(|s| (s.trace_id[0], s.span_id[0])).collect();
         assert_eq!(kept, vec![(1, 1), (1, 2), (2, 1), (2, 2)]);
         let s = t.stats();
-        assert_eq!(s.traces, [1, 1, 0, 1]);
+        assert_eq!(s.traces, [1, 1, 0, 0, 1]);
         assert_eq!((s.spans_dropped, s.buffered), (2, 0));
         // Late spans follow their trace's decision.
         out.clear();
@@ -302,7 +366,7 @@ mod tests {
         t.push(span(9, 1, 1, false), 0, &mut out);
         t.flush(&mut out);
         assert_eq!(out.len(), 1);
-        assert_eq!(t.stats().traces, [0, 0, 1, 0]);
+        assert_eq!(t.stats().traces, [0, 0, 0, 1, 0]);
     }
 
     #[test]
@@ -326,5 +390,58 @@ mod tests {
         assert_eq!(s.traces[Decision::Error as usize], 10);
         assert_eq!(out.len(), 10, "every error trace kept, under pressure too");
         assert_eq!(s.spans_dropped, 90);
+    }
+
+    #[test]
+    fn error_traces_are_announced_once_and_remote_keeps_are_honoured() {
+        let mut t = TailSampler::new(policy(), sampler_none());
+        let mut out = Vec::new();
+        let mut with_peer = span(1, 1, 1, false);
+        with_peer.attributes.push((
+            "network.peer.address",
+            AttrValue::from("10.0.2.7".to_owned()),
+        ));
+        t.push(with_peer, 0, &mut out);
+        t.push(span(1, 2, 1, true), 1, &mut out);
+        t.push(span(1, 3, 1, true), 2, &mut out);
+        let a = t.take_announcements();
+        assert_eq!(
+            a,
+            vec![(
+                [1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0],
+                vec!["10.0.2.7".parse().unwrap()]
+            )]
+        );
+        assert!(t.take_announcements().is_empty());
+        // Another node kept trace 2 (waiting here) and trace 3 (not seen yet); trace 4 was
+        // already dropped here.
+        t.push(span(4, 1, 1, false), 0, &mut out);
+        t.push(span(2, 1, 1, false), 500 * MS, &mut out);
+        t.poll(1_000 * MS, &mut out);
+        out.clear();
+        t.push(span(2, 2, 1, false), 1_000 * MS, &mut out);
+        let id = |n: u8| {
+            let mut x = [0; 16];
+            x[0] = n;
+            x[8] = n;
+            x
+        };
+        t.keep_remote(&[id(2), id(3), id(4)]);
+        t.push(span(3, 1, 1, false), 1_001 * MS, &mut out);
+        assert_eq!(
+            out.len(),
+            1,
+            "a span of a trace kept elsewhere leaves at once"
+        );
+        t.poll(3_000 * MS, &mut out);
+        let kept: Vec<(u8, u8)> = out.iter().map(|s| (s.trace_id[0], s.span_id[0])).collect();
+        assert_eq!(kept, vec![(3, 1), (2, 1), (2, 2)]);
+        let s = t.stats();
+        assert_eq!(s.traces[Decision::Remote as usize], 1);
+        assert_eq!(s.remote_late, 1);
+        assert!(
+            t.take_announcements().is_empty(),
+            "remote keeps are not echoed"
+        );
     }
 }

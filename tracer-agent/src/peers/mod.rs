@@ -43,6 +43,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::link::{Answer, PeerKey, SpanContext};
 use crate::metrics::Metrics;
+use crate::spans::TraceId;
 
 /// How long one lookup request to a peer may take: a live agent busy draining a burst of
 /// events can take a few hundred milliseconds to answer, and a lookup given up is one of
@@ -107,6 +108,8 @@ impl ServedResult {
 pub struct PeerMetrics {
     lookups: Mutex<BTreeMap<(String, LookupResult), u64>>,
     served: Mutex<BTreeMap<ServedResult, u64>>,
+    /// Tail-sampling keeps: sent to a peer (per peer and result), and received.
+    keeps: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
 
 impl PeerMetrics {
@@ -124,8 +127,28 @@ impl PeerMetrics {
             .or_default() += 1;
     }
 
+    pub fn keeps(&self, peer: &str, result: &'static str, n: u64) {
+        *self
+            .keeps
+            .lock()
+            .expect("metrics lock")
+            .entry((peer.to_owned(), result))
+            .or_default() += n;
+    }
+
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write as _;
+        let _ = writeln!(
+            out,
+            "# HELP tracer_peer_keeps_total Trace ids kept by tail sampling, sent to other nodes' agents (result sent/failed) or received from them (peer \"in\")."
+        );
+        let _ = writeln!(out, "# TYPE tracer_peer_keeps_total counter");
+        for ((peer, result), n) in self.keeps.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "tracer_peer_keeps_total{{peer=\"{peer}\",result=\"{result}\"}} {n}"
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP tracer_peer_lookups_total Callers looked up on other nodes' agents, by peer and result."
@@ -163,6 +186,7 @@ pub struct Question {
 struct ServerState {
     token: Arc<[u8]>,
     questions: mpsc::Sender<Question>,
+    keeps: mpsc::Sender<Vec<TraceId>>,
     metrics: Arc<Metrics>,
 }
 
@@ -206,23 +230,52 @@ async fn callers(
     }
 }
 
-/// Serves other agents' lookups on `addr`; questions arrive on the returned channel.
+async fn keep(State(s): State<ServerState>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
+    if !token_matches(&headers, &s.token) {
+        s.metrics.peers.served(ServedResult::Unauthorized);
+        return (StatusCode::UNAUTHORIZED, Vec::new());
+    }
+    match wire::decode_keeps(&body) {
+        Ok(traces) => {
+            s.metrics.peers.served(ServedResult::Answered);
+            s.metrics.peers.keeps("in", "received", traces.len() as u64);
+            // A main loop that far behind decides without them, as with no peer.
+            let _ = s.keeps.try_send(traces);
+            (StatusCode::NO_CONTENT, Vec::new())
+        }
+        Err(e) => {
+            s.metrics.peers.served(ServedResult::Malformed);
+            (StatusCode::BAD_REQUEST, format!("{e}\n").into_bytes())
+        }
+    }
+}
+
+/// What other agents send: lookups to answer, and traces their tail sampling kept.
+pub struct Inbox {
+    pub questions: mpsc::Receiver<Question>,
+    pub keeps: mpsc::Receiver<Vec<TraceId>>,
+}
+
+/// Serves other agents' lookups and keeps on `addr`; they arrive in the returned inbox.
 pub async fn serve(
     addr: SocketAddr,
     token: Arc<[u8]>,
     metrics: Arc<Metrics>,
-) -> Result<(SocketAddr, mpsc::Receiver<Question>)> {
+) -> Result<(SocketAddr, Inbox)> {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on --exchange-addr {addr}: choose another address")
     })?;
     let bound = listener.local_addr()?;
     let (questions, rx) = mpsc::channel(64);
+    let (keeps, keeps_rx) = mpsc::channel(256);
     let app = Router::new()
         .route("/v1/callers", post(callers))
+        .route("/v1/keep", post(keep))
         .layer(DefaultBodyLimit::max(wire::MAX_BODY_BYTES))
         .with_state(ServerState {
             token,
             questions,
+            keeps,
             metrics,
         });
     tokio::spawn(async move {
@@ -230,7 +283,13 @@ pub async fn serve(
             tracing::error!("exchange server stopped: {e}");
         }
     });
-    Ok((bound, rx))
+    Ok((
+        bound,
+        Inbox {
+            questions: rx,
+            keeps: keeps_rx,
+        },
+    ))
 }
 
 /// Which agents to ask.
@@ -253,6 +312,35 @@ impl PeerSource {
                     .peers()
                     .any(|a| a == addr)
             }),
+        }
+    }
+
+    /// The peers holding parts of each kept trace (grouped by peer): every static peer, or
+    /// the agents of the nodes its spans' peer addresses are on.
+    fn plan_keeps(
+        &self,
+        traces: &[(TraceId, Vec<std::net::IpAddr>)],
+    ) -> Vec<(String, Vec<TraceId>)> {
+        match self {
+            PeerSource::Static(peers) => {
+                let all: Vec<TraceId> = traces.iter().map(|(t, _)| *t).collect();
+                peers.iter().map(|p| (p.clone(), all.clone())).collect()
+            }
+            PeerSource::Directory(dir) => {
+                let dir = dir.read().expect("directory lock");
+                let mut groups: BTreeMap<String, Vec<TraceId>> = BTreeMap::new();
+                for (trace, ips) in traces {
+                    for ip in ips {
+                        if let directory::Route::Peer(a) = dir.route(*ip) {
+                            let list = groups.entry(a.to_string()).or_default();
+                            if list.last() != Some(trace) {
+                                list.push(*trace);
+                            }
+                        }
+                    }
+                }
+                groups.into_iter().collect()
+            }
         }
     }
 
@@ -294,6 +382,7 @@ impl PeerSource {
 /// The asking side: batches of keys in, found contexts out.
 pub struct Client {
     keys: mpsc::Sender<Vec<PeerKey>>,
+    keeps: mpsc::Sender<Vec<(TraceId, Vec<std::net::IpAddr>)>>,
     metrics: Arc<Metrics>,
 }
 
@@ -313,6 +402,14 @@ impl Client {
         let (keys_tx, mut keys_rx) = mpsc::channel::<Vec<PeerKey>>(QUEUED_BATCHES);
         let (found_tx, found_rx) = mpsc::channel(4096);
         let bearer = format!("Bearer {}", String::from_utf8_lossy(&token));
+        let (keeps_tx, keeps_rx) = mpsc::channel(QUEUED_BATCHES);
+        tokio::spawn(send_keeps(
+            keeps_rx,
+            source.clone(),
+            http.clone(),
+            bearer.clone(),
+            metrics.clone(),
+        ));
         let task_metrics = metrics.clone();
         tokio::spawn(async move {
             // Backoff state per peer address, kept while the peer is asked.
@@ -345,10 +442,20 @@ impl Client {
         Ok((
             Client {
                 keys: keys_tx,
+                keeps: keeps_tx,
                 metrics,
             },
             found_rx,
         ))
+    }
+
+    /// Tells the agents holding parts of these traces that tail sampling kept them here;
+    /// never blocks (a full queue drops and counts).
+    pub fn keep(&self, traces: Vec<(TraceId, Vec<std::net::IpAddr>)>) {
+        let n = traces.len() as u64;
+        if self.keeps.try_send(traces).is_err() {
+            self.metrics.peers.keeps("*", "skipped", n);
+        }
     }
 
     /// Queues keys to look up; never blocks the caller (a full queue drops and counts).
@@ -357,6 +464,46 @@ impl Client {
         if self.keys.try_send(keys).is_err() {
             self.metrics.peers.lookups("*", LookupResult::Skipped, n);
         }
+    }
+}
+
+/// Sends kept trace ids to the peers holding parts of them, batched; best effort (one
+/// attempt within the lookup timeout: a keep that arrives after the peer decided is moot).
+async fn send_keeps(
+    mut rx: mpsc::Receiver<Vec<(TraceId, Vec<std::net::IpAddr>)>>,
+    source: PeerSource,
+    http: reqwest::Client,
+    bearer: String,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(mut traces) = rx.recv().await {
+        while traces.len() < wire::MAX_LOOKUPS {
+            match rx.try_recv() {
+                Ok(more) => traces.extend(more),
+                Err(_) => break,
+            }
+        }
+        let plan = source.plan_keeps(&traces);
+        let sends = plan.iter().map(|(addr, ids)| {
+            let (http, bearer, metrics) = (&http, bearer.as_str(), &metrics);
+            async move {
+                for chunk in ids.chunks(wire::MAX_LOOKUPS) {
+                    let sent = http
+                        .post(format!("http://{addr}/v1/keep"))
+                        .header(reqwest::header::AUTHORIZATION, bearer)
+                        .header(reqwest::header::CONTENT_TYPE, "application/json")
+                        .body(wire::encode_keeps(chunk))
+                        .send()
+                        .await;
+                    let result = match sent {
+                        Ok(r) if r.status().is_success() => "sent",
+                        _ => "failed",
+                    };
+                    metrics.peers.keeps(addr, result, chunk.len() as u64);
+                }
+            }
+        });
+        futures::future::join_all(sends).await;
     }
 }
 

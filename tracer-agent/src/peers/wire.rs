@@ -10,6 +10,15 @@
 //! `client` is the caller's address:port as the server saw it (its peer address), `seq` the
 //! request's position on that connection. Answers carry ids and the sampling decision only,
 //! never an attribute.
+//!
+//! ```text
+//! POST /v1/keep               Authorization: Bearer <token>
+//! {"traces":["<32 hex>", ...]}
+//! 204
+//! ```
+//!
+//! Tail sampling kept these traces on the sender's node (an error or a slow span there):
+//! the receiver keeps its own parts of them too.
 
 use std::net::SocketAddr;
 
@@ -133,6 +142,31 @@ pub fn decode_answers(body: &[u8], want: usize) -> Result<Vec<Answer>, WireError
         .collect()
 }
 
+pub fn encode_keeps(traces: &[crate::spans::TraceId]) -> Vec<u8> {
+    let list: Vec<Value> = traces.iter().map(|t| Value::from(hex(t))).collect();
+    json!({ "traces": list }).to_string().into_bytes()
+}
+
+/// Trace ids to keep; bounded like lookups, and one malformed id fails the batch.
+pub fn decode_keeps(body: &[u8]) -> Result<Vec<crate::spans::TraceId>, WireError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| WireError::Json(e.to_string()))?;
+    let list = v
+        .get("traces")
+        .and_then(Value::as_array)
+        .ok_or(WireError::Field("traces"))?;
+    if list.len() > MAX_LOOKUPS {
+        return Err(WireError::TooMany);
+    }
+    list.iter()
+        .map(|t| {
+            t.as_str()
+                .and_then(unhex::<16>)
+                .filter(|id| *id != [0; 16])
+                .ok_or(WireError::Field("traces"))
+        })
+        .collect()
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -226,5 +260,26 @@ mod tests {
         ] {
             assert!(decode_answers(bad.as_bytes(), 1).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn keeps_round_trip_and_garbage_is_refused() {
+        let traces = vec![[1u8; 16], [0xab; 16]];
+        assert_eq!(decode_keeps(&encode_keeps(&traces)).unwrap(), traces);
+        for bad in [
+            &b"{}"[..],
+            br#"{"traces":["xyz"]}"#,
+            br#"{"traces":["00000000000000000000000000000000"]}"#,
+            br#"{"traces":[1]}"#,
+            b"not json",
+        ] {
+            assert!(
+                decode_keeps(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let many: Vec<_> = (0..=MAX_LOOKUPS).map(|_| [7u8; 16]).collect();
+        assert_eq!(decode_keeps(&encode_keeps(&many)), Err(WireError::TooMany));
     }
 }
