@@ -176,12 +176,24 @@ srv.serve_forever()
     programs::spawn_printing_port(cmd, "python3 failing server").expect("server starts")
 }
 
-/// Tail sampling at a 50% ratio: every trace with an error (5xx) and every slow trace
-/// (300 ms against a 200 ms threshold) is exported whole; of 201 ordinary traces about half
-/// are, each whole, within four standard deviations of the ratio.
+/// Tail sampling at 1%: every trace with an error (5xx), every slow trace (300 ms against a
+/// 200 ms threshold) and every trace on `/checkout*` (a per-route rule at 100%) is exported
+/// whole; of 201 ordinary traces a share within four standard deviations of the ratio is,
+/// each whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tail_sampling_keeps_every_error_and_slow_trace_and_a_ratio_of_the_rest() {
+async fn tail_sampling_at_one_percent_keeps_every_error_slow_and_checkout_trace() {
+    tail_sampling_at(0.01).await;
+}
+
+/// The same at 50%, where the ratio's share is large enough to check closely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_sampling_at_half_keeps_a_ratio_of_the_rest() {
+    tail_sampling_at(0.5).await;
+}
+
+async fn tail_sampling_at(ratio: f64) {
     const FAILS: usize = 5;
+    const CHECKOUTS: usize = 4;
     const SLOWS: usize = 3;
     const ORDINARY: usize = 201;
     programs::require_python_requests().unwrap();
@@ -192,7 +204,9 @@ async fn tail_sampling_keeps_every_error_and_slow_trace_and_a_ratio_of_the_rest(
         &rx,
         &[
             "--sample-ratio",
-            "0.5",
+            &ratio.to_string(),
+            "--sample-route",
+            "/checkout*=1",
             "--sample-errors",
             "--sample-slower-than-ms",
             "200",
@@ -210,6 +224,9 @@ async fn tail_sampling_keeps_every_error_and_slow_trace_and_a_ratio_of_the_rest(
     for i in 0..SLOWS {
         kept_runs.push(curl(&[&format!("{base}/slow/{i}")]).unwrap());
     }
+    for i in 0..CHECKOUTS {
+        kept_runs.push(curl(&[&format!("{base}/checkout/{i}")]).unwrap());
+    }
     let (client, out) = programs::run_client(
         programs::python_requests_client(ordinary.port, ORDINARY - 1, 0),
         "python requests client",
@@ -223,7 +240,7 @@ async fn tail_sampling_keeps_every_error_and_slow_trace_and_a_ratio_of_the_rest(
     let mut pids: Vec<u32> = kept_runs.iter().map(|r| r.pid).collect();
     pids.extend([special.pid(), client, ordinary.pid()]);
     // At least the error and slow traces; the agent's stop then decides the rest.
-    let want = 2 * (FAILS + SLOWS);
+    let want = 2 * (FAILS + SLOWS + CHECKOUTS);
     let (spans, metrics) = programs::collect(&rx, agent, &pids, want, Duration::from_secs(30))
         .await
         .unwrap();
@@ -236,7 +253,7 @@ async fn tail_sampling_keeps_every_error_and_slow_trace_and_a_ratio_of_the_rest(
         .iter()
         .filter(|s| span_pid(s) == special.pid())
         .count();
-    assert_eq!(special_spans, FAILS + SLOWS);
+    assert_eq!(special_spans, FAILS + SLOWS + CHECKOUTS);
     let mut traces: std::collections::HashMap<&str, usize> = Default::default();
     for s in spans
         .iter()
@@ -249,10 +266,13 @@ async fn tail_sampling_keeps_every_error_and_slow_trace_and_a_ratio_of_the_rest(
         "every kept ordinary trace is whole: {traces:?}"
     );
     let kept = traces.len() as f64;
-    let (mean, sd) = (ORDINARY as f64 * 0.5, (ORDINARY as f64 * 0.25).sqrt());
+    let (mean, sd) = (
+        ORDINARY as f64 * ratio,
+        (ORDINARY as f64 * ratio * (1.0 - ratio)).sqrt(),
+    );
     assert!(
         (kept - mean).abs() <= 4.0 * sd,
-        "{kept} of {ORDINARY} ordinary traces kept at ratio 0.5 (expected {mean} ± {:.0})",
+        "{kept} of {ORDINARY} ordinary traces kept at ratio {ratio} (expected {mean} ± {:.1})",
         4.0 * sd
     );
     let metric = |name: &str| -> u64 {
@@ -266,8 +286,12 @@ async fn tail_sampling_keeps_every_error_and_slow_trace_and_a_ratio_of_the_rest(
         FAILS as u64
     );
     assert!(metric("tracer_tail_traces_total{decision=\"slow\"}") >= SLOWS as u64);
+    assert_eq!(
+        metric("tracer_tail_traces_total{decision=\"route\"}"),
+        CHECKOUTS as u64
+    );
     println!(
-        "kept {kept} of {ORDINARY} ordinary traces; metrics: error {}, slow {}, sampled {}, dropped {}",
+        "ratio {ratio}: kept {kept} of {ORDINARY} ordinary traces; metrics: error {}, slow {}, sampled {}, dropped {}",
         metric("tracer_tail_traces_total{decision=\"error\"}"),
         metric("tracer_tail_traces_total{decision=\"slow\"}"),
         metric("tracer_tail_traces_total{decision=\"sampled\"}"),

@@ -83,6 +83,17 @@ struct Args {
     #[arg(long, env = "TRACER_SAMPLE_SLOWER_THAN_MS", value_name = "MS")]
     sample_slower_than_ms: Option<u64>,
 
+    /// Tail sampling: keep traces that touch this path at this ratio instead of the
+    /// default one, `PATH=RATIO` with PATH a prefix or a glob (`/api/checkout*=1`).
+    /// Repeatable (the highest matching ratio wins); comma-separated in the environment.
+    #[arg(
+        long = "sample-route",
+        env = "TRACER_SAMPLE_ROUTES",
+        value_delimiter = ',',
+        value_name = "PATH=RATIO"
+    )]
+    sample_routes: Vec<String>,
+
     /// Tail sampling: how long a trace's spans wait on this node for the rest of it.
     #[arg(
         long,
@@ -250,15 +261,29 @@ async fn run(args: Args) -> Result<()> {
     let tail_policy = export::TailPolicy {
         keep_errors: args.sample_errors,
         slower_than_ns: args.sample_slower_than_ms.map(|ms| ms * 1_000_000),
+        routes: args
+            .sample_routes
+            .iter()
+            .filter(|r| !r.trim().is_empty())
+            .map(|r| export::tail::RouteRule::parse(r))
+            .collect::<Result<_, _>>()?,
         wait_ns: args.tail_wait_ms * 1_000_000,
         max_spans: args.tail_max_spans,
     };
     let mut tail = tail_policy.enabled().then(|| {
+        let mut keeps = Vec::new();
+        if args.sample_errors {
+            keeps.push("every trace with an error".to_owned());
+        }
+        if let Some(ms) = args.sample_slower_than_ms {
+            keeps.push(format!("every trace with a span slower than {ms} ms"));
+        }
+        for r in args.sample_routes.iter().filter(|r| !r.trim().is_empty()) {
+            keeps.push(format!("traces on {r}"));
+        }
         tracing::info!(
-            "tail sampling: keeping every trace with {}{}{}, deciding {} ms after a trace's first span here (at most {} spans waiting)",
-            if args.sample_errors { "an error" } else { "" },
-            if args.sample_errors && args.sample_slower_than_ms.is_some() { " or " } else { "" },
-            args.sample_slower_than_ms.map(|ms| format!("a span slower than {ms} ms")).unwrap_or_default(),
+            "tail sampling: keeping {}, deciding {} ms after a trace's first span here (at most {} spans waiting)",
+            keeps.join(", "),
             args.tail_wait_ms,
             args.tail_max_spans,
         );

@@ -59,7 +59,7 @@ impl Sampler {
         })
     }
 
-    fn ignoring_parent(self) -> Self {
+    pub(crate) fn ignoring_parent(self) -> Self {
         Sampler {
             parent_based: false,
             ..self

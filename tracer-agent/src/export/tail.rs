@@ -25,16 +25,20 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 
 use super::Sampler;
+use super::exclude::{ExcludeError, PathPattern};
 use crate::spans::{AttrValue, SpanRecord, SpanStatus, TraceId};
 
 /// Decisions remembered for late spans.
 const DECISIONS_REMEMBERED: usize = 65_536;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TailPolicy {
     pub keep_errors: bool,
     /// Keep traces with a span longer than this.
     pub slower_than_ns: Option<u64>,
+    /// Per-route ratios: a trace with a span on a matching path is kept at that ratio
+    /// (the highest of those it matches) instead of the head sampler's.
+    pub routes: Vec<RouteRule>,
     /// How long a trace's spans wait for the rest of it.
     pub wait_ns: u64,
     /// Spans buffered at most.
@@ -44,7 +48,42 @@ pub struct TailPolicy {
 impl TailPolicy {
     /// Whether any tail rule is set; without one the head sampler works alone.
     pub fn enabled(&self) -> bool {
-        self.keep_errors || self.slower_than_ns.is_some()
+        self.keep_errors || self.slower_than_ns.is_some() || !self.routes.is_empty()
+    }
+}
+
+/// `--sample-route PATH=RATIO`: a path prefix or glob (as `--exclude-path`) and its ratio.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteRule {
+    path: PathPattern,
+    ratio: f64,
+    sampler: Sampler,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RouteRuleError {
+    #[error(
+        "--sample-route `{0}` is not PATH=RATIO with a ratio from 0 to 1 (e.g. /api/checkout*=1)"
+    )]
+    Syntax(String),
+    #[error(transparent)]
+    Path(#[from] ExcludeError),
+}
+
+impl RouteRule {
+    pub fn parse(s: &str) -> Result<RouteRule, RouteRuleError> {
+        let bad = || RouteRuleError::Syntax(s.to_owned());
+        let (path, ratio) = s.trim().rsplit_once('=').ok_or_else(bad)?;
+        let ratio: f64 = ratio.trim().parse().map_err(|_| bad())?;
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(bad());
+        }
+        Ok(RouteRule {
+            path: PathPattern::parse(path)?,
+            ratio,
+            // On the trace id alone: the same answer on every node, whatever the caller said.
+            sampler: Sampler::ratio(ratio).map_err(|_| bad())?.ignoring_parent(),
+        })
     }
 }
 
@@ -55,15 +94,18 @@ pub enum Decision {
     Slow,
     /// Another node's agent kept it (an error or slow span there).
     Remote,
+    /// Kept by a per-route ratio.
+    Route,
     Sampled,
     Dropped,
 }
 
 impl Decision {
-    pub const ALL: [Decision; 5] = [
+    pub const ALL: [Decision; 6] = [
         Decision::Error,
         Decision::Slow,
         Decision::Remote,
+        Decision::Route,
         Decision::Sampled,
         Decision::Dropped,
     ];
@@ -73,6 +115,7 @@ impl Decision {
             Decision::Error => "error",
             Decision::Slow => "slow",
             Decision::Remote => "remote",
+            Decision::Route => "route",
             Decision::Sampled => "sampled",
             Decision::Dropped => "dropped",
         }
@@ -86,7 +129,7 @@ impl Decision {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TailStats {
     /// Traces decided, per [`Decision::ALL`].
-    pub traces: [u64; 5],
+    pub traces: [u64; 6],
     /// Keeps from other nodes for traces this node had already dropped.
     pub remote_late: u64,
     /// Traces decided before their wait was over because the buffer was full.
@@ -103,6 +146,8 @@ struct Pending {
     reason: Option<Decision>,
     /// Told to the other nodes already.
     announced: bool,
+    /// The highest per-route ratio its spans matched, as the rule's index.
+    route: Option<usize>,
 }
 
 pub struct TailSampler {
@@ -180,10 +225,21 @@ impl TailSampler {
                 spans: Vec::new(),
                 reason: None,
                 announced: false,
+                route: None,
             }
         });
         if entry.reason != Some(Decision::Error) && reason.is_some() {
             entry.reason = reason;
+        }
+        if let Some(path) = span_path(&span) {
+            for (i, rule) in self.policy.routes.iter().enumerate() {
+                let better = entry
+                    .route
+                    .is_none_or(|r| self.policy.routes[r].ratio < rule.ratio);
+                if better && rule.path.matches(path) {
+                    entry.route = Some(i);
+                }
+            }
         }
         entry.spans.push(span);
         self.buffered += 1;
@@ -253,12 +309,17 @@ impl TailSampler {
             return true;
         };
         self.buffered -= p.spans.len();
-        let decision = match p.reason {
-            Some(r) => r,
+        let route = p.route.map(|i| &self.policy.routes[i]);
+        let decision = match (p.reason, route) {
+            (Some(r), _) => r,
+            (None, Some(rule)) if rule.sampler.keeps_trace(&trace, None) => Decision::Route,
+            (None, Some(_)) => Decision::Dropped,
             // Every span of a trace has the same head decision (the linker gives them the
             // same parent flag); the first one stands for the trace.
-            None if p.spans.first().is_some_and(|s| self.head.keeps(s)) => Decision::Sampled,
-            None => Decision::Dropped,
+            (None, None) if p.spans.first().is_some_and(|s| self.head.keeps(s)) => {
+                Decision::Sampled
+            }
+            (None, None) => Decision::Dropped,
         };
         self.stats.traces[decision as usize] += 1;
         if decision.keeps() {
@@ -268,6 +329,21 @@ impl TailSampler {
         }
         self.remember(trace, decision.keeps());
         true
+    }
+}
+
+/// The path of a span's request: `url.path` (SERVER) or the path in `url.full` (CLIENT).
+fn span_path(span: &SpanRecord) -> Option<&str> {
+    match span.attr("url.path") {
+        Some(AttrValue::Str(s)) => Some(s.as_str()),
+        _ => match span.attr("url.full") {
+            Some(AttrValue::Str(full)) => {
+                let rest = full.as_str().split_once("://")?.1;
+                let path = &rest[rest.find('/')?..];
+                Some(path.split(['?', '#']).next().unwrap_or(path))
+            }
+            _ => None,
+        },
     }
 }
 
@@ -321,6 +397,7 @@ mod tests {
         TailPolicy {
             keep_errors: true,
             slower_than_ns: Some(100 * MS),
+            routes: Vec::new(),
             wait_ns: 1_000 * MS,
             max_spans: 1_000,
         }
@@ -348,7 +425,7 @@ mod tests {
         let kept: Vec<(u8, u8)> = out.iter().map(|s| (s.trace_id[0], s.span_id[0])).collect();
         assert_eq!(kept, vec![(1, 1), (1, 2), (2, 1), (2, 2)]);
         let s = t.stats();
-        assert_eq!(s.traces, [1, 1, 0, 0, 1]);
+        assert_eq!(s.traces, [1, 1, 0, 0, 0, 1]);
         assert_eq!((s.spans_dropped, s.buffered), (2, 0));
         // Late spans follow their trace's decision.
         out.clear();
@@ -366,7 +443,7 @@ mod tests {
         t.push(span(9, 1, 1, false), 0, &mut out);
         t.flush(&mut out);
         assert_eq!(out.len(), 1);
-        assert_eq!(t.stats().traces, [0, 0, 0, 1, 0]);
+        assert_eq!(t.stats().traces, [0, 0, 0, 0, 1, 0]);
     }
 
     #[test]
@@ -443,5 +520,44 @@ mod tests {
             t.take_announcements().is_empty(),
             "remote keeps are not echoed"
         );
+    }
+
+    #[test]
+    fn per_route_ratios_apply_to_traces_touching_the_route() {
+        let rules: Vec<RouteRule> = ["/checkout*=1", "/checkout/cart=0.0", "/search=0"]
+            .iter()
+            .map(|r| RouteRule::parse(r).unwrap())
+            .collect();
+        let mut t = TailSampler::new(
+            TailPolicy {
+                routes: rules,
+                ..policy()
+            },
+            sampler_none(),
+        );
+        let mut out = Vec::new();
+        let with_path = |trace: u8, path: &str| {
+            let mut s = span(trace, 1, 1, false);
+            s.attributes
+                .push(("url.path", AttrValue::from(path.to_owned())));
+            s
+        };
+        t.push(with_path(1, "/checkout/cart"), 0, &mut out);
+        t.push(with_path(2, "/search"), 0, &mut out);
+        let mut client = span(3, 1, 1, false);
+        client.attributes.push((
+            "url.full",
+            AttrValue::from("http://shop:8080/checkout/pay?x=1".to_owned()),
+        ));
+        t.push(client, 0, &mut out);
+        t.push(with_path(4, "/other"), 0, &mut out);
+        t.flush(&mut out);
+        let kept: Vec<u8> = out.iter().map(|s| s.trace_id[0]).collect();
+        // The highest matching ratio wins; other traces follow the head sampler (none).
+        assert_eq!(kept, vec![1, 3]);
+        assert_eq!(t.stats().traces[Decision::Route as usize], 2);
+        for bad in ["/a", "/a=2", "a=1", "/a=x"] {
+            assert!(RouteRule::parse(bad).is_err(), "{bad}");
+        }
     }
 }
