@@ -298,3 +298,71 @@ async fn tail_sampling_at(ratio: f64) {
         metric("tracer_tail_traces_total{decision=\"dropped\"}"),
     );
 }
+
+/// A flood of traces nobody keeps (ratio 0, errors only, a wait longer than the test)
+/// against a buffer of 500 spans: the buffer never holds more, the oldest traces are decided early instead, none
+/// of them is exported, and the agent's memory stays flat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_buffer_stays_bounded_under_a_flood_of_unsampled_traces() {
+    const REQUESTS: usize = 3000;
+    const MAX_SPANS: u64 = 500;
+    let rx = programs::receiver().await.unwrap();
+    let server = programs::node_server().unwrap();
+    let agent = agent_exporting_to(
+        &rx,
+        &[
+            "--sample-ratio",
+            "0",
+            "--sample-errors",
+            "--tail-wait-ms",
+            "600000",
+            "--tail-max-spans",
+            &MAX_SPANS.to_string(),
+        ],
+    )
+    .await
+    .unwrap();
+    let rss_before = programs::rss_kib(agent.pid()).unwrap();
+    let (client, out) = programs::run_client(
+        programs::node_client(server.port, REQUESTS, 16, 0),
+        "node client",
+    )
+    .unwrap();
+    assert_eq!(
+        programs::reported(&out, "requests").unwrap(),
+        REQUESTS as u64
+    );
+    // Every exchange built (both ends), then look at the buffer.
+    let pids = [client, server.pid()];
+    let started = std::time::Instant::now();
+    while agent.metric("tracer_spans_created_total").await.unwrap() < 2 * REQUESTS as u64 {
+        assert!(
+            started.elapsed() < programs::WAIT,
+            "spans were not built in time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let buffered = agent.metric("tracer_tail_buffered_spans").await.unwrap();
+    let early = agent
+        .metric("tracer_tail_decided_early_total")
+        .await
+        .unwrap();
+    let rss_after = programs::rss_kib(agent.pid()).unwrap();
+    agent.stop().expect("agent stops cleanly");
+    let exported = programs::spans_of(&rx.spans(), &pids).len();
+    println!(
+        "buffered {buffered} of at most {MAX_SPANS}, {early} traces decided early, RSS {rss_before} -> {rss_after} KiB"
+    );
+    assert!(buffered <= MAX_SPANS, "{buffered} spans buffered");
+    // 3000 traces of two spans through 500 places: all but the last ~250 decided early.
+    assert!(
+        early >= (REQUESTS as u64) - MAX_SPANS,
+        "only {early} traces decided early"
+    );
+    assert_eq!(exported, 0, "nothing of an unsampled flood is exported");
+    assert!(
+        rss_after.saturating_sub(rss_before) < 16 * 1024,
+        "agent RSS grew from {rss_before} to {rss_after} KiB"
+    );
+}
