@@ -357,10 +357,8 @@ fn peer_ip(span: &SpanRecord) -> Option<IpAddr> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::spans::{Resource, SpanKind};
+    use crate::spans::SpanKind;
 
     const MS: u64 = 1_000_000;
 
@@ -372,14 +370,8 @@ mod tests {
         SpanRecord {
             trace_id,
             span_id: [n; 8],
-            parent_span_id: None,
-            trace_state: String::new(),
-            parent_sampled: None,
-            name: "GET".into(),
-            kind: SpanKind::Server,
             start_unix_nanos: 1_000 * MS,
             end_unix_nanos: 1_000 * MS + took_ms * MS,
-            attributes: Vec::new(),
             status: if error {
                 SpanStatus::Error {
                     description: "500".into(),
@@ -387,9 +379,7 @@ mod tests {
             } else {
                 SpanStatus::Unset
             },
-            resource: Arc::new(Resource {
-                attributes: Vec::new(),
-            }),
+            ..SpanRecord::for_test(SpanKind::Server, "GET")
         }
     }
 

@@ -2,11 +2,9 @@
 //! headers, event loops, orphans.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use super::*;
 use crate::spans::resource::Runtime;
-use crate::spans::{Resource, SpanStatus};
 
 const WINDOW: u64 = 1_000;
 
@@ -22,22 +20,7 @@ fn addr(s: &str) -> Option<SocketAddr> {
 }
 
 fn span(kind: SpanKind, name: &str) -> SpanRecord {
-    SpanRecord {
-        trace_id: [0; 16],
-        span_id: [0; 8],
-        parent_span_id: None,
-        trace_state: String::new(),
-        parent_sampled: None,
-        name: name.into(),
-        kind,
-        start_unix_nanos: 0,
-        end_unix_nanos: 0,
-        attributes: Vec::new(),
-        status: SpanStatus::Unset,
-        resource: Arc::new(Resource {
-            attributes: Vec::new(),
-        }),
-    }
+    SpanRecord::for_test(kind, name)
 }
 
 struct Req {

@@ -207,6 +207,29 @@ pub struct SpanRecord {
     pub resource: Arc<Resource>,
 }
 
+#[cfg(test)]
+impl SpanRecord {
+    /// A span with only its kind and name set, for tests to fill in the rest.
+    pub(crate) fn for_test(kind: SpanKind, name: &str) -> SpanRecord {
+        SpanRecord {
+            trace_id: [0; 16],
+            span_id: [0; 8],
+            parent_span_id: None,
+            trace_state: String::new(),
+            parent_sampled: None,
+            name: name.into(),
+            kind,
+            start_unix_nanos: 0,
+            end_unix_nanos: 0,
+            attributes: Vec::new(),
+            status: SpanStatus::Unset,
+            resource: Arc::new(Resource {
+                attributes: Vec::new(),
+            }),
+        }
+    }
+}
+
 impl SpanRecord {
     pub fn attr(&self, key: &str) -> Option<&AttrValue> {
         self.attributes

@@ -247,10 +247,7 @@ fn is_uuid(b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::spans::{Resource, SpanStatus};
 
     #[test]
     fn templates_replace_variable_segments() {
@@ -330,22 +327,7 @@ mod tests {
     }
 
     fn span(kind: SpanKind) -> SpanRecord {
-        SpanRecord {
-            trace_id: [0; 16],
-            span_id: [0; 8],
-            parent_span_id: None,
-            trace_state: String::new(),
-            parent_sampled: None,
-            name: "GET".into(),
-            kind,
-            start_unix_nanos: 0,
-            end_unix_nanos: 0,
-            attributes: Vec::new(),
-            status: SpanStatus::Unset,
-            resource: Arc::new(Resource {
-                attributes: Vec::new(),
-            }),
-        }
+        SpanRecord::for_test(kind, "GET")
     }
 
     #[test]
