@@ -281,10 +281,10 @@ async fn tail_sampling_at(ratio: f64) {
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
             .unwrap_or_else(|| panic!("{name} not in /metrics"))
     };
-    assert_eq!(
-        metric("tracer_tail_traces_total{decision=\"error\"}"),
-        FAILS as u64
-    );
+    // The agent traces the whole machine: the test's own readiness polls of the agent
+    // (503 until ready) are error traces too, so these count at least ours. The exact
+    // counts are the spans' above.
+    assert!(metric("tracer_tail_traces_total{decision=\"error\"}") >= FAILS as u64);
     assert!(metric("tracer_tail_traces_total{decision=\"slow\"}") >= SLOWS as u64);
     assert_eq!(
         metric("tracer_tail_traces_total{decision=\"route\"}"),
