@@ -8,6 +8,7 @@
 //! Callers on other nodes are told it is not sampled.
 
 use crate::http::RequestHead;
+use crate::spans::builder::split_target;
 
 /// Why a request was excluded, for `tracer_requests_excluded_total{rule}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,28 +124,13 @@ impl Exclusions {
         if self.paths.is_empty() {
             return None;
         }
-        let path = path_of(&head.target)?;
+        // Origin or absolute form; `*` and authority forms match no rule (rules start with `/`).
+        let path = split_target(&head.target).0;
         self.paths
             .iter()
             .any(|p| p.matches(path))
             .then_some(Rule::Path)
     }
-}
-
-/// The path of a request target: origin form (`/a/b?q`) or absolute form
-/// (`http://host/a/b?q`, as sent to proxies); `None` for `*` and authority forms.
-fn path_of(target: &str) -> Option<&str> {
-    let rest = if target.starts_with('/') {
-        target
-    } else {
-        let after_scheme = target.split_once("://")?.1;
-        match after_scheme.find('/') {
-            Some(i) => &after_scheme[i..],
-            None => "/",
-        }
-    };
-    let end = rest.find(['?', '#']).unwrap_or(rest.len());
-    Some(&rest[..end])
 }
 
 /// `*` matches any run of bytes, `?` one byte; everything else itself. Iterative with one

@@ -26,6 +26,7 @@ use std::net::IpAddr;
 
 use super::Sampler;
 use super::exclude::{ExcludeError, PathPattern};
+use crate::spans::builder::split_target;
 use crate::spans::{AttrValue, SpanRecord, SpanStatus, TraceId};
 
 /// Decisions remembered for late spans.
@@ -337,11 +338,7 @@ fn span_path(span: &SpanRecord) -> Option<&str> {
     match span.attr("url.path") {
         Some(AttrValue::Str(s)) => Some(s.as_str()),
         _ => match span.attr("url.full") {
-            Some(AttrValue::Str(full)) => {
-                let rest = full.as_str().split_once("://")?.1;
-                let path = &rest[rest.find('/')?..];
-                Some(path.split(['?', '#']).next().unwrap_or(path))
-            }
+            Some(AttrValue::Str(full)) => Some(split_target(full.as_str()).0),
             _ => None,
         },
     }
