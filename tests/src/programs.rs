@@ -210,7 +210,9 @@ s.listen(4096)
 print(s.getsockname()[1], flush=True)
 held = []
 while True:
-    held.append(s.accept()[0])
+    c = s.accept()[0]
+    c.send(b"H")
+    held.append(c)
 "#;
     let mut cmd = python();
     cmd.arg("-c").arg(script);

@@ -230,8 +230,9 @@ impl Drop for TestServer {
 }
 
 /// 10,000 idle connections from this process to a Python server that accepts and holds
-/// them (both ends traced: 20,000 entries in the agent's table), a normal request while
-/// they are open, then all closed: the table shrinks back.
+/// them, each end having moved one byte (both ends traced: 20,000 entries in the agent's
+/// table; with the socket hooks a connection reaches the agent at its first byte), a
+/// normal request while they are open, then all closed: the table shrinks back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_idle_connections() {
     const N: usize = 10_000;
@@ -241,14 +242,29 @@ async fn ten_thousand_idle_connections() {
     let before = s.agent.metric("tracer_connections_active").await.unwrap();
     let mut clients = Vec::with_capacity(N);
     for _ in 0..N {
-        clients.push(TcpStream::connect(("127.0.0.1", holder.port)).unwrap());
+        let mut c = TcpStream::connect(("127.0.0.1", holder.port)).unwrap();
+        c.write_all(b"G").unwrap();
+        clients.push(c);
     }
     // The agent has seen both ends of every connection: the server accepted them all.
     let active = wait_metric(&s.agent, "tracer_connections_active", before + 2 * N as u64).await;
     println!("{N} idle connections: {active} connections tracked");
     assert_ready(&s.agent).await;
     assert_traces_normal_request(&s, "/during-idle").await;
-    let rss = assert_rss(&s, "10,000 idle connections");
+    // Each end holds its one byte, waiting for the rest of a message: about 1.1 KiB of
+    // connection and stream state per end measured (on top of the start's RSS, which the
+    // absolute limit of the other cases leaves no room for here).
+    let rss = rss_kib(s.agent.pid()).unwrap();
+    let per_end = (rss.saturating_sub(s.baseline_rss)) as f64 / (2 * N) as f64;
+    println!(
+        "10,000 idle connections: agent RSS {rss} KiB (at start {} KiB): {per_end:.2} KiB per connection end",
+        s.baseline_rss
+    );
+    assert!(
+        per_end < 1.5,
+        "the agent grew {per_end:.2} KiB per idle connection end (RSS {rss} KiB, {} KiB at start)",
+        s.baseline_rss
+    );
     let metrics = s.agent.metrics().await.unwrap();
     assert_eq!(kernel_drops(&metrics), 0, "{metrics}");
     assert_eq!(

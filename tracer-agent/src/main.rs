@@ -60,6 +60,14 @@ struct Args {
     #[arg(long, env = "TRACER_RING_BUFFER_BYTES", default_value_t = 8 * 1024 * 1024)]
     ring_buffer_bytes: u32,
 
+    /// Which kernel hooks see the traffic: `socket` (socket and TCP tracepoints, Linux
+    /// 6.15+: programs run for TCP sends, receives and state changes only, none for the
+    /// node's other syscalls), `syscalls` (syscall tracepoints, every kernel: every read,
+    /// write and close on the node runs a program), or `auto` (socket where the kernel has
+    /// them).
+    #[arg(long, env = "TRACER_DATA_HOOKS", value_enum, default_value_t = loader::DataHooks::Auto)]
+    data_hooks: loader::DataHooks,
+
     /// Connections tracked at once in user space.
     #[arg(long, env = "TRACER_MAX_CONNECTIONS", default_value_t = 65536)]
     max_connections: usize,
@@ -405,6 +413,7 @@ async fn run(args: Args) -> Result<()> {
         capture_bytes: args.capture_bytes,
         ring_buffer_bytes: args.ring_buffer_bytes,
         offsets,
+        data_hooks: args.data_hooks,
     })?;
     // Go and CPython processes running already are followed before readiness: a request
     // made once /readyz answers is linked like any later one.
@@ -460,8 +469,9 @@ async fn run(args: Args) -> Result<()> {
     }
     // Logged before readiness turns on: whoever sees /readyz answer 200 finds the line.
     tracing::info!(
-        "tracing HTTP: {} programs attached, {} loaded for Go executables; health and metrics on http://{bound}",
+        "tracing HTTP: {} programs attached ({} data hooks), {} loaded for Go executables; health and metrics on http://{bound}",
         capture.attached,
+        capture.data_hooks,
         capture.go_programs
     );
     metrics.ready.store(true, Ordering::Relaxed);

@@ -61,6 +61,15 @@ static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(65536, 0
 /// which then traces that socket too (and the sniff drops it unless it speaks HTTP/1).
 #[map]
 static SOCK_ROLES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
+/// The `CONNS` key of each traced socket, by `struct sock` address: the socket programs
+/// end a connection when its socket closes, wherever that is seen.
+#[map]
+static SK_KEYS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+/// Sockets a listener completed the handshake of, by `struct sock` address, until the
+/// process that accepted one moves its first byte (socket programs only): the time the
+/// connection was established.
+#[map]
+static PENDING_ACCEPT: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 /// Processes that have had a traced connection: only their children are followed.
 #[map]
 static HAS_CONNS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
@@ -378,6 +387,9 @@ fn register_connection(pid_tgid: u64, fd: u32, role: Role, ts_enter: u64) {
         count_drop(DropReason::ConnTableFull);
         return;
     }
+    if sk != 0 {
+        let _ = SK_KEYS.insert(sk, key, 0);
+    }
     if FORK_CHILD_PID_OFFSET.load() != 0 && sk != 0 {
         let _ = SOCK_ROLES.insert(sk, role as u32, 0);
         let _ = HAS_CONNS.insert((pid_tgid >> 32) as u32, 1u8, 0);
@@ -677,6 +689,12 @@ fn on_data_exit(ctx: &TracePointContext, direction: Direction, args: Args) {
     if ret <= 0 {
         return;
     }
+    finish_data(pid_tgid, &inflight, ret as u64);
+}
+
+/// Reports the `moved` bytes of a finished data syscall on a traced connection.
+#[inline(always)]
+fn finish_data(pid_tgid: u64, inflight: &InflightIo, moved: u64) {
     let key = conn_key((pid_tgid >> 32) as u32, inflight.fd);
     let Some(state) = CONNS.get_ptr_mut(key) else {
         return;
@@ -686,7 +704,6 @@ fn on_data_exit(ctx: &TracePointContext, direction: Direction, args: Args) {
     if state.unannounced != 0 && !announce(pid_tgid, inflight.fd, state) {
         return;
     }
-    let moved = ret as u64;
     // The sequence number of the first byte moved: the counter at exit minus the bytes.
     let seq = if state.protocol == PROTO_OTHER {
         TcpSeqs::UNKNOWN
@@ -707,7 +724,7 @@ fn on_data_exit(ctx: &TracePointContext, direction: Direction, args: Args) {
     match inflight.kind {
         BUF_PLAIN => emit_data(
             pid_tgid,
-            &inflight,
+            inflight,
             inflight.buf,
             moved,
             moved,
@@ -715,8 +732,352 @@ fn on_data_exit(ctx: &TracePointContext, direction: Direction, args: Args) {
             goid,
             seq,
         ),
-        BUF_NONE => emit_data(pid_tgid, &inflight, 0, moved, 0, state, goid, seq),
-        _ => emit_iovecs(pid_tgid, &inflight, moved, state, goid, seq),
+        BUF_NONE => emit_data(pid_tgid, inflight, 0, moved, 0, state, goid, seq),
+        _ => emit_iovecs(pid_tgid, inflight, moved, state, goid, seq),
+    }
+}
+
+// ---- data, from the socket tracepoints (6.15+) ---------------------------------------------
+//
+// `sock:sock_send_length` and `sock:sock_recv_length` fire once per socket send or receive,
+// after the bytes have moved, and never for pipes or files: the node's other reads and
+// writes run no program at all. The syscall and its arguments (descriptor, buffer or
+// iovecs, msghdr) are read from the user registers saved at syscall entry, the bytes from
+// the user buffer as at a syscall exit. A send's start is stamped by
+// `tcp:tcp_sendmsg_locked`, which fires before its first byte is queued.
+
+/// Offsets in the `sock_send_length` / `sock_recv_length` records (checked by the loader):
+/// `sk` at 8, then `family` (u16), `protocol` (u16) and `ret` (i32) in one 8-byte slot, then
+/// `flags`.
+const SOCK_LEN_SK: usize = 8;
+const SOCK_LEN_WORD: usize = 16;
+const SOCK_LEN_FLAGS: usize = 24;
+const MSG_PEEK: u64 = 2;
+const PT_REGS_ORIG_AX: u64 = 120;
+const _: () = assert!(PT_REGS_DX + 24 == PT_REGS_ORIG_AX && PT_REGS_DI + 8 == PT_REGS_ORIG_AX);
+
+// x86-64 syscall numbers of the data syscalls.
+const NR_READ: u64 = 0;
+const NR_WRITE: u64 = 1;
+const NR_READV: u64 = 19;
+const NR_WRITEV: u64 = 20;
+const NR_SENDFILE: u64 = 40;
+const NR_SENDTO: u64 = 44;
+const NR_RECVFROM: u64 = 45;
+const NR_SENDMSG: u64 = 46;
+const NR_RECVMSG: u64 = 47;
+
+/// When the TCP send in progress on this CPU started, and by which thread. Per CPU rather
+/// than per thread: no map insert or removal per send. A thread that moved to another CPU
+/// mid-send, or was preempted by another sender, finds someone else's stamp and falls back
+/// to the end of its send.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct SendStart {
+    pid_tgid: u64,
+    ts: u64,
+    /// Bytes left to send when it started: a send cannot report more.
+    left: u64,
+}
+
+#[map]
+static SEND_START: PerCpuArray<SendStart> = PerCpuArray::with_max_entries(1, 0);
+
+/// `msg_left` in the `tcp_sendmsg_locked` record.
+const SENDMSG_LOCKED_LEFT: usize = 16;
+
+#[tracepoint]
+pub fn tcp_sendmsg_locked(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(start) = SEND_START.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+    let start = unsafe { &mut *start };
+    // Fires once per segment of a send: the first one stamps it.
+    if start.pid_tgid != pid_tgid {
+        start.pid_tgid = pid_tgid;
+        // SAFETY: helper without preconditions.
+        start.ts = unsafe { bpf_ktime_get_ns() };
+        // skb_len (i32) then msg_left (i32) in one aligned slot.
+        start.left = slot(&ctx, SENDMSG_LOCKED_LEFT) >> 32;
+    }
+    0
+}
+
+/// The start of this thread's send of `moved` bytes that just ended, if this CPU stamped
+/// it; the stamp is used up either way.
+#[inline(always)]
+fn take_send_start(pid_tgid: u64, moved: u64) -> Option<u64> {
+    let start = SEND_START.get_ptr_mut(0)?;
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+    let start = unsafe { &mut *start };
+    if start.pid_tgid != pid_tgid {
+        return None;
+    }
+    start.pid_tgid = 0;
+    (start.left >= moved).then_some(start.ts)
+}
+
+#[tracepoint]
+pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
+    on_socket_io(&ctx, Direction::Ingress);
+    0
+}
+
+#[tracepoint]
+pub fn sock_send_length(ctx: TracePointContext) -> u32 {
+    on_socket_io(&ctx, Direction::Egress);
+    0
+}
+
+#[inline(always)]
+fn on_socket_io(ctx: &TracePointContext, direction: Direction) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let word = slot(ctx, SOCK_LEN_WORD);
+    let family = word as u16;
+    let protocol = (word >> 16) as u16;
+    let ret = (word >> 32) as u32 as i32;
+    let send_start = if direction == Direction::Egress {
+        take_send_start(pid_tgid, ret.max(0) as u64)
+    } else {
+        None
+    };
+    if ret <= 0 || protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
+        return;
+    }
+    // A 4-byte load: the record ends with `flags`, and the kernel refuses to attach a
+    // program that reads past a record's end.
+    // SAFETY: `flags` is a 4-byte-aligned field inside the record.
+    let flags = unsafe { *(ctx.as_ptr().add(SOCK_LEN_FLAGS) as *const u32) };
+    if direction == Direction::Ingress && flags as u64 & MSG_PEEK != 0 {
+        return;
+    }
+    // Kernel threads and io_uring workers have no syscall of theirs to read.
+    let Some(regs) = user_regs() else {
+        return;
+    };
+    // dx, si, di and orig_ax are consecutive: one read.
+    // SAFETY: bpf_probe_read_kernel tolerates bad addresses.
+    let Ok([dx, si, di, nr]) =
+        (unsafe { bpf_probe_read_kernel((regs + PT_REGS_DX) as *const [u64; 4]) })
+    else {
+        return;
+    };
+    let args = match (direction, nr) {
+        (Direction::Ingress, NR_READ | NR_RECVFROM) => Args::Buffer,
+        (Direction::Ingress, NR_READV) => Args::Iovec,
+        (Direction::Ingress, NR_RECVMSG) => Args::Msghdr,
+        (Direction::Egress, NR_WRITE | NR_SENDTO) => Args::Buffer,
+        (Direction::Egress, NR_WRITEV) => Args::Iovec,
+        (Direction::Egress, NR_SENDMSG) => Args::Msghdr,
+        (Direction::Egress, NR_SENDFILE) => Args::CountOnly,
+        // splice, io_uring, recvmmsg/sendmmsg: not traced (nor by the syscall programs).
+        _ => return,
+    };
+    let fd = di as u32;
+    let sk = slot(ctx, SOCK_LEN_SK);
+    let key = conn_key((pid_tgid >> 32) as u32, fd);
+    // SAFETY: copied out at once.
+    let mut known = unsafe { CONNS.get(key) }.copied();
+    if let Some(state) = known
+        && state.sk != 0
+        && state.sk != sk
+    {
+        // Closed unseen (a close that did not end the socket, shared with another
+        // process) and the descriptor now names another socket.
+        end_connection(key, &state);
+        known = None;
+    }
+    let state = match known {
+        Some(state) => state,
+        None if register_on_first_data(pid_tgid, fd, sk) => {
+            // SAFETY: copied out at once.
+            match unsafe { CONNS.get(key) }.copied() {
+                Some(state) => state,
+                None => return,
+            }
+        }
+        None => return,
+    };
+    if state.protocol == PROTO_OTHER {
+        return;
+    }
+    if state.sk == 0 {
+        // Registered by the agent (adopted at its start): now its socket is known.
+        if let Some(s) = CONNS.get_ptr_mut(key) {
+            // SAFETY: the LRU map value stays valid for the duration of the program.
+            unsafe { (*s).sk = sk };
+            let _ = SK_KEYS.insert(sk, key, 0);
+        }
+    }
+    if adopting((pid_tgid >> 32) as u32) {
+        let _ = ADOPTED_PENDING.remove(key);
+    }
+    let Some(mut inflight) = inflight_of(fd, si, dx, direction, args) else {
+        return;
+    };
+    inflight.ts_enter = send_start.unwrap_or(0);
+    finish_data(pid_tgid, &inflight, ret as u64);
+}
+
+/// The first byte on a descriptor the socket programs do not know: a connection accepted
+/// by this (traced) process, or one it inherited. Returns whether it is now traced.
+#[inline(always)]
+fn register_on_first_data(pid_tgid: u64, fd: u32, sk: u64) -> bool {
+    // SAFETY: copied out at once.
+    if let Some(established) = unsafe { PENDING_ACCEPT.get(sk) }.copied() {
+        let _ = PENDING_ACCEPT.remove(sk);
+        if is_traced((pid_tgid >> 32) as u32) {
+            register_connection(pid_tgid, fd, Role::Server, established);
+            return true;
+        }
+        return false;
+    }
+    adopt_inherited(pid_tgid, fd)
+}
+
+/// Forgets connection `key` and tells user space it closed (if it was told of it).
+#[inline(always)]
+fn end_connection(key: u64, state: &ConnState) {
+    let _ = CONNS.remove(key);
+    if state.sk != 0 {
+        let _ = SK_KEYS.remove(state.sk);
+    }
+    if state.unannounced != 0 {
+        return;
+    }
+    // The connection's process and descriptor, not the current task's: a socket may be
+    // closed in a softirq (a reset) or by another process.
+    let tgid = key >> 32;
+    let event = header(
+        EventKind::Close,
+        (tgid << 32) | tgid,
+        key as u32,
+        state.conn_id,
+        0,
+    );
+    let event = EventHeader {
+        ts_enter_ns: event.ts_exit_ns,
+        ..event
+    };
+    if EVENTS
+        .output::<EventHeader>(&event, wakeup_flags())
+        .is_err()
+    {
+        count_drop(DropReason::RingBufferFull);
+    }
+}
+
+/// Ends the connection of socket `sk`, if it is traced.
+#[inline(always)]
+fn end_socket(sk: u64) {
+    // SAFETY: copied out at once.
+    let Some(key) = unsafe { SK_KEYS.get(sk) }.copied() else {
+        return;
+    };
+    // SAFETY: copied out at once.
+    match unsafe { CONNS.get(key) }.copied() {
+        Some(state) if state.sk == sk => end_connection(key, &state),
+        _ => {
+            let _ = SK_KEYS.remove(sk);
+        }
+    }
+}
+
+const TCP_ESTABLISHED: u32 = 1;
+const TCP_SYN_SENT: u32 = 2;
+const TCP_SYN_RECV: u32 = 3;
+const TCP_FIN_WAIT1: u32 = 4;
+const TCP_CLOSE: u32 = 7;
+const TCP_CLOSE_WAIT: u32 = 8;
+const TCP_LAST_ACK: u32 = 9;
+const NR_CONNECT: u64 = 42;
+const NR_SHUTDOWN: u64 = 48;
+
+/// The current syscall's number and first argument, from the saved user registers.
+#[inline(always)]
+fn syscall_nr_and_arg0() -> Option<(u64, u64)> {
+    let regs = user_regs()?;
+    // SAFETY: bpf_probe_read_kernel tolerates bad addresses.
+    let [di, nr] = unsafe { bpf_probe_read_kernel((regs + PT_REGS_DI) as *const [u64; 2]) }.ok()?;
+    Some((nr, di))
+}
+
+/// Connection lifecycle for the socket programs, from TCP state changes: a connect starts
+/// (in the connecting syscall, whose first argument is the descriptor), a listener's
+/// handshake completes (in a softirq: the accepting process is known at its first byte),
+/// a socket is closed by its process or ends.
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let sk = slot(&ctx, 8);
+    let states = slot(&ctx, 16);
+    let (old, new) = (states as u32, (states >> 32) as u32);
+    // sport, dport, family, protocol.
+    let word = slot(&ctx, 24);
+    let (family, protocol) = ((word >> 32) as u16, (word >> 48) as u16);
+    if protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
+        return 0;
+    }
+    match (old, new) {
+        (TCP_SYN_RECV, TCP_ESTABLISHED) => {
+            // SAFETY: helper without preconditions.
+            let _ = PENDING_ACCEPT.insert(sk, unsafe { bpf_ktime_get_ns() }, 0);
+        }
+        (_, TCP_SYN_SENT) => on_connect(sk),
+        (_, TCP_CLOSE) => {
+            let _ = PENDING_ACCEPT.remove(sk);
+            end_socket(sk);
+        }
+        // Closed by its process (a shutdown keeps the descriptor and its reads).
+        (TCP_ESTABLISHED, TCP_FIN_WAIT1) | (TCP_CLOSE_WAIT, TCP_LAST_ACK)
+            if syscall_nr_and_arg0().is_none_or(|(nr, _)| nr != NR_SHUTDOWN) =>
+        {
+            end_socket(sk);
+        }
+        _ => {}
+    }
+    0
+}
+
+/// A traced process starts a connect (or a fast-open send): the connection is registered
+/// now and announced at its first byte, once the kernel has chosen its local port.
+#[inline(always)]
+fn on_connect(sk: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_traced((pid_tgid >> 32) as u32) {
+        return;
+    }
+    let Some((nr, fd)) = syscall_nr_and_arg0() else {
+        return;
+    };
+    if nr != NR_CONNECT && nr != NR_SENDTO && nr != NR_SENDMSG {
+        return;
+    }
+    let fd = fd as u32;
+    let key = conn_key((pid_tgid >> 32) as u32, fd);
+    // SAFETY: copied out at once.
+    if let Some(stale) = unsafe { CONNS.get(key) }.copied() {
+        end_connection(key, &stale);
+    }
+    let state = ConnState {
+        conn_id: next_conn_id(),
+        role: Role::Client as u32,
+        protocol: PROTO_UNKNOWN,
+        lost_ingress: 0,
+        lost_egress: 0,
+        sk,
+        unannounced: 1,
+        sniff_budget: 0,
+    };
+    if CONNS.insert(key, state, 0).is_err() {
+        count_drop(DropReason::ConnTableFull);
+        return;
+    }
+    let _ = SK_KEYS.insert(sk, key, 0);
+    if FORK_CHILD_PID_OFFSET.load() != 0 {
+        let _ = SOCK_ROLES.insert(sk, Role::Client as u32, 0);
+        let _ = HAS_CONNS.insert((pid_tgid >> 32) as u32, 1u8, 0);
     }
 }
 
@@ -930,6 +1291,10 @@ fn emit_data(
         tcp_seq: seq.first,
         opposite_seq: seq.opposite,
     };
+    // The socket tracepoints know no start for receives (nor for a send stamped elsewhere).
+    if event.header.header.ts_enter_ns == 0 {
+        event.header.header.ts_enter_ns = event.header.header.ts_exit_ns;
+    }
     let total = size_of::<DataEventHeader>() + len;
     // SAFETY: `event` is a DataEvent, at least `total` bytes long.
     let bytes = unsafe {

@@ -23,13 +23,19 @@ use crate::spans::runtime::{self, GoVersion};
 /// The compiled eBPF object, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
-/// Programs and the `syscalls` tracepoint each attaches to (program name = tracepoint name).
-const SYSCALL_TRACEPOINTS: &[&str] = &[
+/// Connection lifecycle programs of the syscall hooks and the `syscalls` tracepoint each
+/// attaches to (program name = tracepoint name).
+const LIFECYCLE_TRACEPOINTS: &[&str] = &[
     "sys_exit_accept4",
     "sys_exit_accept",
     "sys_enter_connect",
     "sys_exit_connect",
     "sys_enter_close",
+];
+
+/// Data programs on the read/write family's `syscalls` tracepoints: they run for every
+/// read and write on the node, of a socket or not.
+const DATA_SYSCALL_TRACEPOINTS: &[&str] = &[
     "sys_enter_read",
     "sys_exit_read",
     "sys_enter_recvfrom",
@@ -50,11 +56,44 @@ const SYSCALL_TRACEPOINTS: &[&str] = &[
     "sys_exit_sendfile64",
 ];
 
+/// The socket programs (category, tracepoint = program name): data and lifecycle from
+/// socket and TCP tracepoints only, so no syscall tracepoint is enabled and the node's
+/// other syscalls run no program (nor the kernel's syscall tracing path).
+const SOCKET_TRACEPOINTS: &[(&str, &str)] = &[
+    ("sock", "sock_send_length"),
+    ("sock", "sock_recv_length"),
+    ("tcp", "tcp_sendmsg_locked"),
+    ("sock", "inet_sock_set_state"),
+];
+
+/// Which hooks see the data (`--data-hooks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DataHooks {
+    /// Socket tracepoints where the kernel has them, else syscall tracepoints.
+    Auto,
+    /// Socket and TCP tracepoints (`sock_send_length`, `sock_recv_length`,
+    /// `tcp_sendmsg_locked`, `inet_sock_set_state`): Linux 6.15+.
+    Socket,
+    /// The read/write family's syscall tracepoints: every kernel.
+    Syscalls,
+}
+
+impl std::fmt::Display for DataHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DataHooks::Auto => "auto",
+            DataHooks::Socket => "socket",
+            DataHooks::Syscalls => "syscalls",
+        })
+    }
+}
+
 pub struct CaptureConfig {
     pub pids: Vec<u32>,
     pub capture_bytes: u32,
     pub ring_buffer_bytes: u32,
     pub offsets: KernelOffsets,
+    pub data_hooks: DataHooks,
 }
 
 pub struct Capture {
@@ -64,6 +103,8 @@ pub struct Capture {
     drops: PerCpuArray<MapData, u64>,
     not_http: PerCpuArray<MapData, u64>,
     pub attached: usize,
+    /// The data hooks in use: `Socket` or `Syscalls`.
+    pub data_hooks: DataHooks,
     /// Uprobe programs loaded for Go executables (attached per executable as they are found).
     pub go_programs: usize,
     /// Go executables (device, inode) whose uprobes are attached, and the functions found.
@@ -152,9 +193,29 @@ impl Capture {
             }
         }
 
+        let data_hooks = match (cfg.data_hooks, socket_hooks_unavailable(&cfg.offsets)) {
+            (DataHooks::Syscalls, _) => DataHooks::Syscalls,
+            (DataHooks::Auto, Some(why)) => {
+                tracing::info!(
+                    "data hooks: the syscall tracepoints (every read and write on the node runs a program): the socket tracepoints cannot be used: {why}"
+                );
+                DataHooks::Syscalls
+            }
+            (DataHooks::Socket | DataHooks::Auto, None) => DataHooks::Socket,
+            (DataHooks::Socket, Some(why)) => bail!(
+                "--data-hooks socket: {why}; use --data-hooks syscalls (or auto) on this kernel"
+            ),
+        };
         let mut attached = 0;
-        for program in SYSCALL_TRACEPOINTS {
-            let category = "syscalls";
+        let programs: Vec<(&str, &str)> = match data_hooks {
+            DataHooks::Socket => SOCKET_TRACEPOINTS.to_vec(),
+            _ => LIFECYCLE_TRACEPOINTS
+                .iter()
+                .chain(DATA_SYSCALL_TRACEPOINTS)
+                .map(|p| ("syscalls", *p))
+                .collect(),
+        };
+        for (category, program) in programs {
             let tp: &mut TracePoint = ebpf
                 .program_mut(program)
                 .with_context(|| format!("program {program} missing from the eBPF object"))?
@@ -222,6 +283,7 @@ impl Capture {
             drops,
             not_http,
             attached,
+            data_hooks,
             go_programs,
             go_binaries: Default::default(),
             go_followed: Default::default(),
@@ -637,15 +699,69 @@ fn offsets_missing_stack(offsets: &KernelOffsets) -> bool {
 
 /// Offset of `child_pid` in the `sched_process_fork` record, from its tracefs format. The
 /// eBPF side knows the two layouts kernels have had (20 and 44); anything else is refused.
-fn fork_child_pid_offset() -> Result<u32> {
-    let paths = [
-        "/sys/kernel/tracing/events/sched/sched_process_fork/format",
-        "/sys/kernel/debug/tracing/events/sched/sched_process_fork/format",
-    ];
-    let format = paths
+/// The record format of tracepoint `category/name`, from tracefs.
+fn tracepoint_format(category: &str, name: &str) -> Result<String> {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
         .iter()
-        .find_map(|p| std::fs::read_to_string(p).ok())
-        .context("the sched_process_fork tracepoint format is not readable")?;
+        .find_map(|root| {
+            std::fs::read_to_string(format!("{root}/events/{category}/{name}/format")).ok()
+        })
+        .with_context(|| {
+            format!("the {category}/{name} tracepoint is missing (or tracefs is not mounted)")
+        })
+}
+
+/// Why the socket data hooks cannot run here, if so: the tracepoints (6.15+ for
+/// `tcp_sendmsg_locked`) with the record layouts the programs read, and the task's kernel
+/// stack, where the syscall's registers are.
+fn socket_hooks_unavailable(offsets: &KernelOffsets) -> Option<String> {
+    if offsets_missing_stack(offsets) {
+        return Some("task_struct.stack is not in the kernel's BTF".into());
+    }
+    let expected: &[(&str, &str, Layout)] = &[
+        ("sock", "sock_send_length", SOCK_LENGTH_LAYOUT),
+        ("sock", "sock_recv_length", SOCK_LENGTH_LAYOUT),
+        ("tcp", "tcp_sendmsg_locked", &[("msg_left", 20)]),
+        (
+            "sock",
+            "inet_sock_set_state",
+            &[
+                ("skaddr", 8),
+                ("oldstate", 16),
+                ("newstate", 20),
+                ("family", 28),
+                ("protocol", 30),
+            ],
+        ),
+    ];
+    for (category, name, fields) in expected {
+        let format = match tracepoint_format(category, name) {
+            Ok(f) => f,
+            Err(e) => return Some(format!("{e:#}")),
+        };
+        if let Some(why) = layout_mismatch(&format, fields) {
+            return Some(format!("the {category}/{name} record {why}"));
+        }
+    }
+    None
+}
+
+/// Which of `fields` (name, offset) a tracepoint format does not have where expected.
+fn layout_mismatch(format: &str, fields: &[(&str, u32)]) -> Option<String> {
+    fields.iter().find_map(|(field, offset)| {
+        (parse_field_offset(format, field) != Some(*offset))
+            .then(|| format!("has no {field} at offset {offset}"))
+    })
+}
+
+/// Fields of a tracepoint record a program reads: (name, offset).
+type Layout = &'static [(&'static str, u32)];
+
+/// Where the socket programs read the `sock_*_length` records.
+const SOCK_LENGTH_LAYOUT: Layout = &[("family", 16), ("protocol", 18), ("ret", 20), ("flags", 24)];
+
+fn fork_child_pid_offset() -> Result<u32> {
+    let format = tracepoint_format("sched", "sched_process_fork")?;
     let offset = parse_field_offset(&format, "child_pid")
         .context("no child_pid field in the sched_process_fork format")?;
     if offset != 20 && offset != 44 {
@@ -685,7 +801,7 @@ fn verifier_error(program: &str, err: ProgramError) -> anyhow::Error {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_field_offset;
+    use super::{SOCK_LENGTH_LAYOUT, layout_mismatch, parse_field_offset};
 
     #[test]
     fn finds_child_pid_in_both_fork_layouts() {
@@ -694,5 +810,23 @@ mod tests {
         assert_eq!(parse_field_offset(new, "child_pid"), Some(20));
         assert_eq!(parse_field_offset(old, "child_pid"), Some(44));
         assert_eq!(parse_field_offset(old, "parent_pid"), None);
+    }
+
+    /// `sock_recv_length` as Linux 6.3+ prints it, and a layout the programs cannot read.
+    #[test]
+    fn socket_tracepoint_layouts_are_checked() {
+        let format = "\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+            \tfield:void * sk;\toffset:8;\tsize:8;\tsigned:0;\n\
+            \tfield:__u16 family;\toffset:16;\tsize:2;\tsigned:0;\n\
+            \tfield:__u16 protocol;\toffset:18;\tsize:2;\tsigned:0;\n\
+            \tfield:int ret;\toffset:20;\tsize:4;\tsigned:1;\n\
+            \tfield:int flags;\toffset:24;\tsize:4;\tsigned:1;\n";
+        assert_eq!(layout_mismatch(format, SOCK_LENGTH_LAYOUT), None);
+        let moved = format.replace("ret;\toffset:20", "ret;\toffset:24");
+        assert_eq!(
+            layout_mismatch(&moved, SOCK_LENGTH_LAYOUT).as_deref(),
+            Some("has no ret at offset 20")
+        );
+        assert!(layout_mismatch("", SOCK_LENGTH_LAYOUT).is_some());
     }
 }

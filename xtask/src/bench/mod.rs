@@ -72,6 +72,7 @@ enum Config {
     OtelSdk,
     AgentGoUnfollowed,
     AgentPythonUnfollowed,
+    AgentSyscallHooks,
 }
 
 impl Config {
@@ -84,6 +85,9 @@ impl Config {
             Config::OtelSdk => "OpenTelemetry Python SDK (Flask + requests)",
             Config::AgentGoUnfollowed => "tracer-agent, goroutines not followed",
             Config::AgentPythonUnfollowed => "tracer-agent, asyncio tasks not followed",
+            Config::AgentSyscallHooks => {
+                "tracer-agent, syscall tracepoints (`--data-hooks syscalls`)"
+            }
         }
     }
     fn agent_args(self) -> Option<&'static [&'static str]> {
@@ -92,6 +96,7 @@ impl Config {
             Config::AgentSampled => Some(&["--sample-ratio", "0.1"]),
             Config::AgentGoUnfollowed => Some(&["--follow-go", "false"]),
             Config::AgentPythonUnfollowed => Some(&["--follow-python", "false"]),
+            Config::AgentSyscallHooks => Some(&["--data-hooks", "syscalls"]),
             _ => None,
         }
     }
@@ -566,6 +571,7 @@ fn fast_server(tools: &Tools, plan: &Plan, work: &Path, sink: &SinkAddrs) -> Res
     let configs = [
         Config::Untraced,
         Config::Agent,
+        Config::AgentSyscallHooks,
         Config::AgentSampled,
         Config::ProxyHop,
     ];

@@ -34,13 +34,46 @@ fn pipe_run(blocks: u64) -> Result<Duration> {
     Ok(took)
 }
 
-struct TaxRound {
-    untraced: Duration,
-    traced: Duration,
+/// The agent configurations measured against no agent: its defaults (socket tracepoints
+/// where the kernel has them) and the syscall tracepoints every kernel has.
+const CONFIGS: &[(&str, &[&str])] = &[
+    ("tracer-agent loaded (defaults)", &[]),
+    (
+        "tracer-agent loaded, `--data-hooks syscalls`",
+        &["--data-hooks", "syscalls"],
+    ),
+];
+
+/// One agent configuration's run in one round.
+struct Loaded {
+    took: Duration,
     /// eBPF run time per syscall of the workload, from a separate pass with
     /// `bpf_stats_enabled` (whose clock reads would otherwise inflate the timed run).
     bpf_ns_per_syscall: f64,
     bpf_runs_per_syscall: f64,
+}
+
+fn loaded_run(
+    tools: &Tools,
+    args: &[&str],
+    blocks: u64,
+    sink: &SinkAddrs,
+    log: &Path,
+) -> Result<Loaded> {
+    let agent = start_agent(tools, args, sink, log)?;
+    let took = pipe_run(blocks)?;
+    let _stats = procs::BpfStatsEnabled::enable()?;
+    let before = procs::bpf_run_stats(agent.pid());
+    let n = (blocks / 4).max(1);
+    pipe_run(n)?;
+    let ran = procs::bpf_run_stats(agent.pid()).since(before);
+    agent.stop()?;
+    let syscalls = (n * SYSCALLS_PER_BLOCK) as f64;
+    Ok(Loaded {
+        took,
+        bpf_ns_per_syscall: ran.run_time_ns as f64 / syscalls,
+        bpf_runs_per_syscall: ran.run_count as f64 / syscalls,
+    })
 }
 
 pub fn syscall_tax(tools: &Tools, plan: &Plan, work: &Path, sink: &SinkAddrs) -> Result<String> {
@@ -52,84 +85,73 @@ pub fn syscall_tax(tools: &Tools, plan: &Plan, work: &Path, sink: &SinkAddrs) ->
         "    {probe} blocks in {took:?}: {blocks} blocks per run ({} syscalls)",
         blocks * SYSCALLS_PER_BLOCK
     );
-    let mut rounds = Vec::new();
+    // Per round: the untraced run, then each configuration's run and its ratio to it.
+    let mut untraced_runs = Vec::new();
+    let mut loaded_runs: Vec<Vec<(Loaded, f64)>> = CONFIGS.iter().map(|_| Vec::new()).collect();
     for r in 0..plan.rounds {
         eprintln!("==> syscall tax: round {}/{}", r + 1, plan.rounds);
-        // The order alternates so neither configuration always runs first.
-        let agent_first = r % 2 == 1;
+        // The order rotates so no configuration always runs first.
+        let slots = CONFIGS.len() + 1;
         let mut untraced = None;
-        if !agent_first {
-            untraced = Some(pipe_run(blocks)?);
+        let mut loaded: Vec<Option<Loaded>> = CONFIGS.iter().map(|_| None).collect();
+        for k in 0..slots {
+            match (k + r as usize) % slots {
+                0 => untraced = Some(pipe_run(blocks)?),
+                c => {
+                    let log = work.join(format!("agent-tax-{r}-{c}.log"));
+                    loaded[c - 1] = Some(loaded_run(tools, CONFIGS[c - 1].1, blocks, sink, &log)?);
+                }
+            }
         }
-        let log = work.join(format!("agent-tax-{r}.log"));
-        let agent = start_agent(tools, &[], sink, &log)?;
-        let traced = pipe_run(blocks)?;
-        let (bpf_ns_per_syscall, bpf_runs_per_syscall) = {
-            let _stats = procs::BpfStatsEnabled::enable()?;
-            let before = procs::bpf_run_stats(agent.pid());
-            let n = (blocks / 4).max(1);
-            pipe_run(n)?;
-            let ran = procs::bpf_run_stats(agent.pid()).since(before);
-            let syscalls = (n * SYSCALLS_PER_BLOCK) as f64;
-            (
-                ran.run_time_ns as f64 / syscalls,
-                ran.run_count as f64 / syscalls,
-            )
-        };
-        agent.stop()?;
-        let untraced = match untraced {
-            Some(u) => u,
-            None => pipe_run(blocks)?,
-        };
-        eprintln!(
-            "    untraced {untraced:?}, agent loaded {traced:?}: tax {:.0}%; {bpf_ns_per_syscall:.0} ns of eBPF per syscall",
-            (traced.as_secs_f64() / untraced.as_secs_f64() - 1.0) * 100.0
-        );
-        rounds.push(TaxRound {
-            untraced,
-            traced,
-            bpf_ns_per_syscall,
-            bpf_runs_per_syscall,
-        });
+        let untraced = untraced.context("untraced run missing")?;
+        for (c, run) in loaded.into_iter().enumerate() {
+            let run = run.context("loaded run missing")?;
+            let tax = (run.took.as_secs_f64() / untraced.as_secs_f64() - 1.0) * 100.0;
+            eprintln!(
+                "    {}: untraced {untraced:?}, loaded {:?}: tax {tax:.0}%; {:.0} ns of eBPF per syscall",
+                CONFIGS[c].0, run.took, run.bpf_ns_per_syscall
+            );
+            loaded_runs[c].push((run, tax));
+        }
+        untraced_runs.push(untraced);
     }
     let syscalls = (blocks * SYSCALLS_PER_BLOCK) as f64;
     let ns_per = |d: Duration| d.as_nanos() as f64 / syscalls;
-    let untraced: Vec<f64> = rounds.iter().map(|r| ns_per(r.untraced)).collect();
-    let traced: Vec<f64> = rounds.iter().map(|r| ns_per(r.traced)).collect();
-    let tax: Vec<f64> = rounds
-        .iter()
-        .map(|r| (r.traced.as_secs_f64() / r.untraced.as_secs_f64() - 1.0) * 100.0)
-        .collect();
-    let added: Vec<f64> = rounds
-        .iter()
-        .map(|r| ns_per(r.traced) - ns_per(r.untraced))
-        .collect();
-    let bpf: Vec<f64> = rounds.iter().map(|r| r.bpf_ns_per_syscall).collect();
-    let runs: Vec<f64> = rounds.iter().map(|r| r.bpf_runs_per_syscall).collect();
-    let rows = vec![
-        vec![
-            "no agent".to_owned(),
-            cell(summarize(&untraced), 0),
-            "0".to_owned(),
-            "–".to_owned(),
-            "–".to_owned(),
-            "–".to_owned(),
-        ],
-        vec![
-            "tracer-agent loaded (defaults)".to_owned(),
-            cell(summarize(&traced), 0),
+    let untraced: Vec<f64> = untraced_runs.iter().map(|d| ns_per(*d)).collect();
+    let mut rows = vec![vec![
+        "no agent".to_owned(),
+        cell(summarize(&untraced), 0),
+        "0".to_owned(),
+        "–".to_owned(),
+        "–".to_owned(),
+        "–".to_owned(),
+    ]];
+    for (c, runs) in loaded_runs.iter().enumerate() {
+        let took: Vec<f64> = runs.iter().map(|(l, _)| ns_per(l.took)).collect();
+        let tax: Vec<f64> = runs.iter().map(|(_, t)| *t).collect();
+        let added: Vec<f64> = runs
+            .iter()
+            .zip(&untraced)
+            .map(|((l, _), u)| ns_per(l.took) - u)
+            .collect();
+        let bpf: Vec<f64> = runs.iter().map(|(l, _)| l.bpf_ns_per_syscall).collect();
+        let count: Vec<f64> = runs.iter().map(|(l, _)| l.bpf_runs_per_syscall).collect();
+        rows.push(vec![
+            CONFIGS[c].0.to_owned(),
+            cell(summarize(&took), 0),
             cell(summarize(&tax), 1),
             cell(summarize(&added), 0),
             cell(summarize(&bpf), 0),
-            cell(summarize(&runs), 2),
-        ],
-    ];
+            cell(summarize(&count), 2),
+        ]);
+    }
     Ok(format!(
         "## Tax on an untraced workload: small pipe reads and writes\n\n\
          `dd if=/dev/zero bs={BLOCK} count={blocks} | dd of=/dev/null bs={BLOCK}`: {} syscalls \
          per run, none on a socket, nothing traced. Wall time per syscall with no agent and \
-         with the agent loaded at its defaults (tracing the whole machine); the eBPF figures \
-         come from a separate quarter-length pass with `kernel.bpf_stats_enabled=1`.\n\n{}",
+         with the agent loaded (tracing the whole machine), at its defaults and with the \
+         syscall tracepoints every kernel has; the eBPF figures come from a separate \
+         quarter-length pass with `kernel.bpf_stats_enabled=1`.\n\n{}",
         blocks * SYSCALLS_PER_BLOCK,
         table(
             &[
