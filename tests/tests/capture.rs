@@ -158,11 +158,22 @@ async fn curl_and_python_over_otlp_http_protobuf() {
     requests_on_separate_connections(ReceiverProtocol::HttpProtobuf).await;
 }
 
+/// With the kernel's default hooks (the socket tracepoints where it has them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_connection_gives_one_pair_per_request() {
+    keep_alive_pairs(&[]).await;
+}
+
+/// With the syscall tracepoints every kernel has, whatever this one has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connection_gives_one_pair_per_request_with_syscall_hooks() {
+    keep_alive_pairs(&["--data-hooks", "syscalls"]).await;
+}
+
+async fn keep_alive_pairs(agent_args: &[&str]) {
     let rx = OtlpReceiver::start(ReceiverProtocol::Grpc).await.unwrap();
     let server = python_http_server("127.0.0.1", true).unwrap();
-    let agent = agent_exporting_to(&rx, &[]).await.unwrap();
+    let agent = agent_exporting_to(&rx, agent_args).await.unwrap();
     let base = format!("http://127.0.0.1:{}", server.port);
     // One curl, three URLs: curl reuses the connection.
     let run = curl(&[

@@ -296,7 +296,15 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let _ = CONNS.remove(key);
-    let event = header(EventKind::Close, pid_tgid, fd, state.conn_id, 0);
+    emit_close(pid_tgid, fd, state.conn_id);
+    0
+}
+
+/// Tells user space that connection `conn_id` (descriptor `fd` of the process in
+/// `pid_tgid`) closed.
+#[inline(always)]
+fn emit_close(pid_tgid: u64, fd: u32, conn_id: u64) {
+    let event = header(EventKind::Close, pid_tgid, fd, conn_id, 0);
     let event = EventHeader {
         ts_enter_ns: event.ts_exit_ns,
         ..event
@@ -307,7 +315,6 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     {
         count_drop(DropReason::RingBufferFull);
     }
-    0
 }
 
 #[inline(always)]
@@ -950,23 +957,7 @@ fn end_connection(key: u64, state: &ConnState) {
     // The connection's process and descriptor, not the current task's: a socket may be
     // closed in a softirq (a reset) or by another process.
     let tgid = key >> 32;
-    let event = header(
-        EventKind::Close,
-        (tgid << 32) | tgid,
-        key as u32,
-        state.conn_id,
-        0,
-    );
-    let event = EventHeader {
-        ts_enter_ns: event.ts_exit_ns,
-        ..event
-    };
-    if EVENTS
-        .output::<EventHeader>(&event, wakeup_flags())
-        .is_err()
-    {
-        count_drop(DropReason::RingBufferFull);
-    }
+    emit_close((tgid << 32) | tgid, key as u32, state.conn_id);
 }
 
 /// Ends the connection of socket `sk`, if it is traced.
