@@ -774,6 +774,26 @@ const NR_RECVFROM: u64 = 45;
 const NR_SENDMSG: u64 = 46;
 const NR_RECVMSG: u64 = 47;
 
+/// The current syscall, from the user registers saved at its entry: its number and first
+/// three arguments. `None` for kernel threads and io_uring workers, which have none.
+struct SavedSyscall {
+    nr: u64,
+    args: [u64; 3],
+}
+
+#[inline(always)]
+fn saved_syscall() -> Option<SavedSyscall> {
+    let regs = user_regs()?;
+    // dx, si, di and orig_ax are consecutive: one read.
+    // SAFETY: bpf_probe_read_kernel tolerates bad addresses.
+    let [dx, si, di, nr] =
+        unsafe { bpf_probe_read_kernel((regs + PT_REGS_DX) as *const [u64; 4]) }.ok()?;
+    Some(SavedSyscall {
+        nr,
+        args: [di, si, dx],
+    })
+}
+
 /// When the TCP send in progress on this CPU started, and by which thread. Per CPU rather
 /// than per thread: no map insert or removal per send. A thread that moved to another CPU
 /// mid-send, or was preempted by another sender, finds someone else's stamp and falls back
@@ -860,14 +880,10 @@ fn on_socket_io(ctx: &TracePointContext, direction: Direction) {
     if direction == Direction::Ingress && flags as u64 & MSG_PEEK != 0 {
         return;
     }
-    // Kernel threads and io_uring workers have no syscall of theirs to read.
-    let Some(regs) = user_regs() else {
-        return;
-    };
-    // dx, si, di and orig_ax are consecutive: one read.
-    // SAFETY: bpf_probe_read_kernel tolerates bad addresses.
-    let Ok([dx, si, di, nr]) =
-        (unsafe { bpf_probe_read_kernel((regs + PT_REGS_DX) as *const [u64; 4]) })
+    let Some(SavedSyscall {
+        nr,
+        args: [fd, buf, count],
+    }) = saved_syscall()
     else {
         return;
     };
@@ -882,7 +898,7 @@ fn on_socket_io(ctx: &TracePointContext, direction: Direction) {
         // splice, io_uring, recvmmsg/sendmmsg: not traced (nor by the syscall programs).
         _ => return,
     };
-    let fd = di as u32;
+    let fd = fd as u32;
     let sk = slot(ctx, SOCK_LEN_SK);
     let key = conn_key((pid_tgid >> 32) as u32, fd);
     // SAFETY: copied out at once.
@@ -921,10 +937,13 @@ fn on_socket_io(ctx: &TracePointContext, direction: Direction) {
     if adopting((pid_tgid >> 32) as u32) {
         let _ = ADOPTED_PENDING.remove(key);
     }
-    let Some(mut inflight) = inflight_of(fd, si, dx, direction, args) else {
+    let Some(mut inflight) = inflight_of(fd, buf, count, direction, args) else {
         return;
     };
-    inflight.ts_enter = send_start.unwrap_or(0);
+    // A receive's bytes had arrived when it was called; a send starts where it was stamped.
+    if let Some(start) = send_start {
+        inflight.ts_enter = start;
+    }
     finish_data(pid_tgid, &inflight, ret as u64);
 }
 
@@ -986,15 +1005,6 @@ const TCP_LAST_ACK: u32 = 9;
 const NR_CONNECT: u64 = 42;
 const NR_SHUTDOWN: u64 = 48;
 
-/// The current syscall's number and first argument, from the saved user registers.
-#[inline(always)]
-fn syscall_nr_and_arg0() -> Option<(u64, u64)> {
-    let regs = user_regs()?;
-    // SAFETY: bpf_probe_read_kernel tolerates bad addresses.
-    let [di, nr] = unsafe { bpf_probe_read_kernel((regs + PT_REGS_DI) as *const [u64; 2]) }.ok()?;
-    Some((nr, di))
-}
-
 /// Connection lifecycle for the socket programs, from TCP state changes: a connect starts
 /// (in the connecting syscall, whose first argument is the descriptor), a listener's
 /// handshake completes (in a softirq: the accepting process is known at its first byte),
@@ -1022,7 +1032,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         }
         // Closed by its process (a shutdown keeps the descriptor and its reads).
         (TCP_ESTABLISHED, TCP_FIN_WAIT1) | (TCP_CLOSE_WAIT, TCP_LAST_ACK)
-            if syscall_nr_and_arg0().is_none_or(|(nr, _)| nr != NR_SHUTDOWN) =>
+            if saved_syscall().is_none_or(|call| call.nr != NR_SHUTDOWN) =>
         {
             end_socket(sk);
         }
@@ -1039,7 +1049,11 @@ fn on_connect(sk: u64) {
     if !is_traced((pid_tgid >> 32) as u32) {
         return;
     }
-    let Some((nr, fd)) = syscall_nr_and_arg0() else {
+    let Some(SavedSyscall {
+        nr,
+        args: [fd, _, _],
+    }) = saved_syscall()
+    else {
         return;
     };
     if nr != NR_CONNECT && nr != NR_SENDTO && nr != NR_SENDMSG {
@@ -1282,10 +1296,6 @@ fn emit_data(
         tcp_seq: seq.first,
         opposite_seq: seq.opposite,
     };
-    // The socket tracepoints know no start for receives (nor for a send stamped elsewhere).
-    if event.header.header.ts_enter_ns == 0 {
-        event.header.header.ts_enter_ns = event.header.header.ts_exit_ns;
-    }
     let total = size_of::<DataEventHeader>() + len;
     // SAFETY: `event` is a DataEvent, at least `total` bytes long.
     let bytes = unsafe {
