@@ -1,7 +1,7 @@
 # The load client of the linking suite: `python3 -c SRC PORT FIRST_ID COUNT WORKERS`.
 # WORKERS threads, each with one keep-alive `http.client` connection, take ids from a
 # shared queue and send `GET /work?id=N` (never retried: one request per id). Prints the
-# ids sent and how many answered 200; errors go to stderr.
+# ids sent, how many answered 200, and the first errors.
 import http.client
 import queue
 import sys
@@ -51,4 +51,4 @@ for t in threads:
 print("sent=%s" % ",".join(map(str, sorted(sent))))
 print("ok=%d errors=%d" % (ok, len(errors)), flush=True)
 for e in errors[:20]:
-    print(e, file=sys.stderr)
+    print("error: %s" % e, flush=True)

@@ -187,6 +187,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
 base = socketserver.ForkingMixIn if {fork} else socketserver.ThreadingMixIn
 class Server(base, http.server.HTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 overflows under the suites' 64 concurrent
+    # clients; a production server listens with a deep one.
+    request_queue_size = 1024
     address_family = socket.AF_INET6 if ":" in "{bind}" else socket.AF_INET
 srv = Server(("{bind}", 0), Handler)
 print(srv.server_address[1], flush=True)
@@ -766,15 +769,26 @@ pub async fn collect(
     let (_, stderr) = agent.stop()?;
     if let Err(e) = waited {
         let got = spans_of(&rx.spans(), pids);
+        // Short first: a CI log keeps a failure's first lines, so the counts, the non-zero
+        // counters and the agent's last words come before the span list.
+        let nonzero: Vec<&str> = metrics
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.ends_with(" 0"))
+            .collect();
+        let stderr_lines: Vec<&str> = stderr.lines().collect();
+        let tail = &stderr_lines[stderr_lines.len().saturating_sub(30)..];
+        let listed = summary(&got);
+        let listed: Vec<&str> = listed.lines().collect();
         bail!(
-            "expected {want} spans of {pids:?}, got {}: {e}\n{}\nmetrics:\n{}\nagent stderr:\n{stderr}",
+            "expected {want} spans of {pids:?}, got {} {:?}: {e}\nnon-zero metrics:\n{}\nagent stderr (last {} lines):\n{}\nspans (first {} of {}):\n{}",
             got.len(),
-            summary(&got),
-            metrics
-                .lines()
-                .filter(|l| !l.starts_with('#'))
-                .collect::<Vec<_>>()
-                .join("\n")
+            counts(&got),
+            nonzero.join("\n"),
+            tail.len(),
+            tail.join("\n"),
+            listed.len().min(60),
+            listed.len(),
+            listed[..listed.len().min(60)].join("\n"),
         );
     }
     Ok((spans_of(&rx.spans(), pids), metrics))

@@ -319,6 +319,9 @@ pub struct KernelOffsets {
     /// Offsets of `tcp_sock.write_seq` and `tcp_sock.copied_seq` (u32 each); 0 when unknown.
     pub tcp_sock_write_seq: u32,
     pub tcp_sock_copied_seq: u32,
+    /// Offset of `task_struct.nvcsw`, followed by `nivcsw`: the task's context switches,
+    /// which tell a send's stamp from one left by an earlier send; 0 when unknown.
+    pub task_struct_nvcsw: u32,
 }
 
 impl KernelOffsets {
@@ -341,6 +344,7 @@ impl KernelOffsets {
         task_struct_stack: 0,
         tcp_sock_write_seq: 0,
         tcp_sock_copied_seq: 0,
+        task_struct_nvcsw: 0,
     };
 }
 

@@ -797,11 +797,15 @@ fn saved_syscall() -> Option<SavedSyscall> {
 /// When the TCP send in progress on this CPU started, and by which thread. Per CPU rather
 /// than per thread: no map insert or removal per send. A thread that moved to another CPU
 /// mid-send, or was preempted by another sender, finds someone else's stamp and falls back
-/// to the end of its send.
+/// to the end of its send. The thread's context-switch count tells the stamp of its
+/// current send from one it left on this CPU before it moved away mid-send: without it,
+/// the thread's next send here would inherit that older start.
 #[derive(Clone, Copy)]
 #[repr(C)]
 struct SendStart {
     pid_tgid: u64,
+    /// The thread's voluntary + involuntary context switches when it was stamped.
+    switches: u64,
     ts: u64,
     /// Bytes left to send when it started: a send cannot report more.
     left: u64,
@@ -813,6 +817,20 @@ static SEND_START: PerCpuArray<SendStart> = PerCpuArray::with_max_entries(1, 0);
 /// `msg_left` in the `tcp_sendmsg_locked` record.
 const SENDMSG_LOCKED_LEFT: usize = 16;
 
+/// The current task's context switches so far (`nvcsw + nivcsw`); 0 when unreadable.
+#[inline(always)]
+fn context_switches() -> u64 {
+    let off = KERNEL_OFFSETS.load();
+    if off.task_struct_nvcsw == 0 {
+        return 0;
+    }
+    // SAFETY: helper without preconditions.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    read_kernel::<[u64; 2]>(task, off.task_struct_nvcsw)
+        .map(|[v, i]| v.wrapping_add(i))
+        .unwrap_or(0)
+}
+
 #[tracepoint]
 pub fn tcp_sendmsg_locked(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -821,9 +839,12 @@ pub fn tcp_sendmsg_locked(ctx: TracePointContext) -> u32 {
     };
     // SAFETY: per-CPU slot, no concurrent writer on this CPU.
     let start = unsafe { &mut *start };
-    // Fires once per segment of a send: the first one stamps it.
-    if start.pid_tgid != pid_tgid {
+    let switches = context_switches();
+    // Fires once per segment of a send: the first one stamps it. A send that slept for
+    // memory is stamped again when it resumes: later than it began, never earlier.
+    if start.pid_tgid != pid_tgid || start.switches != switches {
         start.pid_tgid = pid_tgid;
+        start.switches = switches;
         // SAFETY: helper without preconditions.
         start.ts = unsafe { bpf_ktime_get_ns() };
         // skb_len (i32) then msg_left (i32) in one aligned slot.
@@ -833,7 +854,7 @@ pub fn tcp_sendmsg_locked(ctx: TracePointContext) -> u32 {
 }
 
 /// The start of this thread's send of `moved` bytes that just ended, if this CPU stamped
-/// it; the stamp is used up either way.
+/// it since the thread last left the CPU; the stamp is used up either way.
 #[inline(always)]
 fn take_send_start(pid_tgid: u64, moved: u64) -> Option<u64> {
     let start = SEND_START.get_ptr_mut(0)?;
@@ -843,7 +864,7 @@ fn take_send_start(pid_tgid: u64, moved: u64) -> Option<u64> {
         return None;
     }
     start.pid_tgid = 0;
-    (start.left >= moved).then_some(start.ts)
+    (start.left >= moved && start.switches == context_switches()).then_some(start.ts)
 }
 
 #[tracepoint]

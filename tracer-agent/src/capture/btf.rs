@@ -263,6 +263,14 @@ impl Btf {
             // Optional: without them peers are keyed by request position only.
             tcp_sock_write_seq: self.byte_offset("tcp_sock", "write_seq").unwrap_or(0),
             tcp_sock_copied_seq: self.byte_offset("tcp_sock", "copied_seq").unwrap_or(0),
+            // The programs read both counters in one go: only when they are adjacent.
+            task_struct_nvcsw: match (
+                self.byte_offset("task_struct", "nvcsw"),
+                self.byte_offset("task_struct", "nivcsw"),
+            ) {
+                (Ok(v), Ok(i)) if i == v + 8 => v,
+                _ => 0,
+            },
         })
     }
 }
@@ -358,5 +366,6 @@ mod tests {
         assert_ne!(offsets.sock_protocol, u32::MAX);
         assert_ne!(offsets.tcp_sock_write_seq, 0);
         assert_ne!(offsets.tcp_sock_copied_seq, 0);
+        assert_ne!(offsets.task_struct_nvcsw, 0);
     }
 }

@@ -718,6 +718,9 @@ fn socket_hooks_unavailable(offsets: &KernelOffsets) -> Option<String> {
     if offsets_missing_stack(offsets) {
         return Some("task_struct.stack is not in the kernel's BTF".into());
     }
+    if offsets.task_struct_nvcsw == 0 {
+        return Some("task_struct.nvcsw/nivcsw are not in the kernel's BTF".into());
+    }
     let expected: &[(&str, &str, Layout)] = &[
         ("sock", "sock_send_length", SOCK_LENGTH_LAYOUT),
         ("sock", "sock_recv_length", SOCK_LENGTH_LAYOUT),
