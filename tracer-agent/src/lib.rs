@@ -9,6 +9,7 @@ pub mod capture;
 pub mod enrich;
 pub mod export;
 pub mod http;
+pub mod http2;
 pub mod link;
 pub mod metrics;
 pub mod peers;

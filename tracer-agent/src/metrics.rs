@@ -19,6 +19,9 @@ macro_rules! counters {
             pub link_abstained: [AtomicU64; crate::link::Abstained::ALL.len()],
             /// Traces decided by the tail sampler, per `export::tail::Decision::ALL`.
             pub tail_traces: [AtomicU64; crate::export::tail::Decision::ALL.len()],
+            /// HTTP/2 connections whose headers could not be decoded, per
+            /// `http2::Undecodable::ALL`, counted by the pipeline.
+            pub http2_undecodable: [AtomicU64; crate::http2::Undecodable::ALL.len()],
             /// Requests not traced, per `export::exclude::Rule::ALL`.
             pub requests_excluded: [AtomicU64; crate::export::exclude::Rule::ALL.len()],
             /// The agent-to-agent exchange.
@@ -52,6 +55,11 @@ macro_rules! counters {
                 let _ = writeln!(out, "# TYPE tracer_link_abstained_total counter");
                 for (why, c) in crate::link::Abstained::ALL.iter().zip(&self.link_abstained) {
                     let _ = writeln!(out, "tracer_link_abstained_total{{reason=\"{}\"}} {}", why.as_str(), c.load(Ordering::Relaxed));
+                }
+                let _ = writeln!(out, "# HELP tracer_http2_undecodable_total HTTP/2 connections whose header blocks cannot be decoded (HPACK is stateful): their streams in flight end with a capture gap and later ones are not traced, by reason.");
+                let _ = writeln!(out, "# TYPE tracer_http2_undecodable_total counter");
+                for (why, c) in crate::http2::Undecodable::ALL.iter().zip(&self.http2_undecodable) {
+                    let _ = writeln!(out, "tracer_http2_undecodable_total{{reason=\"{}\"}} {}", why.as_str(), c.load(Ordering::Relaxed));
                 }
                 let _ = writeln!(out, "# HELP tracer_requests_excluded_total Requests not traced (their span and every span below it dropped), by rule.");
                 let _ = writeln!(out, "# TYPE tracer_requests_excluded_total counter");

@@ -392,10 +392,13 @@ pub const MID_STREAM_SNIFFS: u32 = 64;
 pub const PROTO_UNKNOWN: u32 = 0;
 pub const PROTO_HTTP1: u32 = 1;
 pub const PROTO_OTHER: u32 = 2;
+/// HTTP/2 seen from its start (preface or SETTINGS): captured, decoded in user space.
+pub const PROTO_HTTP2: u32 = 3;
 
 /// What a connection speaks, judged by the first four bytes of its first data (either
-/// direction). Only HTTP/1 is captured; the others are counted per connection end in the
-/// `NOT_HTTP` per-CPU array, indexed by `Sniffed as u32 - 1`.
+/// direction). HTTP/1, and HTTP/2 seen from its start, are captured; the others (and
+/// HTTP/2 picked up mid-stream, whose header compression state is unknowable) are counted
+/// per connection end in the `NOT_HTTP` per-CPU array, indexed by `Sniffed as u32 - 1`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Sniffed {

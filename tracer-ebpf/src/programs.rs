@@ -16,8 +16,8 @@ use tracer_common::{
     DATA_FLAG_OPPOSITE_SEQ, DATA_FLAG_TCP_SEQ, DATA_FLAG_TRUNCATED, DEFAULT_CAPTURE_BYTES,
     DataEvent, DataEventHeader, Direction, DropReason, EventHeader, EventKind, GO_CONN_WRITE,
     GO_ROUND_TRIP, GO_SPAWN, GoEvent, GoProc, KernelOffsets, MAX_CAPTURE_BYTES, MID_STREAM_SNIFFS,
-    PROTO_HTTP1, PROTO_OTHER, PROTO_UNKNOWN, PY_FRAME_OWNED_BY_GENERATOR, PY_MAX_FRAMES, PyProc,
-    Role, Sniffed, conn_key,
+    PROTO_HTTP1, PROTO_HTTP2, PROTO_OTHER, PROTO_UNKNOWN, PY_FRAME_OWNED_BY_GENERATOR,
+    PY_MAX_FRAMES, PyProc, Role, Sniffed, conn_key,
 };
 
 #[unsafe(no_mangle)]
@@ -1272,6 +1272,9 @@ fn emit_data(
         let sniffed = Sniffed::of([event.data[0], event.data[1], event.data[2], event.data[3]]);
         if sniffed == Sniffed::Http1 {
             state.protocol = PROTO_HTTP1;
+        } else if sniffed == Sniffed::Http2 && state.sniff_budget == 0 {
+            // From its start only: mid-stream, its header blocks cannot be decoded.
+            state.protocol = PROTO_HTTP2;
         } else if state.sniff_budget > 0 {
             // Picked up mid-stream: these may be the middle of a message.
             state.sniff_budget -= 1;

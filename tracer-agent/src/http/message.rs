@@ -12,7 +12,7 @@ pub struct RequestHead {
     /// The raw request-target (origin-form path and query, absolute-form URL, authority for
     /// CONNECT, or `*`).
     pub target: String,
-    /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1, 2 for HTTP/2 ([`crate::http2::VERSION_2`]).
     pub version: u8,
     /// Header fields in wire order; names lower-cased, values as sent (lossy UTF-8).
     pub headers: Headers,
@@ -29,7 +29,7 @@ impl RequestHead {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseHead {
     pub status: u16,
-    /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1, 2 for HTTP/2 ([`crate::http2::VERSION_2`]).
     pub version: u8,
     pub reason: String,
     /// Header fields in wire order; names lower-cased, values as sent (lossy UTF-8).

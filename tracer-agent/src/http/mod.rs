@@ -186,6 +186,30 @@ pub enum ExchangeError {
     ParseError,
     #[error("the connection switched protocols before this request was answered")]
     Upgraded,
+    /// HTTP/2: RST_STREAM with this error code (RFC 9113 §7), from either end.
+    #[error("the stream was reset: {}", h2_error_name(*code))]
+    StreamReset { code: u32 },
+}
+
+/// The name of an HTTP/2 error code (RFC 9113 §7).
+pub fn h2_error_name(code: u32) -> &'static str {
+    match code {
+        0x0 => "NO_ERROR",
+        0x1 => "PROTOCOL_ERROR",
+        0x2 => "INTERNAL_ERROR",
+        0x3 => "FLOW_CONTROL_ERROR",
+        0x4 => "SETTINGS_TIMEOUT",
+        0x5 => "STREAM_CLOSED",
+        0x6 => "FRAME_SIZE_ERROR",
+        0x7 => "REFUSED_STREAM",
+        0x8 => "CANCEL",
+        0x9 => "COMPRESSION_ERROR",
+        0xa => "CONNECT_ERROR",
+        0xb => "ENHANCE_YOUR_CALM",
+        0xc => "INADEQUATE_SECURITY",
+        0xd => "HTTP_1_1_REQUIRED",
+        _ => "unknown",
+    }
 }
 
 impl ExchangeError {
@@ -197,6 +221,7 @@ impl ExchangeError {
             ExchangeError::Gap => "capture_gap",
             ExchangeError::ParseError => "parse_error",
             ExchangeError::Upgraded => "upgraded",
+            ExchangeError::StreamReset { .. } => "stream_reset",
         }
     }
 }

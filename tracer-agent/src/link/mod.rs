@@ -197,6 +197,15 @@ pub fn peer_position(first_seq: Option<u32>, index: u64) -> u64 {
     }
 }
 
+/// Marks a [`PeerKey`] position that is an HTTP/2 stream id.
+const STREAM_POSITION: u64 = 1 << 62;
+
+/// An HTTP/2 request's position for peer matching: its stream id, which both ends of the
+/// connection share.
+pub fn stream_position(stream_id: u64) -> u64 {
+    STREAM_POSITION | stream_id
+}
+
 /// What this agent knows of a CLIENT request another agent asked about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {

@@ -12,10 +12,13 @@ use tracer_common::{Direction, Role};
 use crate::capture::events::{CaptureEvent, ConnOpened, DataChunk, Meta};
 use crate::enrich::Enricher;
 use crate::export::Exclusions;
-use crate::http::{self, Chunk, Exchange, HttpConfig, HttpConnection, Stream};
+use crate::http::{
+    self, Chunk, ConnStats, Exchange, HttpConfig, HttpConnection, RequestHead, Stream,
+};
+use crate::http2::{self, H2Connection, Http2Config};
 use crate::link::{Answer, LinkConfig, Linker, PeerKey, StartedRequest, context};
 use crate::metrics::Metrics;
-use crate::spans::builder::{ConnMeta, build_span, split_target};
+use crate::spans::builder::{ConnMeta, build_span, grpc_method, split_target};
 use crate::spans::clock::Clock;
 use crate::spans::resource::Runtime;
 use crate::spans::route::RouteNamer;
@@ -24,6 +27,7 @@ use crate::spans::{Resource, SpanKind, SpanRecord};
 #[derive(Debug, Clone, Default)]
 pub struct PipelineConfig {
     pub http: HttpConfig,
+    pub http2: Http2Config,
     pub link: LinkConfig,
     /// Connections tracked at once; the least recently active is evicted beyond it.
     pub max_connections: usize,
@@ -38,15 +42,100 @@ struct Connection {
     tgid: u32,
     resource: Arc<Resource>,
     runtime: Runtime,
-    /// Created with the first data: an idle connection costs only its table entry (about
-    /// 150 bytes; the HTTP state is about 1 KiB).
-    http: Option<Box<HttpConnection>>,
+    /// Created with the first data, by what it looks like: an idle connection costs only
+    /// its table entry (about 150 bytes; the HTTP state is about 1 KiB).
+    http: Option<Protocol>,
     /// Data since the eviction clock last passed it: spared once (see `Pipeline::evict_oldest`).
     referenced: bool,
     /// Parse errors and stream gaps of this connection already added to the metrics.
     parse_errors: u64,
     desynchronised: u64,
     gaps: u64,
+}
+
+/// A connection's HTTP layer: HTTP/1.x, or HTTP/2 (prior knowledge: h2c, gRPC).
+enum Protocol {
+    Http1(Box<HttpConnection>),
+    Http2(Box<H2Connection>),
+}
+
+impl Protocol {
+    /// HTTP/2 when the first bytes seen are the client preface or a server's SETTINGS.
+    fn for_first_bytes(stream: Stream, bytes: &[u8], cfg: &PipelineConfig) -> Protocol {
+        if http2::starts_like_http2(stream, bytes) {
+            Protocol::Http2(Box::new(H2Connection::new(&cfg.http2)))
+        } else {
+            Protocol::Http1(Box::new(HttpConnection::new(&cfg.http)))
+        }
+    }
+
+    fn on_bytes(&mut self, stream: Stream, chunk: Chunk<'_>) {
+        match (self, stream) {
+            (Protocol::Http1(h), Stream::Request) => h.on_request_bytes(chunk),
+            (Protocol::Http1(h), Stream::Response) => h.on_response_bytes(chunk),
+            (Protocol::Http2(h), Stream::Request) => h.on_request_bytes(chunk),
+            (Protocol::Http2(h), Stream::Response) => h.on_response_bytes(chunk),
+        }
+    }
+
+    fn on_gap(&mut self, stream: Stream) {
+        match self {
+            Protocol::Http1(h) => h.on_gap(stream),
+            Protocol::Http2(h) => h.on_gap(stream),
+        }
+    }
+
+    fn on_close(&mut self, ts_ns: u64) {
+        match self {
+            Protocol::Http1(h) => h.on_close(ts_ns),
+            Protocol::Http2(h) => h.on_close(ts_ns),
+        }
+    }
+
+    fn drain_started_into(&mut self, out: &mut Vec<http::StartedRequest>) {
+        match self {
+            Protocol::Http1(h) => h.drain_started_into(out),
+            Protocol::Http2(h) => h.drain_started_into(out),
+        }
+    }
+
+    fn drain_exchanges_into(&mut self, out: &mut Vec<Exchange>) {
+        match self {
+            Protocol::Http1(h) => h.drain_exchanges_into(out),
+            Protocol::Http2(h) => h.drain_exchanges_into(out),
+        }
+    }
+
+    fn request_head(&self, seq: u64) -> Option<&RequestHead> {
+        match self {
+            Protocol::Http1(h) => h.request_head(seq),
+            Protocol::Http2(h) => h.request_head(seq),
+        }
+    }
+
+    fn stats(&self) -> ConnStats {
+        match self {
+            Protocol::Http1(h) => h.stats(),
+            Protocol::Http2(h) => h.stats(),
+        }
+    }
+
+    /// Nothing more can come of this connection's bytes.
+    fn is_dead(&self) -> bool {
+        match self {
+            Protocol::Http1(h) => h.is_not_http(),
+            Protocol::Http2(h) => h.undecodable().is_some(),
+        }
+    }
+
+    /// The request's position for peer matching: an HTTP/2 stream id (the same at both
+    /// ends), else the TCP sequence number of its first byte or its index.
+    fn peer_position(&self, started: &http::StartedRequest) -> u64 {
+        match self {
+            Protocol::Http1(_) => crate::link::peer_position(started.timing.first_seq, started.seq),
+            Protocol::Http2(_) => crate::link::stream_position(started.seq),
+        }
+    }
 }
 
 impl Connection {
@@ -303,7 +392,7 @@ impl Pipeline {
         );
         let http = conn
             .http
-            .get_or_insert_with(|| Box::new(HttpConnection::new(&self.cfg.http)));
+            .get_or_insert_with(|| Protocol::for_first_bytes(stream, chunk.payload, &self.cfg));
         // An asyncio task answering: the requests it wrote are this request's children.
         if stream == Stream::Response
             && conn.meta.role() == Role::Server
@@ -324,10 +413,7 @@ impl Pipeline {
             tcp_seq: chunk.tcp_seq,
             opposite_seq: chunk.opposite_seq,
         };
-        match stream {
-            Stream::Request => http.on_request_bytes(http_chunk),
-            Stream::Response => http.on_response_bytes(http_chunk),
-        }
+        http.on_bytes(stream, http_chunk);
         http.drain_started_into(&mut self.started);
         for started in self.started.drain(..) {
             let excluded = http
@@ -339,7 +425,7 @@ impl Pipeline {
             let request = StartedRequest {
                 conn_id: id,
                 seq: started.seq,
-                peer_seq: crate::link::peer_position(started.timing.first_seq, started.seq),
+                peer_seq: http.peer_position(&started),
                 kind,
                 tgid: chunk.meta.tgid,
                 tid: chunk.meta.tid,
@@ -356,8 +442,13 @@ impl Pipeline {
         if self
             .conns
             .get(&id)
-            .is_some_and(|c| c.http.as_ref().is_some_and(|h| h.is_not_http()))
+            .is_some_and(|c| c.http.as_ref().is_some_and(Protocol::is_dead))
         {
+            if let Some(Protocol::Http2(h)) = self.conns.get(&id).and_then(|c| c.http.as_ref())
+                && let Some(why) = h.undecodable()
+            {
+                Metrics::inc(&self.metrics.http2_undecodable[why as usize]);
+            }
             self.conns.remove(&id);
             self.linker.connection_closed(id, self.now_ns);
         }
@@ -456,9 +547,11 @@ impl Pipeline {
                 &self.clock,
                 span_id.unwrap_or_default(),
             );
-            if !self
-                .routes
-                .apply(&mut span, split_target(&exchange.request.target).0)
+            // A gRPC span is named by its method already: routes are HTTP's.
+            if grpc_method(&exchange.request).is_none()
+                && !self
+                    .routes
+                    .apply(&mut span, split_target(&exchange.request.target).0)
             {
                 Metrics::inc(&self.metrics.route_names_capped);
             }

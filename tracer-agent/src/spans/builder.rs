@@ -193,6 +193,30 @@ fn method_attrs(req: &RequestHead, attrs: &mut Attributes) -> String {
     }
 }
 
+/// `(service, method)` of a gRPC call: a `/package.Service/Method` path with a gRPC
+/// content type.
+pub fn grpc_method(req: &RequestHead) -> Option<(&str, &str)> {
+    let grpc = req
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("application/grpc"));
+    if !grpc {
+        return None;
+    }
+    let (service, method) = req.target.strip_prefix('/')?.split_once('/')?;
+    (!service.is_empty() && !method.is_empty() && !method.contains('/'))
+        .then_some((service, method))
+}
+
+/// Whether gRPC status `code` makes the span an error: every non-OK status for a client;
+/// for a server only those that mean the server failed (the RPC conventions: UNKNOWN,
+/// DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS).
+fn grpc_failed(kind: SpanKind, code: u32) -> bool {
+    match kind {
+        SpanKind::Client => code != 0,
+        _ => matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
+    }
+}
+
 /// The span of one exchange. Its trace id and parent are left for the linker to decide.
 pub fn build_span(
     exchange: &Exchange,
@@ -203,7 +227,7 @@ pub fn build_span(
 ) -> SpanRecord {
     let req = &exchange.request;
     let mut attrs: Attributes = Vec::with_capacity(16);
-    let name = method_attrs(req, &mut attrs);
+    let mut name = method_attrs(req, &mut attrs);
     let (path, query) = split_target(&req.target);
     let kind = match conn.role {
         Role::Client => SpanKind::Client,
@@ -293,7 +317,12 @@ pub fn build_span(
     attrs.push(("network.transport", AttrStr::from_static("tcp").into()));
     attrs.push((
         "network.protocol.version",
-        AttrStr::from_static(if req.version == 0 { "1.0" } else { "1.1" }).into(),
+        AttrStr::from_static(match req.version {
+            0 => "1.0",
+            1 => "1.1",
+            _ => "2",
+        })
+        .into(),
     ));
     if let Some(ua) = req.header("user-agent") {
         attrs.push(("user_agent.original", ua.into()));
@@ -307,6 +336,15 @@ pub fn build_span(
             "http.request.body.size",
             AttrValue::Int(exchange.request_body_bytes as i64),
         ));
+    }
+
+    // gRPC over HTTP/2: an RPC span (`package.Service/Method`) by the RPC conventions.
+    let grpc = grpc_method(req);
+    if let Some((service, method)) = grpc {
+        name = format!("{service}/{method}");
+        attrs.push(("rpc.system", AttrStr::from_static("grpc").into()));
+        attrs.push(("rpc.service", service.into()));
+        attrs.push(("rpc.method", method.into()));
     }
 
     let mut status = SpanStatus::Unset;
@@ -325,7 +363,19 @@ pub fn build_span(
             SpanKind::Server => resp.status >= 500,
             SpanKind::Client => resp.status >= 400,
         };
-        if failed {
+        let grpc_status = grpc
+            .is_some()
+            .then(|| resp.header("grpc-status")?.trim().parse::<u32>().ok())
+            .flatten();
+        if let Some(code) = grpc_status {
+            attrs.push(("rpc.grpc.status_code", AttrValue::Int(code.into())));
+        }
+        if let Some(code) = grpc_status.filter(|&c| grpc_failed(kind, c)) {
+            attrs.push(("error.type", code.to_string().into()));
+            status = SpanStatus::Error {
+                description: resp.header("grpc-message").unwrap_or_default().to_owned(),
+            };
+        } else if failed {
             attrs.push(("error.type", resp.status.to_string().into()));
             status = SpanStatus::Error {
                 description: String::new(),
@@ -490,5 +540,80 @@ mod tests {
         assert_eq!(attr(&s, "http.response.body.size").as_deref(), Some("16"));
         e.response_incomplete = true;
         assert_eq!(attr(&build(&e), "http.response.body.size"), None);
+    }
+
+    fn grpc_span(role: Role, grpc_status: Option<&str>) -> SpanRecord {
+        let mut e = exchange("/demo.Greeter/Say", Some("greeter:50051"));
+        e.request.method = "POST".into();
+        e.request.version = crate::http2::VERSION_2;
+        e.request
+            .headers
+            .push("content-type", "application/grpc+proto");
+        let mut headers: Headers = [("content-type", "application/grpc")].into_iter().collect();
+        if let Some(code) = grpc_status {
+            headers.push("grpc-status", code);
+            headers.push("grpc-message", "why");
+        }
+        e.response = Some(ResponseHead {
+            status: 200,
+            version: crate::http2::VERSION_2,
+            reason: String::new(),
+            headers,
+        });
+        let conn = ConnMeta::new(
+            role,
+            "10.0.0.1:40000".parse().ok(),
+            "10.0.0.2:50051".parse().ok(),
+        );
+        let resource = Arc::new(Resource {
+            attributes: Vec::new(),
+        });
+        build_span(&e, &conn, resource, &Clock::from_offset(0), [1; 8])
+    }
+
+    #[test]
+    fn grpc_calls_follow_the_rpc_conventions() {
+        let s = grpc_span(Role::Server, Some("0"));
+        assert_eq!(s.name, "demo.Greeter/Say");
+        assert_eq!(attr(&s, "rpc.system").as_deref(), Some("grpc"));
+        assert_eq!(attr(&s, "rpc.service").as_deref(), Some("demo.Greeter"));
+        assert_eq!(attr(&s, "rpc.method").as_deref(), Some("Say"));
+        assert_eq!(attr(&s, "rpc.grpc.status_code").as_deref(), Some("0"));
+        assert_eq!(attr(&s, "network.protocol.version").as_deref(), Some("2"));
+        assert_eq!(s.status, SpanStatus::Unset);
+        // NOT_FOUND is the caller's error, not the server's.
+        let server = grpc_span(Role::Server, Some("5"));
+        assert_eq!(server.status, SpanStatus::Unset);
+        assert_eq!(attr(&server, "error.type"), None);
+        let client = grpc_span(Role::Client, Some("5"));
+        assert_eq!(
+            client.status,
+            SpanStatus::Error {
+                description: "why".into()
+            }
+        );
+        assert_eq!(attr(&client, "error.type").as_deref(), Some("5"));
+        // DEADLINE_EXCEEDED and INTERNAL are the server's too.
+        for code in ["4", "13"] {
+            assert!(matches!(
+                grpc_span(Role::Server, Some(code)).status,
+                SpanStatus::Error { .. }
+            ));
+        }
+        // No status (a reset stream): no code, and the HTTP 200 is no error by itself.
+        let none = grpc_span(Role::Client, None);
+        assert_eq!(attr(&none, "rpc.grpc.status_code"), None);
+        assert_eq!(none.status, SpanStatus::Unset);
+    }
+
+    #[test]
+    fn a_path_without_grpc_content_type_is_plain_http() {
+        let mut e = exchange("/demo.Greeter/Say", None);
+        e.request.version = crate::http2::VERSION_2;
+        assert_eq!(grpc_method(&e.request), None);
+        e.request.headers.push("content-type", "application/grpc");
+        assert_eq!(grpc_method(&e.request), Some(("demo.Greeter", "Say")));
+        e.request.target = "/only-one".into();
+        assert_eq!(grpc_method(&e.request), None);
     }
 }
