@@ -12,6 +12,8 @@ pub const DEFAULT_CAPTURE_BYTES: u32 = 4096;
 
 /// Map and program names, used by both sides.
 pub const MAP_EVENTS: &str = "EVENTS";
+/// The per-CPU slots where HTTP/2 syscalls are gathered (sized to the possible CPUs).
+pub const MAP_GATHER: &str = "GATHER";
 pub const MAP_DROPS: &str = "DROPS";
 pub const MAP_NOT_HTTP: &str = "NOT_HTTP";
 pub const MAP_TRACED_PIDS: &str = "TRACED_PIDS";

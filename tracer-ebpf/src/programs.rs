@@ -729,6 +729,16 @@ fn finish_data(pid_tgid: u64, inflight: &InflightIo, moved: u64) {
         goid = python_task(pid_tgid);
     }
     match inflight.kind {
+        // One call for both kinds: the gathering loop is the costliest code to verify.
+        kind if state.protocol == PROTO_HTTP2 => emit_gathered(
+            pid_tgid,
+            inflight,
+            moved,
+            kind != BUF_PLAIN,
+            state,
+            goid,
+            seq,
+        ),
         BUF_PLAIN => emit_data(
             pid_tgid,
             inflight,
@@ -1251,7 +1261,12 @@ fn emit_data(
     };
     // SAFETY: per-CPU scratch, used only within this program invocation.
     let event = unsafe { &mut *scratch };
-    let limit = CAPTURE_BYTES.load() as u64;
+    // HTTP/2 packs many frames into a syscall: every header in it is needed.
+    let limit = if state.protocol == PROTO_HTTP2 {
+        MAX_CAPTURE_BYTES as u64
+    } else {
+        CAPTURE_BYTES.load() as u64
+    };
     let mut len = if available < limit { available } else { limit };
     if len > MAX_CAPTURE_BYTES as u64 {
         len = MAX_CAPTURE_BYTES as u64;
@@ -1289,6 +1304,32 @@ fn emit_data(
             return;
         }
     }
+    let record = event as *const DataEvent as *const u8;
+    send_record(
+        &mut event.header,
+        record,
+        size_of::<DataEvent>(),
+        len,
+        (pid_tgid, inflight, moved, goid, seq),
+        state,
+    );
+}
+
+/// What a data record says of its syscall: the thread, the syscall, the bytes it moved,
+/// its goroutine or task, the TCP counters.
+type RecordOf<'a> = (u64, &'a InflightIo, u64, u64, TcpSeqs);
+
+/// Fills in the header of a data record whose first `len` bytes of payload are in place,
+/// and sends the record (`record`: `record_size` bytes, the header first).
+#[inline(always)]
+fn send_record(
+    header: &mut DataEventHeader,
+    record: *const u8,
+    record_size: usize,
+    len: usize,
+    (pid_tgid, inflight, moved, goid, seq): RecordOf<'_>,
+    state: &mut ConnState,
+) {
     let mut flags = 0;
     if (len as u64) < moved {
         flags |= DATA_FLAG_TRUNCATED;
@@ -1304,33 +1345,27 @@ fn emit_data(
     if seq.opposite_known {
         flags |= DATA_FLAG_OPPOSITE_SEQ;
     }
-    event.header = DataEventHeader {
-        header: header(
-            EventKind::Data,
-            pid_tgid,
-            inflight.fd,
-            state.conn_id,
-            inflight.ts_enter,
-        ),
-        direction: inflight.direction,
-        flags,
-        syscall_len: moved as u32,
-        captured_len: len as u32,
-        goid,
-        tcp_seq: seq.first,
-        opposite_seq: seq.opposite,
-    };
+    // Field by field: a whole-header temporary would cost stack the programs lack.
+    header.header = self::header(
+        EventKind::Data,
+        pid_tgid,
+        inflight.fd,
+        state.conn_id,
+        inflight.ts_enter,
+    );
+    header.direction = inflight.direction;
+    header.flags = flags;
+    header.syscall_len = moved as u32;
+    header.captured_len = len as u32;
+    header.goid = goid;
+    header.tcp_seq = seq.first;
+    header.opposite_seq = seq.opposite;
     let total = size_of::<DataEventHeader>() + len;
-    // SAFETY: `event` is a DataEvent, at least `total` bytes long.
-    let bytes = unsafe {
-        core::slice::from_raw_parts(
-            event as *const DataEvent as *const u8,
-            size_of::<DataEvent>(),
-        )
-    };
-    if total > bytes.len() {
+    if total > record_size {
         return;
     }
+    // SAFETY: `record` points at a per-CPU record of `record_size` bytes.
+    let bytes = unsafe { core::slice::from_raw_parts(record, record_size) };
     if EVENTS
         .output::<[u8]>(&bytes[..total], wakeup_flags())
         .is_err()
@@ -1340,6 +1375,201 @@ fn emit_data(
     } else {
         *lost_flag(state, inflight.direction) = 0;
     }
+}
+
+/// An HTTP/2 syscall's bytes gathered into one record of up to `GATHER_LIMIT` bytes.
+/// Bytes are copied in pieces of at most `GATHER_PIECE` at an offset below the limit: the
+/// payload area has room for both, so every copy's bounds are provable, though at most
+/// `GATHER_LIMIT` bytes are ever filled. Too large for a per-CPU map value (32 KiB at most),
+/// it lives in an array with a slot per CPU (sized by the loader).
+#[repr(C)]
+pub struct Gathered {
+    /// The record sent: the header, then the gathered bytes.
+    header: DataEventHeader,
+    data: [u8; GATHER_LIMIT + GATHER_PIECE],
+    /// The copy loop's state, kept in map memory rather than registers: the verifier does
+    /// not track it, so every path through one step reaches the next step in the same
+    /// state and is pruned there, instead of the paths multiplying step after step.
+    cursor: GatherCursor,
+}
+
+#[repr(C)]
+struct GatherCursor {
+    /// Bytes gathered so far.
+    off: u64,
+    /// Bytes moved and not yet walked.
+    remaining: u64,
+    /// The next iovec to read.
+    index: u64,
+    /// The current iovec, and how much of it is copied.
+    base: u64,
+    len: u64,
+    used: u64,
+}
+
+/// Bytes one HTTP/2 record carries: a write of many frames (a burst of multiplexed calls,
+/// a message filling the initial 64 KiB flow-control window) needs every frame header in it.
+const GATHER_LIMIT: usize = 64 * 1024;
+const GATHER_PIECE: usize = 4096;
+
+/// One slot per possible CPU, indexed by the current CPU (the loader sets the size).
+#[map]
+static GATHER: Array<Gathered> = Array::with_max_entries(1, 0);
+
+/// iovecs read per vectored HTTP/2 syscall: gRPC's C core writes a slice per frame header
+/// and payload, dozens per `sendmsg`.
+const MAX_GATHERED_IOVECS: u64 = 64;
+/// Loop steps per syscall: a step per iovec read and per copy (one per iovec plus the
+/// extra pieces of large ones).
+const GATHER_STEPS: u32 = 2 * MAX_GATHERED_IOVECS as u32 + (GATHER_LIMIT / GATHER_PIECE) as u32;
+
+/// The one record of a syscall on an HTTP/2 connection: its bytes in order (from its
+/// iovecs, or its one buffer when `iovecs` is false), up to `GATHER_LIMIT`; bytes past that
+/// or past `MAX_GATHERED_IOVECS` iovecs are only counted. Frame headers sit in their own
+/// small iovecs, so a record per iovec (the HTTP/1 way) would drop them past the eighth,
+/// and a write of many frames needs all of its headers.
+#[inline(always)]
+fn emit_gathered(
+    pid_tgid: u64,
+    inflight: &InflightIo,
+    moved: u64,
+    iovecs: bool,
+    state: &mut ConnState,
+    goid: u64,
+    seq: TcpSeqs,
+) {
+    // SAFETY: helper without preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let kept = gather_h2(
+        cpu as u64,
+        inflight.buf,
+        inflight.iov_count as u64,
+        moved,
+        u64::from(iovecs),
+    );
+    // Opaque to the compiler, which would otherwise drop the bound below as implied by
+    // the function's body; the verifier only knows the function returns a scalar.
+    let kept = core::hint::black_box(kept);
+    if kept < 0 {
+        count_drop(DropReason::ReadUserFailed);
+        *lost_flag(state, inflight.direction) = 1;
+        return;
+    }
+    let Some(g) = GATHER.get_ptr_mut(cpu) else {
+        return;
+    };
+    // SAFETY: this CPU's slot, used only within this program invocation.
+    let record = unsafe { &mut *g };
+    let bytes = record as *const Gathered as *const u8;
+    send_record(
+        &mut record.header,
+        bytes,
+        size_of::<DataEventHeader>() + GATHER_LIMIT,
+        (kept as u64 & (2 * GATHER_LIMIT as u64 - 1)) as usize,
+        (pid_tgid, inflight, moved, goid, seq),
+        state,
+    );
+}
+
+/// Copies a syscall's bytes into CPU `cpu`'s gathering slot; returns how many were copied,
+/// or -1 when user memory could not be read. A global function with scalar arguments
+/// only: the kernel verifies it once, on its own, instead of once for every way each
+/// program reaches it (its loop made that cost more than the verifier allows).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub fn gather_h2(cpu: u64, buf: u64, iov_count: u64, moved: u64, iovecs: u64) -> i64 {
+    let Some(g) = GATHER.get_ptr_mut(cpu as u32) else {
+        return 0;
+    };
+    const LIMIT: u64 = GATHER_LIMIT as u64;
+    const PIECE: u64 = GATHER_PIECE as u64;
+    // The cursor is read and written field by field with volatile accesses, so it stays
+    // in map memory (see `Gathered::cursor`).
+    // SAFETY: `g` is this CPU's slot, valid for this program invocation, used by no one else.
+    let cur = unsafe { core::ptr::addr_of_mut!((*g).cursor) };
+    // SAFETY: field addresses inside that slot.
+    let (p_off, p_remaining, p_index, p_base, p_len, p_used) = unsafe {
+        (
+            core::ptr::addr_of_mut!((*cur).off),
+            core::ptr::addr_of_mut!((*cur).remaining),
+            core::ptr::addr_of_mut!((*cur).index),
+            core::ptr::addr_of_mut!((*cur).base),
+            core::ptr::addr_of_mut!((*cur).len),
+            core::ptr::addr_of_mut!((*cur).used),
+        )
+    };
+    // SAFETY: only ever called with the cursor's field addresses above.
+    let get = |p: *mut u64| unsafe { p.read_volatile() };
+    // SAFETY: as for `get`.
+    let set = |p: *mut u64, v: u64| unsafe { p.write_volatile(v) };
+    set(p_off, 0);
+    set(p_remaining, moved);
+    set(p_used, 0);
+    if iovecs != 0 {
+        set(p_index, 0);
+        set(p_base, 0);
+        set(p_len, 0);
+    } else {
+        // One buffer: the only "iovec", already loaded.
+        set(p_index, MAX_GATHERED_IOVECS);
+        set(p_base, buf);
+        set(p_len, moved);
+    }
+    for _ in 0..GATHER_STEPS {
+        let (off, remaining, used, len) = (get(p_off), get(p_remaining), get(p_used), get(p_len));
+        if remaining == 0 || off >= LIMIT {
+            break;
+        }
+        if used >= len {
+            let index = get(p_index);
+            if index >= iov_count || index >= MAX_GATHERED_IOVECS {
+                break;
+            }
+            let iov = buf + index * 16;
+            // SAFETY: the helper validates the user pointer.
+            let Ok([b, l]) = (unsafe { bpf_probe_read_user(iov as *const [u64; 2]) }) else {
+                return -1;
+            };
+            set(p_base, b);
+            set(p_len, l);
+            set(p_used, 0);
+            set(p_index, index + 1);
+            continue;
+        }
+        let mut n = len - used;
+        if n > remaining {
+            n = remaining;
+        }
+        if n > PIECE {
+            n = PIECE;
+        }
+        if n > LIMIT - off {
+            n = LIMIT - off;
+        }
+        // Masks the verifier can follow: offset < LIMIT, length <= PIECE.
+        let at = (off & (LIMIT - 1)) as usize;
+        let n = n & (2 * PIECE - 1);
+        if n == 0 || n > PIECE {
+            break;
+        }
+        // SAFETY: `at + n` <= LIMIT + PIECE, inside `data`; the helper validates the user
+        // address.
+        let r = unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_user(
+                (core::ptr::addr_of_mut!((*g).data) as *mut u8).add(at) as *mut core::ffi::c_void,
+                n as u32,
+                (get(p_base) + used) as *const core::ffi::c_void,
+            )
+        };
+        if r != 0 {
+            return -1;
+        }
+        set(p_off, off + n);
+        set(p_used, used + n);
+        set(p_remaining, remaining - n);
+    }
+    let off = get(p_off);
+    (if off < LIMIT { off } else { LIMIT }) as i64
 }
 
 // ---- Go goroutines -----------------------------------------------------------------------

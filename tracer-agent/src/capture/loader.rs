@@ -11,7 +11,7 @@ use tracer_common::{
     ConnState, DROP_REASON_COUNT, GLOBAL_AGENT_TGID, GLOBAL_CAPTURE_BYTES, GLOBAL_FILTER_PIDS,
     GLOBAL_FORK_CHILD_PID_OFFSET, GLOBAL_OFFSETS, GLOBAL_WAKEUP_BYTES, GO_NEWPROC1_RET, GO_UPROBES,
     GoProc, KernelOffsets, MAP_ADOPTED_PENDING, MAP_ADOPTING, MAP_ADOPTING_ANY, MAP_CONNS,
-    MAP_DROPS, MAP_EVENTS, MAP_GO_PROCS, MAP_NOT_HTTP, MAP_PY_PROCS, MAP_PY_THREADS,
+    MAP_DROPS, MAP_EVENTS, MAP_GATHER, MAP_GO_PROCS, MAP_NOT_HTTP, MAP_PY_PROCS, MAP_PY_THREADS,
     MAP_TRACED_PIDS, MAX_CAPTURE_BYTES, MID_STREAM_SNIFFS, NOT_HTTP_KIND_COUNT, PROTO_UNKNOWN,
     PyProc, conn_key,
 };
@@ -180,6 +180,8 @@ impl Capture {
                 true,
             )
             .map_max_entries(MAP_EVENTS, cfg.ring_buffer_bytes)
+            // A slot per possible CPU: the programs index it by the CPU they run on.
+            .map_max_entries(MAP_GATHER, possible_cpus()?)
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow!("loading the eBPF object failed: {e}"))?;
 
@@ -691,6 +693,13 @@ fn per_cpu_totals<const N: usize>(array: &PerCpuArray<MapData, u64>) -> [u64; N]
         }
     }
     totals
+}
+
+/// How many CPUs the kernel may ever bring online (`/sys/devices/system/cpu/possible`).
+fn possible_cpus() -> Result<u32> {
+    let n = aya::util::nr_cpus()
+        .map_err(|(path, e)| anyhow!("cannot read the possible CPUs from {path}: {e}"))?;
+    u32::try_from(n).context("more CPUs than a map can index")
 }
 
 fn offsets_missing_stack(offsets: &KernelOffsets) -> bool {

@@ -101,6 +101,13 @@ impl Transport {
                         endpoint: cfg.endpoint.clone(),
                         reason: error_chain(&e),
                     })?
+                    // The pipeline recognises (and skips) its own exports by this agent
+                    // (tonic appends its own name after it).
+                    .user_agent(crate::EXPORTER_USER_AGENT)
+                    .map_err(|e| TransportError::InvalidEndpoint {
+                        endpoint: cfg.endpoint.clone(),
+                        reason: error_chain(&e),
+                    })?
                     .connect_timeout(cfg.timeout)
                     .timeout(cfg.timeout);
                 let mut metadata = MetadataMap::new();

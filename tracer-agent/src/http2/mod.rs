@@ -153,6 +153,8 @@ pub struct H2Connection {
     closed: bool,
     stats: ConnStats,
     frames: Vec<Frame>,
+    /// The highest client stream id seen.
+    last_stream: u32,
 }
 
 fn timing_of(chunk: &Chunk<'_>) -> MessageTiming {
@@ -183,6 +185,7 @@ impl H2Connection {
             closed: false,
             stats: ConnStats::default(),
             frames: Vec::new(),
+            last_stream: 0,
         }
     }
 
@@ -295,10 +298,17 @@ impl H2Connection {
         match result {
             Ok(()) => {}
             Err(FrameError::Lost) => {
+                tracing::debug!(
+                    ?stream,
+                    moved = chunk.syscall_len,
+                    captured = chunk.bytes.len(),
+                    "HTTP/2 frame boundaries lost in bytes not captured"
+                );
                 self.stats.gaps += 1;
                 self.give_up(Undecodable::Lost);
             }
-            Err(FrameError::BadPreface | FrameError::TooLarge) => {
+            Err(e @ (FrameError::BadPreface | FrameError::TooLarge)) => {
+                tracing::debug!(%e, "HTTP/2 connection undecodable");
                 self.stats.parse_errors += 1;
                 self.give_up(Undecodable::Malformed);
             }
@@ -312,10 +322,10 @@ impl H2Connection {
         if let Some(block) = dir.block.as_mut() {
             // Nothing may come between a header block's frames (RFC 9113 §6.10).
             if h.kind != frame::CONTINUATION || h.stream != block.stream {
-                return self.malformed();
+                return self.malformed("a frame inside a header block");
             }
             if block.fragment.len() + f.payload.len() > max_header_bytes {
-                return self.malformed();
+                return self.malformed("a header block over the limit");
             }
             block.fragment.extend_from_slice(&f.payload);
             if h.has(frame::FLAG_END_HEADERS) {
@@ -329,10 +339,10 @@ impl H2Connection {
                 let mut p = &f.payload[..];
                 if h.has(frame::FLAG_PADDED) {
                     let Some((&pad, rest)) = p.split_first() else {
-                        return self.malformed();
+                        return self.malformed("padding without its length");
                     };
                     let Some(end) = rest.len().checked_sub(pad as usize) else {
-                        return self.malformed();
+                        return self.malformed("padding longer than the frame");
                     };
                     p = &rest[..end];
                 }
@@ -342,7 +352,7 @@ impl H2Connection {
                     _ => 0,
                 };
                 let Some(fragment) = p.get(skip..) else {
-                    return self.malformed();
+                    return self.malformed("a header frame shorter than its fields");
                 };
                 let block = PendingBlock {
                     stream: h.stream,
@@ -356,7 +366,7 @@ impl H2Connection {
                     self.direction(stream).block = Some(block);
                 }
             }
-            frame::CONTINUATION => self.malformed(),
+            frame::CONTINUATION => self.malformed("CONTINUATION without a header block"),
             frame::DATA => {
                 let end = h.has(frame::FLAG_END_STREAM);
                 let Some(s) = self.streams.get_mut(&h.stream) else {
@@ -422,8 +432,12 @@ impl H2Connection {
                 String::from_utf8_lossy(&value).into_owned(),
             ));
         });
-        if decoded.is_err() || size > 4 * self.cfg.max_header_bytes {
-            return self.malformed();
+        if let Err(e) = decoded {
+            tracing::debug!(?e, "HPACK");
+            return self.malformed("a header block that fails to decode");
+        }
+        if size > 4 * self.cfg.max_header_bytes {
+            return self.malformed("a header list over the limit");
         }
         if block.discard || block.stream == 0 {
             return;
@@ -451,6 +465,13 @@ impl H2Connection {
             s.request_ended |= end_stream;
             return;
         }
+        // Client streams are odd and only ever increase (RFC 9113 §5.1.1): a HEADERS on a
+        // stream that ended, or a server-side id, starts nothing.
+        if id % 2 == 0 || id <= self.last_stream {
+            self.stats.parse_errors += 1;
+            return;
+        }
+        self.last_stream = id;
         if self.streams.len() >= self.cfg.max_streams {
             self.stats.dropped_unpaired += 1;
             return;
@@ -589,7 +610,8 @@ impl H2Connection {
         });
     }
 
-    fn malformed(&mut self) {
+    fn malformed(&mut self, what: &'static str) {
+        tracing::debug!(what, "HTTP/2 connection undecodable");
         self.stats.parse_errors += 1;
         self.give_up(Undecodable::Malformed);
     }

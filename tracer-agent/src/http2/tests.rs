@@ -457,3 +457,24 @@ fn first_bytes_tell_http2_from_http1() {
     assert!(!starts_like_http2(Stream::Request, b"GET / HTTP/1.1\r\n"));
     assert!(!starts_like_http2(Stream::Response, b"HTTP/1.1 200 OK\r\n"));
 }
+
+#[test]
+fn a_reused_or_even_stream_id_starts_nothing() {
+    let mut wire = Wire::new();
+    wire.grpc_call(3, "/demo.Greeter/Say", &[]);
+    wire.grpc_answer(3, "0");
+    let (mut c, out) = run(&wire, 0, 0);
+    assert_eq!(out.len(), 1);
+    c.drain_started_into(&mut Vec::new());
+    let mut again = Wire::new();
+    again.client = wire.client;
+    again.request.clear();
+    again.grpc_call(3, "/demo.Greeter/Say", &[]);
+    again.grpc_call(1, "/demo.Greeter/Say", &[]);
+    again.grpc_call(4, "/demo.Greeter/Say", &[]);
+    c.on_request_bytes(chunk(&again.request, 50));
+    let mut started = Vec::new();
+    c.drain_started_into(&mut started);
+    assert!(started.is_empty(), "{started:?}");
+    assert_eq!(c.stats().parse_errors, 3);
+}
