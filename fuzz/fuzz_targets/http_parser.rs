@@ -89,6 +89,8 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
                     syscall_len: bytes.len() + missing,
                     ts_enter_ns: t,
                     ts_exit_ns: t + 1,
+                    tcp_seq: None,
+                    opposite_seq: None,
                 };
                 if u.arbitrary::<bool>()? {
                     c.on_request_bytes(chunk);

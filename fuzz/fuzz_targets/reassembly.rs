@@ -249,6 +249,8 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
                 syscall_len: len,
                 ts_enter_ns: t,
                 ts_exit_ns: t + 1,
+                tcp_seq: None,
+                opposite_seq: None,
             };
             match stream {
                 Stream::Request => c.on_request_bytes(chunk),

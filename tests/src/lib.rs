@@ -1,5 +1,6 @@
 //! Shared helpers for the integration suites.
 
+pub mod grpc;
 pub mod harness;
 pub mod kube_api;
 pub mod linking;

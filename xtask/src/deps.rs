@@ -19,6 +19,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("nginx", "nginx"),
     ("wrk", "wrk"),
     ("node", "nodejs"),
+    // npm installs the gRPC suite's Node.js package (`ensure_node_test_packages`).
+    ("npm", "npm"),
     // The capture suite's real TLS server and certificate.
     ("openssl", "openssl"),
 ];
@@ -34,7 +36,8 @@ pub fn ensure_test_tools() -> Result<()> {
     ensure_packages(TEST_TOOLS)?;
     crate::image::ensure_image_tools()?;
     ensure_manifest_validator()?;
-    ensure_python_test_packages()
+    ensure_python_test_packages()?;
+    ensure_node_test_packages()
 }
 
 /// A second Go release for the linking suite, next to the distribution's `go`: the goroutine
@@ -72,10 +75,12 @@ pub fn ensure_newer_go() -> Result<std::path::PathBuf> {
 /// Python packages the suites import, installed with pip into `target/test-tools/python`
 /// (on `PYTHONPATH` in the tests), not into the system: (module, pinned requirement).
 /// `requests` for the fidelity suite, `aiohttp` for the asyncio service of the linking
-/// suite.
+/// suite, `grpcio` for the HTTP/2 suite's gRPC server and client (a manylinux wheel: no
+/// compiler needed).
 const PYTHON_TEST_PACKAGES: &[(&str, &str)] = &[
     ("requests", "requests==2.32.3"),
     ("aiohttp", "aiohttp==3.12.15"),
+    ("grpc", "grpcio==1.75.1"),
 ];
 
 /// Where [`ensure_python_test_packages`] installs (for `PYTHONPATH`).
@@ -102,6 +107,61 @@ pub fn ensure_python_test_packages() -> Result<()> {
     // a second install's shared dependencies (idna) into the directory.
     run_cmd(pip_install_into(&dir).arg("--upgrade").args(&reqs))
         .context("installing the tests' Python packages with pip failed")
+}
+
+/// npm packages the suites `require`, installed into `target/test-tools/node/node_modules`
+/// (on `NODE_PATH` in the tests), not globally: (module, pinned version). `@grpc/grpc-js`
+/// for the HTTP/2 suite's Node.js gRPC server and client (pure JavaScript).
+const NODE_TEST_PACKAGES: &[(&str, &str)] = &[("@grpc/grpc-js", "1.14.3")];
+
+/// Where [`ensure_node_test_packages`] installs: the directory holding `node_modules`.
+pub fn node_test_packages_dir() -> std::path::PathBuf {
+    crate::workspace_root().join("target/test-tools/node")
+}
+
+pub fn ensure_node_test_packages() -> Result<()> {
+    let dir = node_test_packages_dir();
+    let modules = dir.join("node_modules");
+    // The installed version, from each package's own package.json: a changed pin reinstalls.
+    let installed = |module: &str, version: &str| {
+        std::fs::read_to_string(modules.join(module).join("package.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .is_some_and(|v| v["version"] == version)
+    };
+    if NODE_TEST_PACKAGES.iter().all(|(m, v)| installed(m, v)) {
+        return Ok(());
+    }
+    let deps: serde_json::Map<String, serde_json::Value> = NODE_TEST_PACKAGES
+        .iter()
+        .map(|(m, v)| ((*m).to_owned(), (*v).into()))
+        .collect();
+    eprintln!(
+        "==> installing {} into {}",
+        NODE_TEST_PACKAGES
+            .iter()
+            .map(|(m, v)| format!("{m}@{v}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        modules.display()
+    );
+    std::fs::create_dir_all(&dir)?;
+    // A package.json of its own: npm would otherwise install next to the nearest one above.
+    std::fs::write(
+        dir.join("package.json"),
+        serde_json::to_string_pretty(&serde_json::json!({
+            "name": "tracer-test-tools",
+            "private": true,
+            "dependencies": deps,
+        }))?,
+    )?;
+    run_cmd(
+        Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--omit=dev"])
+            .args(["--no-package-lock", "--loglevel=error"])
+            .current_dir(&dir),
+    )
+    .context("installing the tests' Node.js packages with npm failed")
 }
 
 /// Installs the Debian packages of the `(command, package)` pairs whose command is missing.
