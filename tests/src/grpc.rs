@@ -20,7 +20,7 @@ use anyhow::{Context as _, Result, ensure};
 
 use crate::harness::Server;
 use crate::linking::require_python_module;
-use crate::programs::{TempDir, go_build_by, python, reported, spawn_printing_port};
+use crate::programs::{TempDir, go_build_by, interpreter, python, reported, spawn_printing_port};
 
 /// grpcio server of `demo.Greeter`: Say, Fail, Slow, Count (server streaming), Big, Echo.
 pub const PYTHON_SERVER: &str = include_str!("../grpc/server.py");
@@ -96,17 +96,7 @@ pub fn node_modules_dir() -> PathBuf {
 /// `node` with the suite's `node_modules` on `NODE_PATH`, run from the temporary directory
 /// (no stray `node_modules` of the working directory is picked up).
 pub fn node() -> Command {
-    let mut cmd = Command::new("node");
-    let mut paths = vec![node_modules_dir()];
-    if let Some(p) = std::env::var_os("NODE_PATH") {
-        paths.extend(std::env::split_paths(&p));
-    }
-    cmd.env(
-        "NODE_PATH",
-        std::env::join_paths(paths).expect("no separator"),
-    );
-    cmd.current_dir(std::env::temp_dir());
-    cmd
+    interpreter("node", "NODE_PATH", node_modules_dir())
 }
 
 /// Fails with the fix when `module` cannot be required from the suites' `node_modules`.

@@ -135,15 +135,19 @@ pub fn python_packages_dir() -> PathBuf {
 
 /// `python3` with the suite's package directory on `PYTHONPATH`.
 pub fn python() -> Command {
-    let mut cmd = Command::new("python3");
-    let mut paths = vec![python_packages_dir()];
-    if let Some(p) = std::env::var_os("PYTHONPATH") {
+    interpreter("python3", "PYTHONPATH", python_packages_dir())
+}
+
+/// `program` with `dir` first on its module search path `var` (then whatever the
+/// environment had), run from the temporary directory: no stray modules of the working
+/// directory are picked up.
+pub fn interpreter(program: &str, var: &str, dir: PathBuf) -> Command {
+    let mut cmd = Command::new(program);
+    let mut paths = vec![dir];
+    if let Some(p) = std::env::var_os(var) {
         paths.extend(std::env::split_paths(&p));
     }
-    cmd.env(
-        "PYTHONPATH",
-        std::env::join_paths(paths).expect("no separator"),
-    );
+    cmd.env(var, std::env::join_paths(paths).expect("no separator"));
     cmd.current_dir(std::env::temp_dir());
     cmd
 }

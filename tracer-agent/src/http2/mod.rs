@@ -467,7 +467,7 @@ impl H2Connection {
         }
         // Client streams are odd and only ever increase (RFC 9113 §5.1.1): a HEADERS on a
         // stream that ended, or a server-side id, starts nothing.
-        if id % 2 == 0 || id <= self.last_stream {
+        if id.is_multiple_of(2) || id <= self.last_stream {
             self.stats.parse_errors += 1;
             return;
         }
