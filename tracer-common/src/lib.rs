@@ -523,7 +523,7 @@ mod tests {
         assert_eq!(size_of::<GoEvent>(), 48 + 24);
         assert_eq!(size_of::<GoProc>(), 8);
         assert_eq!(size_of::<PyProc>(), 16);
-        assert_eq!(size_of::<KernelOffsets>(), 17 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 18 * 4);
         assert_eq!(size_of::<ConnState>(), 40);
     }
 

@@ -416,6 +416,12 @@ impl Pipeline {
         http.on_bytes(stream, http_chunk);
         http.drain_started_into(&mut self.started);
         for started in self.started.drain(..) {
+            // This agent's own exports (to a traced collector, or another agent's peer
+            // port) are never announced: a thread receiving them is not serving a request
+            // its outgoing calls could belong to.
+            if http.request_head(started.seq).is_some_and(is_own_export) {
+                continue;
+            }
             let excluded = http
                 .request_head(started.seq)
                 .and_then(|head| self.cfg.exclude.check(head));
@@ -529,11 +535,7 @@ impl Pipeline {
         for exchange in self.exchanges.drain(..) {
             Metrics::inc(&self.metrics.exchanges);
             let span_id = self.linker.span_id_of(conn_id, exchange.seq);
-            if exchange
-                .request
-                .header("user-agent")
-                .is_some_and(|ua| ua.starts_with(crate::EXPORTER_USER_AGENT))
-            {
+            if is_own_export(&exchange.request) {
                 Metrics::inc(&self.metrics.own_exports_skipped);
                 if span_id.is_some() {
                     self.linker.forget(conn_id, exchange.seq);
@@ -560,6 +562,13 @@ impl Pipeline {
                 .span_finished(conn_id, exchange.seq, span, self.now_ns);
         }
     }
+}
+
+/// A request this agent sent: an OTLP export or an exchange with another agent (OTLP/gRPC
+/// carries tonic's name after the agent's).
+fn is_own_export(head: &RequestHead) -> bool {
+    head.header("user-agent")
+        .is_some_and(|ua| ua.starts_with(crate::EXPORTER_USER_AGENT))
 }
 
 #[cfg(test)]
