@@ -1261,12 +1261,9 @@ fn emit_data(
     };
     // SAFETY: per-CPU scratch, used only within this program invocation.
     let event = unsafe { &mut *scratch };
-    // HTTP/2 packs many frames into a syscall: every header in it is needed.
-    let limit = if state.protocol == PROTO_HTTP2 {
-        MAX_CAPTURE_BYTES as u64
-    } else {
-        CAPTURE_BYTES.load() as u64
-    };
+    // Of an HTTP/2 connection only the record that sniffs it comes here; the rest are
+    // gathered (`emit_gathered`).
+    let limit = CAPTURE_BYTES.load() as u64;
     let mut len = if available < limit { available } else { limit };
     if len > MAX_CAPTURE_BYTES as u64 {
         len = MAX_CAPTURE_BYTES as u64;

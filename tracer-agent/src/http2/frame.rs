@@ -80,6 +80,8 @@ struct Current {
     left: usize,
     /// Payload bytes still to keep, from the front of `left`.
     keep: usize,
+    /// Reported when its payload ends (it keeps some), not when its header was read.
+    report_at_end: bool,
 }
 
 #[derive(Debug)]
@@ -162,6 +164,7 @@ impl FrameReader {
             header,
             left: len,
             keep,
+            report_at_end: keep > 0,
         });
         if len == 0 {
             self.current = None;
@@ -173,7 +176,7 @@ impl FrameReader {
         let Some(cur) = self.current.take() else {
             return;
         };
-        if !self.payload.is_empty() || (kept(cur.header.kind) != Some(0) && cur.header.len > 0) {
+        if cur.report_at_end {
             out.push(Frame {
                 header: cur.header,
                 payload: std::mem::take(&mut self.payload),

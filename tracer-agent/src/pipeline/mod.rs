@@ -419,12 +419,11 @@ impl Pipeline {
             // This agent's own exports (to a traced collector, or another agent's peer
             // port) are never announced: a thread receiving them is not serving a request
             // its outgoing calls could belong to.
-            if http.request_head(started.seq).is_some_and(is_own_export) {
+            let head = http.request_head(started.seq);
+            if head.is_some_and(is_own_export) {
                 continue;
             }
-            let excluded = http
-                .request_head(started.seq)
-                .and_then(|head| self.cfg.exclude.check(head));
+            let excluded = head.and_then(|head| self.cfg.exclude.check(head));
             if let Some(rule) = excluded {
                 Metrics::inc(&self.metrics.requests_excluded[rule as usize]);
             }
@@ -445,12 +444,10 @@ impl Pipeline {
             self.linker.request_started(request, self.now_ns);
         }
         self.collect(id);
-        if self
-            .conns
-            .get(&id)
-            .is_some_and(|c| c.http.as_ref().is_some_and(Protocol::is_dead))
+        if let Some(http) = self.conns.get(&id).and_then(|c| c.http.as_ref())
+            && http.is_dead()
         {
-            if let Some(Protocol::Http2(h)) = self.conns.get(&id).and_then(|c| c.http.as_ref())
+            if let Protocol::Http2(h) = http
                 && let Some(why) = h.undecodable()
             {
                 Metrics::inc(&self.metrics.http2_undecodable[why as usize]);
