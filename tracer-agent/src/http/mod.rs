@@ -105,6 +105,22 @@ pub struct Chunk<'a> {
     pub opposite_seq: Option<u32>,
 }
 
+#[cfg(test)]
+impl<'a> Chunk<'a> {
+    /// A syscall that moved `bytes`, all captured, entered at `ts_ns` and returned 1 ns
+    /// later, without TCP counters: what most tests feed.
+    pub(crate) fn whole(bytes: &'a [u8], ts_ns: u64) -> Chunk<'a> {
+        Chunk {
+            bytes,
+            syscall_len: bytes.len(),
+            ts_enter_ns: ts_ns,
+            ts_exit_ns: ts_ns + 1,
+            tcp_seq: None,
+            opposite_seq: None,
+        }
+    }
+}
+
 /// Direction of a connection, by HTTP role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Stream {

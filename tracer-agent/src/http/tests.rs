@@ -246,14 +246,7 @@ fn feed_cut(c: &mut HttpConnection, stream: Stream, bytes: &[u8], cuts: &[usize]
     for w in bounds.windows(2) {
         let part = &bytes[w[0]..w[1]];
         let t = base + 10 * w[0] as u64;
-        let chunk = Chunk {
-            bytes: part,
-            syscall_len: part.len(),
-            ts_enter_ns: t,
-            ts_exit_ns: t + 1,
-            tcp_seq: None,
-            opposite_seq: None,
-        };
+        let chunk = Chunk::whole(part, t);
         match stream {
             Stream::Request => c.on_request_bytes(chunk),
             Stream::Response => c.on_response_bytes(chunk),
@@ -1357,14 +1350,7 @@ fn error_types_are_stable() {
 #[test]
 fn started_requests_announce_heads_before_their_exchanges() {
     let mut c = HttpConnection::new(&HttpConfig::default());
-    let chunk = |bytes: &'static [u8], ts: u64| Chunk {
-        bytes,
-        syscall_len: bytes.len(),
-        ts_enter_ns: ts,
-        ts_exit_ns: ts + 1,
-        tcp_seq: None,
-        opposite_seq: None,
-    };
+    let chunk = Chunk::whole;
     c.on_request_bytes(chunk(
         b"GET /a HTTP/1.1\r\ntraceparent: tp\r\nTraceState: ts\r\nX-B3-Sampled: 1\r\nCookie: c\r\n\r\n",
         10,

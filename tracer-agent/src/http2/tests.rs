@@ -80,24 +80,13 @@ impl Wire {
     }
 }
 
-fn chunk(bytes: &[u8], ts: u64) -> Chunk<'_> {
-    Chunk {
-        bytes,
-        syscall_len: bytes.len(),
-        ts_enter_ns: ts,
-        ts_exit_ns: ts + 1,
-        tcp_seq: None,
-        opposite_seq: None,
-    }
-}
-
 /// Feeds the request bytes (cut at `req_cut`) then the response bytes (cut at `resp_cut`).
 fn run(wire: &Wire, req_cut: usize, resp_cut: usize) -> (H2Connection, Vec<Exchange>) {
     let mut c = H2Connection::new(&Http2Config::default());
-    c.on_request_bytes(chunk(&wire.request[..req_cut], 10));
-    c.on_request_bytes(chunk(&wire.request[req_cut..], 20));
-    c.on_response_bytes(chunk(&wire.response[..resp_cut], 30));
-    c.on_response_bytes(chunk(&wire.response[resp_cut..], 40));
+    c.on_request_bytes(Chunk::whole(&wire.request[..req_cut], 10));
+    c.on_request_bytes(Chunk::whole(&wire.request[req_cut..], 20));
+    c.on_response_bytes(Chunk::whole(&wire.response[..resp_cut], 30));
+    c.on_response_bytes(Chunk::whole(&wire.response[resp_cut..], 40));
     let mut out = Vec::new();
     c.drain_exchanges_into(&mut out);
     (c, out)
@@ -147,7 +136,7 @@ fn started_requests_carry_the_stream_and_trace_context() {
         &[("traceparent", "00-aa-bb-01"), ("x-other", "1")],
     );
     let mut c = H2Connection::new(&Http2Config::default());
-    c.on_request_bytes(chunk(&wire.request, 5));
+    c.on_request_bytes(Chunk::whole(&wire.request, 5));
     let mut started = Vec::new();
     c.drain_started_into(&mut started);
     assert_eq!(started.len(), 1);
@@ -329,7 +318,7 @@ fn uncaptured_data_is_counted_but_lost_headers_make_it_undecodable() {
     let mut wire = Wire::new();
     wire.grpc_call(1, "/demo.Greeter/Big", &[]);
     let mut c = H2Connection::new(&Http2Config::default());
-    c.on_request_bytes(chunk(&wire.request, 1));
+    c.on_request_bytes(Chunk::whole(&wire.request, 1));
     // A 100 KB DATA frame of which only the first 4 KiB were captured.
     let mut big = frame(
         HEADERS,
@@ -342,7 +331,7 @@ fn uncaptured_data_is_counted_but_lost_headers_make_it_undecodable() {
     let captured = big.len();
     c.on_response_bytes(Chunk {
         syscall_len: captured + data.len() - 4096,
-        ..chunk(&big, 2)
+        ..Chunk::whole(&big, 2)
     });
     let trailers = frame(
         HEADERS,
@@ -350,7 +339,7 @@ fn uncaptured_data_is_counted_but_lost_headers_make_it_undecodable() {
         1,
         &Wire::block(&mut wire.server, &[("grpc-status", "0")]),
     );
-    c.on_response_bytes(chunk(&trailers, 3));
+    c.on_response_bytes(Chunk::whole(&trailers, 3));
     let mut out = Vec::new();
     c.drain_exchanges_into(&mut out);
     assert_eq!(out.len(), 1);
@@ -362,7 +351,7 @@ fn uncaptured_data_is_counted_but_lost_headers_make_it_undecodable() {
     let mut c2 = H2Connection::new(&Http2Config::default());
     c2.on_request_bytes(Chunk {
         syscall_len: wire.request.len() + 50,
-        ..chunk(&wire.request, 1)
+        ..Chunk::whole(&wire.request, 1)
     });
     assert_eq!(c2.undecodable(), Some(Undecodable::Lost));
     let mut out = Vec::new();
@@ -378,7 +367,7 @@ fn a_missed_start_is_never_guessed() {
     assert_eq!(c.undecodable(), Some(Undecodable::StartMissed));
     let mut wire = Wire::new();
     wire.grpc_call(1, "/demo.Greeter/Say", &[]);
-    c.on_request_bytes(chunk(&wire.request, 1));
+    c.on_request_bytes(Chunk::whole(&wire.request, 1));
     let mut started = Vec::new();
     c.drain_started_into(&mut started);
     assert!(started.is_empty());
@@ -394,7 +383,7 @@ fn streams_beyond_the_limit_are_dropped_and_counted() {
         max_streams: 4,
         ..Http2Config::default()
     });
-    c.on_request_bytes(chunk(&wire.request, 1));
+    c.on_request_bytes(Chunk::whole(&wire.request, 1));
     assert_eq!(c.stats().pending, 4);
     assert_eq!(c.stats().dropped_unpaired, 6);
 }
@@ -435,10 +424,10 @@ fn garbage_and_corrupted_traffic_never_panic() {
         let mut at = 0;
         while at < req.len() {
             let n = (next() as usize % 700 + 1).min(req.len() - at);
-            c.on_request_bytes(chunk(&req[at..at + n], at as u64));
+            c.on_request_bytes(Chunk::whole(&req[at..at + n], at as u64));
             at += n;
         }
-        c.on_response_bytes(chunk(&resp, 1));
+        c.on_response_bytes(Chunk::whole(&resp, 1));
         c.on_close(2);
         assert!(c.buffered_bytes() <= 2 * Http2Config::default().max_header_bytes + 4096);
         let mut out = Vec::new();
@@ -472,7 +461,7 @@ fn a_reused_or_even_stream_id_starts_nothing() {
     again.grpc_call(3, "/demo.Greeter/Say", &[]);
     again.grpc_call(1, "/demo.Greeter/Say", &[]);
     again.grpc_call(4, "/demo.Greeter/Say", &[]);
-    c.on_request_bytes(chunk(&again.request, 50));
+    c.on_request_bytes(Chunk::whole(&again.request, 50));
     let mut started = Vec::new();
     c.drain_started_into(&mut started);
     assert!(started.is_empty(), "{started:?}");
