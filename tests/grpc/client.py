@@ -14,7 +14,9 @@
 #             OK and a count of at least 40 (the server also sees user-agent: 41). NB
 #             grpcio's C core encodes custom metadata as literals without indexing, so these
 #             never enter the dynamic table; the Node.js client's metadata mode does evict;
-#   mixed     call n is the mode (n-1) % 6 of the six above, in that order.
+#   mixed     call n is the mode (n-1) % 6 of the six above, in that order;
+#   relay     Relay (the first server of a chain: it calls the next), expects OK and
+#             b"hello id=<n>" from the chain's last server.
 # Prints one line, `calls=N ok=K codes=OK:K,NOT_FOUND:F,DEADLINE_EXCEEDED:D messages=M
 # conns=C` (ok: calls that ended OK; any other status code is appended to codes; M: response
 # messages received; C: TCP connections to PORT this process had open, sampled every 10 ms
@@ -31,8 +33,8 @@ import grpc
 port, mode = int(sys.argv[1]), sys.argv[2]
 calls, concurrency = int(sys.argv[3]), int(sys.argv[4])
 MODES = ["say", "fail", "deadline", "stream", "big", "metadata"]
-if mode not in MODES + ["mixed"]:
-    sys.exit("unknown mode %r: one of %s or mixed" % (mode, ", ".join(MODES)))
+if mode not in MODES + ["mixed", "relay"]:
+    sys.exit("unknown mode %r: one of %s, mixed or relay" % (mode, ", ".join(MODES)))
 TIMEOUT = 20.0
 BIG = 40000
 
@@ -42,7 +44,7 @@ channel = grpc.insecure_channel(
 grpc.channel_ready_future(channel).result(timeout=10)
 unary = {
     name: channel.unary_unary("/demo.Greeter/" + name)
-    for name in ["Say", "Fail", "Slow", "Big", "Echo"]
+    for name in ["Say", "Fail", "Slow", "Big", "Echo", "Relay"]
 }
 count = channel.unary_stream("/demo.Greeter/Count")
 
@@ -54,8 +56,8 @@ def one(n, kind):
     rid = [("x-request-id", str(n))]
     got = 0
     try:
-        if kind == "say":
-            r = unary["Say"](req, timeout=TIMEOUT, metadata=rid)
+        if kind in ("say", "relay"):
+            r = unary[kind.title()](req, timeout=TIMEOUT, metadata=rid)
             got = 1
             return "OK", got, None if r == b"hello " + req else "answer %r" % r[:80]
         if kind == "fail":

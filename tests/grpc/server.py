@@ -11,7 +11,15 @@
 #                             b"x"): more than HTTP/2's default 16 KiB frame and 64 KiB
 #                             window;
 #   Echo   (unary)            answers the number of invocation metadata entries it got,
-#                             in ASCII.
+#                             in ASCII;
+#   Relay  (unary)            with GRPC_RELAY_PORT set: waits 0-4 ms (work before the call,
+#                             so that concurrent handlers call downstream in any order),
+#                             calls GRPC_RELAY_METHOD (Say or Relay) of the server on
+#                             127.0.0.1:GRPC_RELAY_PORT with the same request and
+#                             x-request-id over one channel (one HTTP/2 connection), and
+#                             answers its answer (or its status).
+import os
+import random
 import time
 from concurrent import futures
 
@@ -48,6 +56,25 @@ def echo(request, context):
     return b"%d" % len(context.invocation_metadata())
 
 
+RELAY_PORT = os.environ.get("GRPC_RELAY_PORT")
+downstream = None
+if RELAY_PORT:
+    downstream = grpc.insecure_channel(
+        "127.0.0.1:" + RELAY_PORT, options=[("grpc.enable_http_proxy", 0)]
+    ).unary_unary("/demo.Greeter/" + os.environ.get("GRPC_RELAY_METHOD", "Say"))
+
+
+def relay(request, context):
+    if downstream is None:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "GRPC_RELAY_PORT is not set")
+    ids = [kv for kv in context.invocation_metadata() if kv[0] == "x-request-id"]
+    time.sleep(random.random() * 0.004)
+    try:
+        return downstream(request, timeout=20.0, metadata=ids)
+    except grpc.RpcError as e:
+        context.abort(e.code(), e.details())
+
+
 # No (de)serializers: the handlers get and return bytes.
 unary = grpc.unary_unary_rpc_method_handler
 handlers = {
@@ -57,6 +84,7 @@ handlers = {
     "Count": grpc.unary_stream_rpc_method_handler(count),
     "Big": unary(big),
     "Echo": unary(echo),
+    "Relay": unary(relay),
 }
 server = grpc.server(
     futures.ThreadPoolExecutor(max_workers=16),

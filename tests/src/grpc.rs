@@ -22,11 +22,12 @@ use crate::harness::Server;
 use crate::linking::require_python_module;
 use crate::programs::{TempDir, go_build_by, interpreter, python, reported, spawn_printing_port};
 
-/// grpcio server of `demo.Greeter`: Say, Fail, Slow, Count (server streaming), Big, Echo.
+/// grpcio server of `demo.Greeter`: Say, Fail, Slow, Count (server streaming), Big, Echo,
+/// Relay.
 pub const PYTHON_SERVER: &str = include_str!("../grpc/server.py");
 /// grpcio client: `PORT MODE CALLS CONCURRENCY`, one channel, [`PYTHON_MODES`].
 pub const PYTHON_CLIENT: &str = include_str!("../grpc/client.py");
-/// @grpc/grpc-js server of `demo.Greeter`: Say and Echo.
+/// @grpc/grpc-js server of `demo.Greeter`: Say, Echo and Relay.
 pub const NODE_SERVER: &str = include_str!("../grpc/server.js");
 /// @grpc/grpc-js client: `PORT MODE CALLS CONCURRENCY`, one client, [`NODE_MODES`].
 pub const NODE_CLIENT: &str = include_str!("../grpc/client.js");
@@ -37,13 +38,14 @@ pub const GO_H2C_CLIENT: &str = include_str!("../grpc/h2c_client.go");
 
 /// The Python client's modes (see `tests/grpc/client.py`). The status each call ends with:
 /// `say`, `stream`, `big`, `metadata` OK; `fail` NOT_FOUND; `deadline` DEADLINE_EXCEEDED;
-/// `mixed` cycles through the six in this order (call n is mode (n-1) % 6).
+/// `mixed` cycles through the six in this order (call n is mode (n-1) % 6); `relay` calls
+/// `Relay`, which answers what the chain behind it answers.
 ///
 /// `metadata` sends 40 distinct keys per call, but grpcio's encoder (gRPC's C core) writes
 /// custom metadata as literals *without indexing*: they never enter HPACK's dynamic table.
 /// The Node.js client's `metadata` mode is the one that fills the table and evicts.
 pub const PYTHON_MODES: &[&str] = &[
-    "say", "fail", "deadline", "stream", "big", "metadata", "mixed",
+    "say", "fail", "deadline", "stream", "big", "metadata", "mixed", "relay",
 ];
 
 /// The Node.js client's modes: `say`, and `metadata` (40 distinct keys of about 100 bytes
@@ -70,6 +72,21 @@ pub fn python_grpc_server() -> Result<Server> {
     let mut cmd = python();
     cmd.arg("-c").arg(PYTHON_SERVER);
     spawn_printing_port(cmd, "python3 grpc server")
+}
+
+/// The grpcio server whose `Relay` calls `method` (`Say` or `Relay`) of the server on
+/// `downstream_port`, forwarding the request and its `x-request-id`.
+pub fn python_grpc_relay(downstream_port: u16, method: &str) -> Result<Server> {
+    require_python_module("grpc")?;
+    let mut cmd = python();
+    cmd.arg("-c").arg(PYTHON_SERVER);
+    relaying(&mut cmd, downstream_port, method);
+    spawn_printing_port(cmd, "python3 grpc relay")
+}
+
+fn relaying(cmd: &mut Command, downstream_port: u16, method: &str) {
+    cmd.env("GRPC_RELAY_PORT", downstream_port.to_string())
+        .env("GRPC_RELAY_METHOD", method);
 }
 
 /// The grpcio client against `port`: `calls` calls of `mode` ([`PYTHON_MODES`]) on one
@@ -122,6 +139,17 @@ pub fn node_grpc_server() -> Result<Server> {
     spawn_printing_port(cmd, "node grpc server")
 }
 
+/// The @grpc/grpc-js server whose `Relay` calls `method` (`Say` or `Relay`) of the server
+/// on `downstream_port` (after 0-4 ms of work), forwarding the request and its
+/// `x-request-id`.
+pub fn node_grpc_relay(downstream_port: u16, method: &str) -> Result<Server> {
+    require_node_module("@grpc/grpc-js")?;
+    let mut cmd = node();
+    cmd.arg("-e").arg(NODE_SERVER);
+    relaying(&mut cmd, downstream_port, method);
+    spawn_printing_port(cmd, "node grpc relay")
+}
+
 /// The @grpc/grpc-js client calling `Say` `calls` times, `concurrency` at once, on one
 /// connection. Prints a [`GrpcReport`] line.
 pub fn node_grpc_client(port: u16, calls: u32, concurrency: u32) -> Command {
@@ -165,6 +193,15 @@ fn build_h2c(go: &Path, dir: &TempDir, name: &str, source: &str) -> Result<PathB
 pub fn go_h2c_server(go: &Path, dir: &TempDir) -> Result<Server> {
     let bin = build_h2c(go, dir, "h2c_server", GO_H2C_SERVER)?;
     spawn_printing_port(Command::new(bin), "go h2c server")
+}
+
+/// [`go_h2c_server`] whose `/hello?id=N` first calls `GET /down?id=N` on
+/// 127.0.0.1:`downstream_port` (HTTP/1.1, after 0-4 ms of work) from its handler goroutine.
+pub fn go_h2c_relay(go: &Path, dir: &TempDir, downstream_port: u16) -> Result<Server> {
+    let bin = build_h2c(go, dir, "h2c_server", GO_H2C_SERVER)?;
+    let mut cmd = Command::new(bin);
+    cmd.env("H2C_RELAY_PORT", downstream_port.to_string());
+    spawn_printing_port(cmd, "go h2c relay")
 }
 
 /// Builds (into `dir`, with `go`) the h2c client against `port`: `GET /hello?id=N` for N =

@@ -4,6 +4,7 @@ pub mod grpc;
 pub mod harness;
 pub mod kube_api;
 pub mod linking;
+pub mod nodes;
 pub mod otlp;
 pub mod podman;
 pub mod pods;

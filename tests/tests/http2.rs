@@ -8,16 +8,18 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use tracer_tests::ReceivedSpan;
 use tracer_tests::grpc::{
-    BIG_BYTES, GrpcReport, STREAM_MESSAGES, go_h2c_client, go_h2c_server, newer_go,
-    node_grpc_client_mode, node_grpc_server, parse_grpc_report, parse_h2c_report,
-    python_grpc_client, python_grpc_server,
+    BIG_BYTES, GrpcReport, STREAM_MESSAGES, go_h2c_client, go_h2c_relay, go_h2c_server, newer_go,
+    node_grpc_client_mode, node_grpc_relay, node_grpc_server, parse_grpc_report, parse_h2c_report,
+    python_grpc_client, python_grpc_relay, python_grpc_server,
 };
 use tracer_tests::harness::{Server, curl};
+use tracer_tests::nodes::{GatedClient, node_agent};
 use tracer_tests::programs::{
-    TempDir, WAIT, agent_exporting_to, collect, counts, receiver, run_client, span_pid, summary,
+    TempDir, WAIT, agent_exporting_to, collect, counts, python_app_server, receiver, run_client,
+    span_pid, spans_of, summary,
 };
+use tracer_tests::{ReceivedSpan, unused_local_addr};
 
 /// The spans of one traced client run against `server`, with the client's report and the
 /// agent's metrics.
@@ -326,4 +328,230 @@ async fn go_h2c_and_curl_prior_knowledge() {
         })
         .collect();
     assert_eq!(statuses, BTreeMap::from([(200, "UNSET"), (503, "ERROR")]));
+}
+
+/// Which gRPC runtime serves a relay of the chain.
+#[derive(Debug, Clone, Copy)]
+enum Relay {
+    /// @grpc/grpc-js: one event loop reads, handles and writes every call.
+    Node,
+    /// grpcio: the C core's threads read and write, a pool thread runs the handler.
+    Python,
+}
+
+/// Per hop of a chain of spans (span i → span i+1), how many calls had the child under its
+/// own parent, under another span, or under none.
+#[derive(Debug, Default)]
+struct ChainVerdict {
+    right: Vec<usize>,
+    wrong: Vec<usize>,
+    unlinked: Vec<usize>,
+    /// Calls whose spans are one trace, parent by parent.
+    whole: usize,
+}
+
+/// The spans of a gated client's run split over two agents, as two nodes would see them:
+/// agent 1 traces the client and `node1`, agent 2 `node2`, joined by the exchange. Checks
+/// the client's report (`ok`, one connection) and that exactly `want` spans came, and that
+/// every HTTP/2 stream decoded.
+async fn across_two_agents(
+    client: GatedClient,
+    node1: &[u32],
+    node2: &[u32],
+    want: usize,
+) -> (Vec<ReceivedSpan>, String) {
+    let rx = receiver().await.unwrap();
+    let (ex1, ex2) = (unused_local_addr().unwrap(), unused_local_addr().unwrap());
+    let agent2 = node_agent(&rx, node2, ex2, &[ex1], None).await;
+    let mut pids1 = vec![client.pid()];
+    pids1.extend(node1);
+    let agent1 = node_agent(&rx, &pids1, ex1, &[ex2], None).await;
+    let pids: Vec<u32> = pids1.iter().chain(node2).copied().collect();
+    let out = client.run();
+    let waited = rx
+        .wait_for_spans(|s| spans_of(s, &pids).len() >= want, WAIT)
+        .await;
+    let (m1, m2) = (
+        agent1.metrics().await.unwrap_or_default(),
+        agent2.metrics().await.unwrap_or_default(),
+    );
+    agent1.stop().unwrap();
+    agent2.stop().unwrap();
+    let spans = spans_of(&rx.spans(), &pids);
+    assert!(
+        waited.is_ok() && spans.len() == want,
+        "want {want} spans, got {}:\n{}",
+        spans.len(),
+        summary(&spans)
+    );
+    assert_nothing_undecodable(&m1);
+    assert_nothing_undecodable(&m2);
+    (spans, out)
+}
+
+/// Judges the chains of `calls` calls: each call's spans by `roles` (pid, kind, name) in
+/// causal order, found by the call's own id (`id_of`), each exactly once.
+fn judge_chains(
+    spans: &[ReceivedSpan],
+    roles: &[(u32, &str, &str)],
+    calls: u32,
+    id_of: impl Fn(&ReceivedSpan) -> Option<u64>,
+) -> ChainVerdict {
+    let mut by_call: BTreeMap<u64, Vec<Option<&ReceivedSpan>>> = BTreeMap::new();
+    for s in spans {
+        let id = id_of(s).unwrap_or_else(|| panic!("span without its call's id: {s:#?}"));
+        let role = roles
+            .iter()
+            .position(|&(pid, kind, _)| span_pid(s) == pid && s.kind == kind)
+            .unwrap_or_else(|| panic!("span of no role: {s:#?}"));
+        let slot = &mut by_call.entry(id).or_insert_with(|| vec![None; roles.len()])[role];
+        assert!(slot.is_none(), "call {id}: two spans as {:?}", roles[role]);
+        *slot = Some(s);
+    }
+    assert_eq!(
+        by_call.keys().copied().collect::<Vec<_>>(),
+        (1..=u64::from(calls)).collect::<Vec<_>>(),
+        "every call, once"
+    );
+    let hops = roles.len() - 1;
+    let mut v = ChainVerdict {
+        right: vec![0; hops],
+        wrong: vec![0; hops],
+        unlinked: vec![0; hops],
+        whole: 0,
+    };
+    for (id, chain) in &by_call {
+        let chain: Vec<&ReceivedSpan> = chain
+            .iter()
+            .map(|s| s.unwrap_or_else(|| panic!("call {id}: a span missing")))
+            .collect();
+        for (s, (_, _, name)) in chain.iter().zip(roles) {
+            assert_eq!(s.name, *name, "{s:#?}");
+        }
+        let mut whole = chain[0].is_root();
+        for hop in 0..hops {
+            let (parent, child) = (chain[hop], chain[hop + 1]);
+            if child.parent_span_id == parent.span_id && child.trace_id == parent.trace_id {
+                v.right[hop] += 1;
+            } else {
+                whole = false;
+                if child.is_root() {
+                    v.unlinked[hop] += 1;
+                } else {
+                    v.wrong[hop] += 1;
+                }
+            }
+        }
+        v.whole += usize::from(whole);
+    }
+    v
+}
+
+/// The lesson's chain over gRPC, split over two agents: a grpcio client calls
+/// `frontend`'s Relay, which calls `backend`'s Relay, which calls the grpcio leaf's Say.
+/// Agent 1 traces the client and the frontend, agent 2 the backend and the leaf: the
+/// frontend → backend hop is seen half by each. `calls` calls, `concurrency` in flight; the
+/// calls' own ids (x-request-id, forwarded by each relay) say which spans belong together.
+/// Per call, in causal order: client CLIENT, frontend SERVER, frontend CLIENT, backend
+/// SERVER, backend CLIENT, leaf SERVER.
+async fn grpc_chain(frontend: Relay, backend: Relay, calls: u32, concurrency: u32) -> ChainVerdict {
+    let relay = |kind: Relay, port: u16, method: &str| match kind {
+        Relay::Node => node_grpc_relay(port, method),
+        Relay::Python => python_grpc_relay(port, method),
+    };
+    let leaf = python_grpc_server().unwrap();
+    let backend = relay(backend, leaf.port, "Say").unwrap();
+    let frontend = relay(frontend, backend.port, "Relay").unwrap();
+    let client = GatedClient::start(
+        &python_grpc_client(frontend.port, "relay", calls, concurrency),
+        "grpcio client",
+    );
+    let load = client.pid();
+    let (spans, out) = across_two_agents(
+        client,
+        &[frontend.pid()],
+        &[backend.pid(), leaf.pid()],
+        6 * calls as usize,
+    )
+    .await;
+    let report = parse_grpc_report(&out).unwrap();
+    assert_eq!(
+        (report.ok, report.conns),
+        (u64::from(calls), 1),
+        "every call answered through the chain: {out}"
+    );
+    let (relay, say) = ("demo.Greeter/Relay", "demo.Greeter/Say");
+    let roles = [
+        (load, "CLIENT", relay),
+        (frontend.pid(), "SERVER", relay),
+        (frontend.pid(), "CLIENT", relay),
+        (backend.pid(), "SERVER", relay),
+        (backend.pid(), "CLIENT", say),
+        (leaf.pid(), "SERVER", say),
+    ];
+    for s in &spans {
+        assert_eq!(s.attr_int("rpc.grpc.status_code"), Some(0), "{s:#?}");
+    }
+    let v = judge_chains(&spans, &roles, calls, request_id);
+    println!(
+        "gRPC chain, {calls} calls, {concurrency} in flight: whole={} per hop right={:?} wrong={:?} unlinked={:?}",
+        v.whole, v.right, v.wrong, v.unlinked
+    );
+    v
+}
+
+/// One call at a time through the chain of two @grpc/grpc-js relays: every call one whole
+/// trace of six spans across the two agents (an event loop serving one call is that call's
+/// cause).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_chain_across_two_agents_gives_one_trace_per_call() {
+    let v = grpc_chain(Relay::Node, Relay::Node, 100, 1).await;
+    assert_eq!(v.whole, 100, "{v:?}");
+}
+
+/// 400 calls, 16 in flight, through a @grpc/grpc-js frontend and a grpcio backend: the
+/// three peer hops (one across the agents) are exact; the in-process hops are right or
+/// left unlinked, never wrong. The event loop has several calls in flight most of the time
+/// (it abstains then); grpcio's I/O threads read every stream and write the calls of
+/// handlers running on pool threads (it abstains unless a single call is in flight).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_chain_under_concurrency_links_right_or_not_at_all() {
+    let v = grpc_chain(Relay::Node, Relay::Python, 400, 16).await;
+    for peer_hop in [0, 2, 4] {
+        assert_eq!(v.right[peer_hop], 400, "hop {peer_hop}: {v:?}");
+    }
+    assert_eq!(v.wrong, [0; 5], "nothing linked wrong: {v:?}");
+}
+
+/// Go's HTTP/2 server reads a connection's first streams on the goroutine that then starts
+/// every stream's handler: 500 requests, 64 in flight on one h2c connection, through a Go
+/// relay whose handlers call an HTTP/1.1 server (under the other agent). The handlers'
+/// calls are never attached to another stream's request; the peer hops are exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_h2c_relay_never_links_a_call_to_another_stream() {
+    let go = newer_go().unwrap();
+    let dir = TempDir::new("h2c-relay").unwrap();
+    let down = python_app_server("127.0.0.1", false).unwrap();
+    let relay = go_h2c_relay(&go, &dir, down.port).unwrap();
+    let client = GatedClient::start(
+        &go_h2c_client(&go, &dir, relay.port, 500, 64).unwrap(),
+        "go h2c client",
+    );
+    let load = client.pid();
+    let (spans, out) = across_two_agents(client, &[relay.pid()], &[down.pid()], 2000).await;
+    let report = parse_h2c_report(&out).unwrap();
+    assert_eq!((report.ok, report.conns), (500, 1), "{report:?}");
+    let roles = [
+        (load, "CLIENT", "GET /hello"),
+        (relay.pid(), "SERVER", "GET /hello"),
+        (relay.pid(), "CLIENT", "GET /down"),
+        (down.pid(), "SERVER", "GET /down"),
+    ];
+    let v = judge_chains(&spans, &roles, 500, query_id);
+    println!(
+        "Go h2c relay, 500 requests, 64 in flight: whole={} per hop right={:?} wrong={:?} unlinked={:?}",
+        v.whole, v.right, v.wrong, v.unlinked
+    );
+    assert_eq!((v.right[0], v.right[2]), (500, 500), "peer hops: {v:?}");
+    assert_eq!(v.wrong, [0; 3], "nothing linked wrong: {v:?}");
 }

@@ -10,151 +10,36 @@
 //! by parent.
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
-use tracer_tests::harness::{Agent, Server};
+use tracer_tests::harness::Server;
 use tracer_tests::kube_api::{FakeKubeApi, Kind};
 use tracer_tests::linking::{
     LOAD_CLIENT, aiohttp_middle, parse_load_report, query_param, threads_middle,
 };
+use tracer_tests::nodes::{Discovery, EXCHANGE_TOKEN, GatedClient, discovering_agent, node_agent};
 use tracer_tests::programs::{
     TempDir, WAIT, python, python_app_server, receiver, span_pid, spans_of, summary,
 };
-use tracer_tests::{OtlpReceiver, ReceivedSpan, unused_local_addr};
-
-const TOKEN: &str = "test-exchange-token-0123456789";
+use tracer_tests::{ReceivedSpan, unused_local_addr};
 
 /// One test at a time: each starts two agents that would otherwise see each other's
 /// traffic counted.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The load client, started now but waiting for a line on stdin: its pid must be known
-/// before the agents start (they trace by pid), and its requests must come after.
-struct GatedClient {
-    child: Child,
-}
-
-impl GatedClient {
-    fn start(port: u16, count: u32, workers: u32) -> GatedClient {
-        let mut cmd = python();
-        cmd.arg("-c")
-            .arg("import sys; sys.stdin.readline(); exec(sys.argv.pop(1))")
-            .arg(LOAD_CLIENT)
-            .args([
-                port.to_string(),
-                "1".into(),
-                count.to_string(),
-                workers.to_string(),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        GatedClient {
-            child: cmd.spawn().expect("start the load client"),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Opens the gate and waits for the client's report.
-    fn run(mut self) -> String {
-        let mut stdin = self.child.stdin.take().expect("piped");
-        stdin.write_all(b"go\n").expect("open the gate");
-        drop(stdin);
-        let out = self.child.wait_with_output().expect("load client");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "load client failed: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
-    }
-}
-
-/// How an agent finds the others.
-enum Discovery<'a> {
-    /// `--peer` for each.
-    Static(&'a [SocketAddr]),
-    /// `--peers-from-kubernetes app=tracer-agent` in namespace `tracing`, this agent on
-    /// `node`, the API server named by `kubeconfig`.
-    Kubernetes {
-        kubeconfig: &'a std::path::Path,
-        node: &'a str,
-    },
-}
-
-/// Agent of one "node": traces `pids`, answers lookups on `exchange`, asks `peers`, and
-/// exports to `rx` with the default export settings, or batches every `batch_delay_ms`.
-async fn node_agent(
-    rx: &OtlpReceiver,
-    pids: &[u32],
-    exchange: SocketAddr,
-    peers: &[SocketAddr],
-    batch_delay_ms: Option<u64>,
-) -> Agent {
-    discovering_agent(
-        rx,
-        pids,
-        exchange,
-        Discovery::Static(peers),
-        batch_delay_ms,
-        &[],
-    )
-    .await
-}
-
-async fn discovering_agent(
-    rx: &OtlpReceiver,
-    pids: &[u32],
-    exchange: SocketAddr,
-    discovery: Discovery<'_>,
-    batch_delay_ms: Option<u64>,
-    extra: &[&str],
-) -> Agent {
-    let mut args: Vec<String> = vec!["--exchange-addr".into(), exchange.to_string()];
-    args.extend(extra.iter().map(|a| a.to_string()));
-    for p in pids {
-        args.extend(["--pid".into(), p.to_string()]);
-    }
-    let mut extra_env = Vec::new();
-    match discovery {
-        Discovery::Static(peers) => {
-            for p in peers {
-                args.extend(["--peer".into(), p.to_string()]);
-            }
-        }
-        Discovery::Kubernetes { kubeconfig, node } => {
-            args.extend([
-                "--peers-from-kubernetes".into(),
-                "app=tracer-agent".into(),
-                "--peers-namespace".into(),
-                "tracing".into(),
-            ]);
-            extra_env.push(("KUBECONFIG", kubeconfig.display().to_string()));
-            extra_env.push(("NODE_NAME", node.to_owned()));
-        }
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut env = vec![
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint()),
-        (
-            "OTEL_EXPORTER_OTLP_PROTOCOL",
-            rx.protocol().otel_name().to_owned(),
-        ),
-        ("TRACER_EXCHANGE_TOKEN", TOKEN.to_owned()),
-    ];
-    env.extend(extra_env);
-    if let Some(ms) = batch_delay_ms {
-        env.push(("OTEL_BSP_SCHEDULE_DELAY", ms.to_string()));
-    }
-    Agent::start(&args, &env).await.expect("agent starts")
+/// The load client (`GET /work?id=N`, `count` requests from `workers` threads), gated.
+fn gated_load_client(port: u16, count: u32, workers: u32) -> GatedClient {
+    let mut cmd = python();
+    cmd.arg("-c").arg(LOAD_CLIENT).args([
+        port.to_string(),
+        "1".into(),
+        count.to_string(),
+        workers.to_string(),
+    ]);
+    GatedClient::start(&cmd, "load client")
 }
 
 struct Scenario {
@@ -291,7 +176,7 @@ async fn run_peered(
     workers: u32,
 ) -> Verdict {
     let scenario = Scenario::start(middle);
-    let client = GatedClient::start(scenario.middle.port, count, workers);
+    let client = gated_load_client(scenario.middle.port, count, workers);
     let rx = receiver().await.expect("receiver");
     let (ex1, ex2) = (unused_local_addr().unwrap(), unused_local_addr().unwrap());
     let dir = TempDir::new("nodes-kube").expect("temp dir");
@@ -555,7 +440,7 @@ async fn dead_or_hostile_peers_never_stall_the_agent() {
     assert_eq!(wrong.status(), 401);
     let garbage = http
         .post(&url)
-        .bearer_auth(TOKEN)
+        .bearer_auth(EXCHANGE_TOKEN)
         .body(vec![0xffu8; 4096])
         .send()
         .await
@@ -563,7 +448,7 @@ async fn dead_or_hostile_peers_never_stall_the_agent() {
     assert_eq!(garbage.status(), 400);
     let huge = http
         .post(&url)
-        .bearer_auth(TOKEN)
+        .bearer_auth(EXCHANGE_TOKEN)
         .body(vec![b' '; 1 << 20])
         .send()
         .await
@@ -571,7 +456,7 @@ async fn dead_or_hostile_peers_never_stall_the_agent() {
     assert_eq!(huge.status(), 413);
     let ok = http
         .post(&url)
-        .bearer_auth(TOKEN)
+        .bearer_auth(EXCHANGE_TOKEN)
         .body(lookup)
         .send()
         .await
@@ -794,7 +679,7 @@ async fn two_nodes_tail_sampling_keeps_failed_traces_whole() {
     let _serial = SERIAL.lock().await;
     let downstream = picky_downstream();
     let middle = threads_middle(downstream.port).expect("middle service");
-    let client = GatedClient::start(middle.port, COUNT, 4);
+    let client = gated_load_client(middle.port, COUNT, 4);
     let rx = receiver().await.expect("receiver");
     let (ex1, ex2) = (unused_local_addr().unwrap(), unused_local_addr().unwrap());
     let tail = [

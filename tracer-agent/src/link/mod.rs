@@ -22,7 +22,11 @@
 //!    handlers that do variable work before calling downstream leave the loop in any order),
 //!    none on T while the process serves some (work handed to another thread: pools, Go's
 //!    `writeLoop`), or a process whose runtime schedules its work M:N over threads (Go: a
-//!    thread says nothing about the goroutine it ran). A guess that is right most of the
+//!    thread says nothing about the goroutine it ran). A stream of an HTTP/2 connection
+//!    counts for its thread only while it is the only request its process serves: the
+//!    thread reading a multiplexed connection reads every handler's stream (gRPC's C core
+//!    reads on I/O threads that also write the calls of handlers running elsewhere), and
+//!    a goroutine reading one works for no stream. A guess that is right most of the
 //!    time is wrong for someone's request; an abstained CLIENT span starts its own trace.
 //!    In a followed CPython process a request written by an asyncio task is linked by the
 //!    task instead (see [`Linker::task_responded`]): its parent is the SERVER request that
@@ -111,6 +115,9 @@ pub struct StartedRequest {
     /// Excluded from tracing (a kubelet probe, an excluded path): neither its span nor any
     /// span linked below it is released.
     pub excluded: bool,
+    /// A stream of a multiplexed connection (HTTP/2): the thread or goroutine that read it
+    /// reads every stream of the connection, so it says nothing about which handler runs.
+    pub multiplexed: bool,
 }
 
 /// Why the thread rule gave a CLIENT span no parent although its process was serving
@@ -131,15 +138,21 @@ pub enum Abstained {
     /// process that had arrived before it, within the link window (a background task, or a
     /// handler that answers later than the window after its call).
     Task,
+    /// The one request in flight on the writing thread is a stream of a multiplexed
+    /// connection, and its process serves others: a runtime whose I/O threads read the
+    /// streams of many handlers (gRPC's C core, any event loop of several) writes calls
+    /// for any of them.
+    Multiplexed,
 }
 
 impl Abstained {
-    pub const ALL: [Abstained; 5] = [
+    pub const ALL: [Abstained; 6] = [
         Abstained::SeveralOnThread,
         Abstained::OtherThread,
         Abstained::Runtime,
         Abstained::Goroutine,
         Abstained::Task,
+        Abstained::Multiplexed,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -149,6 +162,7 @@ impl Abstained {
             Abstained::Runtime => "runtime",
             Abstained::Goroutine => "goroutine_unknown",
             Abstained::Task => "task_unanswered",
+            Abstained::Multiplexed => "multiplexed",
         }
     }
 }
@@ -278,6 +292,8 @@ struct Node {
     tid: u32,
     /// The goroutine serving this SERVER request (followed Go), else 0.
     goid: u64,
+    /// A stream of a multiplexed connection ([`StartedRequest::multiplexed`]).
+    multiplexed: bool,
     started_ns: u64,
     request: (u64, u64),
     client_key: Option<PeerKey>,
@@ -509,7 +525,11 @@ impl Linker {
                 .or_default()
                 .push(span_id);
             *self.serving_by_process.entry(r.tgid).or_default() += 1;
+            // A goroutine reading a multiplexed connection reads every stream's request
+            // (Go's HTTP/2 server reads the first ones on the goroutine that then starts
+            // every handler): it works for none of them.
             if r.runtime == Runtime::Go
+                && !r.multiplexed
                 && let Some(g) = r.goid
             {
                 bounded_insert(&mut self.goroutines.works_for, (r.tgid, g), span_id);
@@ -529,10 +549,11 @@ impl Linker {
                 kind: r.kind,
                 tgid: r.tgid,
                 tid: r.tid,
-                goid: match (r.kind, r.runtime) {
-                    (SpanKind::Server, Runtime::Go) => r.goid.unwrap_or(0),
+                goid: match (r.kind, r.runtime, r.multiplexed) {
+                    (SpanKind::Server, Runtime::Go, false) => r.goid.unwrap_or(0),
                     _ => 0,
                 },
+                multiplexed: r.multiplexed,
                 started_ns: now_ns,
                 request: (r.conn_id, r.seq),
                 client_key,
@@ -613,6 +634,11 @@ impl Linker {
             .unwrap_or_default();
         let why = match (runtime, on_thread) {
             (Runtime::Go, _) => Abstained::Runtime,
+            (_, [only])
+                if in_process > 1 && self.nodes.get(only).is_some_and(|n| n.multiplexed) =>
+            {
+                Abstained::Multiplexed
+            }
             (_, [only]) => {
                 self.stats.by_thread += 1;
                 return Some(*only);

@@ -35,6 +35,7 @@ struct Req {
     runtime: Runtime,
     goid: Option<u64>,
     excluded: bool,
+    multiplexed: bool,
 }
 
 impl Req {
@@ -51,6 +52,7 @@ impl Req {
             runtime: Runtime::Native,
             goid: None,
             excluded: false,
+            multiplexed: false,
         }
     }
     fn client(conn: u64, tgid: u32, tid: u32, local: &'static str, peer: &'static str) -> Req {
@@ -78,6 +80,13 @@ impl Req {
         Req {
             runtime: Runtime::Python,
             goid: Some(task),
+            ..self
+        }
+    }
+    /// A stream of an HTTP/2 connection.
+    fn h2(self) -> Req {
+        Req {
+            multiplexed: true,
             ..self
         }
     }
@@ -111,6 +120,7 @@ impl Req {
                 runtime: self.runtime,
                 goid: self.goid,
                 excluded: self.excluded,
+                multiplexed: self.multiplexed,
             },
             now,
         )
@@ -336,7 +346,7 @@ fn event_loop_with_several_in_flight_abstains() {
     assert_eq!(find(&spans, ca).parent_span_id, Some(sa));
     let stats = l.stats();
     assert_eq!(stats.by_thread, 1);
-    assert_eq!(stats.abstained, [1, 0, 0, 0, 0]);
+    assert_eq!(stats.abstained, [1, 0, 0, 0, 0, 0]);
 }
 
 /// A call written by a thread serving nothing while the process serves one request
@@ -359,7 +369,7 @@ fn calls_from_other_threads_are_never_adopted() {
     assert_eq!(find(&spans, c).parent_span_id, None);
     assert_eq!(find(&spans, i).parent_span_id, None);
     let stats = l.stats();
-    assert_eq!((stats.by_thread, stats.abstained), (0, [0, 1, 0, 0, 0]));
+    assert_eq!((stats.by_thread, stats.abstained), (0, [0, 1, 0, 0, 0, 0]));
 }
 
 /// Go moves goroutines between threads: even the thread that read the only request in
@@ -375,7 +385,7 @@ fn go_processes_never_link_by_thread() {
     srv.finish(&mut l, 3);
     let spans = l.poll(WINDOW + 10, false);
     assert_eq!(find(&spans, c).parent_span_id, None);
-    assert_eq!(l.stats().abstained, [0, 0, 1, 0, 0]);
+    assert_eq!(l.stats().abstained, [0, 0, 1, 0, 0, 0]);
 }
 
 /// Thread-per-request servers link every call, whatever the other threads do.
@@ -407,7 +417,7 @@ fn thread_per_request_links_each_call_to_its_own_request() {
     for (call, parent) in expect {
         assert_eq!(find(&spans, call).parent_span_id, Some(parent));
     }
-    assert_eq!(l.stats().abstained, [0, 0, 0, 0, 0]);
+    assert_eq!(l.stats().abstained, [0, 0, 0, 0, 0, 0]);
 }
 
 #[test]
@@ -691,7 +701,7 @@ fn go_calls_follow_goroutines_not_threads() {
     );
     let stats = l.stats();
     assert_eq!((stats.by_goroutine, stats.by_thread), (3, 0));
-    assert_eq!(stats.abstained, [0, 0, 0, 2, 0]);
+    assert_eq!(stats.abstained, [0, 0, 0, 2, 0, 0]);
 }
 
 /// A Go process whose goroutines are not followed (no goroutine in its events) never links
@@ -715,7 +725,7 @@ fn go_without_goroutines_abstains_and_reused_pids_start_afresh() {
     let spans = l.poll(WINDOW + 10, false);
     assert_eq!(find(&spans, c).parent_span_id, None);
     assert_eq!(find(&spans, c2).parent_span_id, None);
-    assert_eq!(l.stats().abstained, [0, 0, 1, 1, 0]);
+    assert_eq!(l.stats().abstained, [0, 0, 1, 1, 0, 0]);
 }
 
 /// An aiohttp-like event loop: requests a and b arrive, each handled by its own task (100,
@@ -768,7 +778,7 @@ fn asyncio_calls_follow_the_task_that_answers() {
     assert_eq!(find(&spans, cg).parent_span_id, None, "never answered");
     let stats = l.stats();
     assert_eq!((stats.by_task, stats.by_thread), (2, 0));
-    assert_eq!(stats.abstained, [0, 0, 0, 0, 2]);
+    assert_eq!(stats.abstained, [0, 0, 0, 0, 2, 0]);
     assert!(l.tasks_waiting.is_empty(), "nothing left waiting");
 }
 
@@ -788,7 +798,7 @@ fn asyncio_unanswered_calls_fall_back_to_their_header() {
     let spans = l.poll(2, false);
     let s = find(&spans, c);
     assert_eq!((s.trace_id, s.parent_span_id), ([3; 16], Some([4; 8])));
-    assert_eq!(l.stats().abstained, [0, 0, 0, 0, 1]);
+    assert_eq!(l.stats().abstained, [0, 0, 0, 0, 1, 0]);
 }
 
 /// With a long link window (a slow node), a caller still pending late in the window is
@@ -859,4 +869,67 @@ fn excluded_requests_take_their_trace_with_them() {
         Answer::Found(ctx) => assert_eq!(ctx.sampled, Some(false)),
         other => panic!("{other:?}"),
     }
+}
+
+/// gRPC's C core reads every stream of a connection on its I/O threads and writes the
+/// calls of handlers running on pool threads from the same I/O threads: the one stream a
+/// thread read says nothing about the call it writes while its process serves others.
+/// With a single request in the process, the thread rule holds as for an event loop.
+#[test]
+fn multiplexed_streams_link_by_thread_only_when_alone_in_their_process() {
+    let mut l = linker();
+    let a = Req::server(1, 5, 50, "10.0.0.1:8080", "192.0.2.1:1").h2();
+    let b = Req::server(1, 5, 51, "10.0.0.1:8080", "192.0.2.1:1")
+        .h2()
+        .seq(1);
+    let sa = a.start(&mut l, 0);
+    b.start(&mut l, 1);
+    // Thread 50 read a's stream, and writes b's handler's call.
+    let call = Req::client(2, 5, 50, "10.0.0.1:41000", "10.0.0.2:80");
+    let c = call.start(&mut l, 2);
+    call.finish(&mut l, 3);
+    b.finish(&mut l, 4);
+    // a alone now: its call is a's.
+    let alone = Req::client(2, 5, 50, "10.0.0.1:41000", "10.0.0.2:80").seq(1);
+    let c2 = alone.start(&mut l, 5);
+    alone.finish(&mut l, 6);
+    a.finish(&mut l, 7);
+    let spans = l.poll(WINDOW + 10, false);
+    assert_eq!(find(&spans, c).parent_span_id, None);
+    assert_eq!(find(&spans, c2).parent_span_id, Some(sa));
+    let stats = l.stats();
+    assert_eq!((stats.by_thread, stats.abstained), (1, [0, 0, 0, 0, 0, 1]));
+}
+
+/// Go's HTTP/2 server reads the first streams on the goroutine that then starts every
+/// handler: a goroutine reading a multiplexed connection works for none of its streams,
+/// so the handlers it starts inherit nothing.
+#[test]
+fn goroutines_reading_http2_work_for_no_stream() {
+    use crate::capture::events::GoHandOff::*;
+    const P: u32 = 9;
+    let mut l = linker();
+    let first = Req::server(1, P, 91, "10.0.0.1:8080", "192.0.2.1:1")
+        .goroutine(10)
+        .h2();
+    first.start(&mut l, 0);
+    // The serving goroutine starts the handler of a later stream.
+    l.go_hand_off(
+        P,
+        Spawn {
+            parent: 10,
+            child: 30,
+        },
+    );
+    let call = Req::client(2, P, 92, "10.0.0.1:41000", "10.0.0.2:80").goroutine(30);
+    let c = call.start(&mut l, 1);
+    call.finish(&mut l, 2);
+    first.finish(&mut l, 3);
+    let spans = l.poll(WINDOW + 10, false);
+    assert_eq!(find(&spans, c).parent_span_id, None);
+    let stats = l.stats();
+    assert_eq!(
+        (stats.by_goroutine, stats.abstained),
+        (0, [0, 0, 0, 1, 0, 0])
+    );
 }

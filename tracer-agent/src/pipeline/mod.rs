@@ -394,7 +394,10 @@ impl Pipeline {
             .http
             .get_or_insert_with(|| Protocol::for_first_bytes(stream, chunk.payload, &self.cfg));
         // An asyncio task answering: the requests it wrote are this request's children.
+        // HTTP/1 only: HTTP/2 answers its streams in any order, and one task may write
+        // frames of several.
         if stream == Stream::Response
+            && matches!(http, Protocol::Http1(_))
             && conn.meta.role() == Role::Server
             && conn.runtime == Runtime::Python
             && let Some(task) = chunk.goid
@@ -440,6 +443,7 @@ impl Pipeline {
                 runtime,
                 goid: chunk.goid,
                 excluded: excluded.is_some(),
+                multiplexed: matches!(http, Protocol::Http2(_)),
             };
             self.linker.request_started(request, self.now_ns);
         }
