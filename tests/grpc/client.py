@@ -8,7 +8,7 @@
 #   fail      Fail, expects NOT_FOUND with details "no such greeting";
 #   deadline  Slow with a 0.3 s timeout, expects DEADLINE_EXCEEDED;
 #   stream    Count with b"id=<n> 5", expects OK and the 5 messages b"n=1" ... b"n=5";
-#   big       Big, expects OK and one 40000-byte message;
+#   big       Big, expects OK and one 300000-byte message;
 #   metadata  Echo with 40 distinct metadata keys `x-meta-<n>-<k>` (values distinct too,
 #             about 90 bytes: 40 entries exceed HPACK's default 4 KiB dynamic table), expects
 #             OK and a count of at least 40 (the server also sees user-agent: 41). NB
@@ -36,7 +36,7 @@ MODES = ["say", "fail", "deadline", "stream", "big", "metadata"]
 if mode not in MODES + ["mixed", "relay"]:
     sys.exit("unknown mode %r: one of %s, mixed or relay" % (mode, ", ".join(MODES)))
 TIMEOUT = 20.0
-BIG = 40000
+BIG = 300000
 
 channel = grpc.insecure_channel(
     "127.0.0.1:%d" % port, options=[("grpc.enable_http_proxy", 0)]

@@ -7,9 +7,9 @@
 #                             it stops waiting early once the client has cancelled);
 #   Count  (server streaming) the request's last space-separated token is an ASCII integer
 #                             N ("5", "id=3 5"): answers N messages b"n=1" ... b"n=N";
-#   Big    (unary)            answers 40000 bytes (b"big " + request + b" " padded with
-#                             b"x"): more than HTTP/2's default 16 KiB frame and 64 KiB
-#                             window;
+#   Big    (unary)            answers 300000 bytes (b"big " + request + b" " padded with
+#                             b"x"): many HTTP/2 frames of 16 KiB, more than the 64 KiB
+#                             initial window;
 #   Echo   (unary)            answers the number of invocation metadata entries it got,
 #                             in ASCII;
 #   Relay  (unary)            with GRPC_RELAY_PORT set: waits 0-4 ms (work before the call,
@@ -25,7 +25,7 @@ from concurrent import futures
 
 import grpc
 
-BIG = 40000
+BIG = 300000
 
 
 def say(request, context):

@@ -1374,7 +1374,7 @@ fn send_record(
     }
 }
 
-/// An HTTP/2 syscall's bytes gathered into one record of up to `GATHER_LIMIT` bytes.
+/// An HTTP/2 syscall's bytes gathered into records of up to `GATHER_LIMIT` bytes each.
 /// Bytes are copied in pieces of at most `GATHER_PIECE` at an offset below the limit: the
 /// payload area has room for both, so every copy's bounds are provable, though at most
 /// `GATHER_LIMIT` bytes are ever filled. Too large for a per-CPU map value (32 KiB at most),
@@ -1392,7 +1392,14 @@ pub struct Gathered {
 
 #[repr(C)]
 struct GatherCursor {
-    /// Bytes gathered so far.
+    /// The syscall: its buffer (or iovec array), iovec count, bytes moved, and whether
+    /// `buf` is an iovec array (1) or the buffer (0).
+    buf: u64,
+    iov_count: u64,
+    moved: u64,
+    /// Bytes of the syscall accounted by the records sent so far.
+    accounted: u64,
+    /// Bytes gathered into the current record.
     off: u64,
     /// Bytes moved and not yet walked.
     remaining: u64,
@@ -1413,18 +1420,27 @@ const GATHER_PIECE: usize = 4096;
 #[map]
 static GATHER: Array<Gathered> = Array::with_max_entries(1, 0);
 
-/// iovecs read per vectored HTTP/2 syscall: gRPC's C core writes a slice per frame header
-/// and payload, dozens per `sendmsg`.
+/// iovecs a record of a vectored HTTP/2 syscall has steps for: gRPC's C core writes a
+/// slice per frame header and payload, dozens per `sendmsg`.
 const MAX_GATHERED_IOVECS: u64 = 64;
-/// Loop steps per syscall: a step per iovec read and per copy (one per iovec plus the
+/// iovecs read per syscall in all (the kernel's `UIO_MAXIOV`); also the mark of a syscall
+/// with one buffer, whose "iovec" is loaded from the start.
+const MAX_TOTAL_IOVECS: u64 = 1024;
+/// Loop steps per record: a step per iovec read and per copy (one per iovec plus the
 /// extra pieces of large ones).
 const GATHER_STEPS: u32 = 2 * MAX_GATHERED_IOVECS as u32 + (GATHER_LIMIT / GATHER_PIECE) as u32;
+/// Records one HTTP/2 syscall fills at most: a read of a busy connection (a burst of calls
+/// queued while the reader was descheduled, a large message) moves more than one record
+/// holds, and a frame header lost past the first would make the connection undecodable
+/// for good (HPACK is stateful). Bytes past these records are only counted.
+const GATHER_RECORDS: u64 = 16;
 
-/// The one record of a syscall on an HTTP/2 connection: its bytes in order (from its
-/// iovecs, or its one buffer when `iovecs` is false), up to `GATHER_LIMIT`; bytes past that
-/// or past `MAX_GATHERED_IOVECS` iovecs are only counted. Frame headers sit in their own
-/// small iovecs, so a record per iovec (the HTTP/1 way) would drop them past the eighth,
-/// and a write of many frames needs all of its headers.
+/// The records of a syscall on an HTTP/2 connection: its bytes in order (from its
+/// iovecs, or its one buffer when `iovecs` is false), `GATHER_LIMIT` per record, each
+/// record accounting the bytes it holds (the last one, the rest); bytes past
+/// `GATHER_RECORDS` records or `MAX_TOTAL_IOVECS` iovecs are only counted. Frame headers
+/// sit in their own small iovecs, so a record per iovec (the HTTP/1 way) would drop them
+/// past the eighth, and a write of many frames needs all of its headers.
 #[inline(always)]
 fn emit_gathered(
     pid_tgid: u64,
@@ -1457,15 +1473,120 @@ fn emit_gathered(
     };
     // SAFETY: this CPU's slot, used only within this program invocation.
     let record = unsafe { &mut *g };
+    // SAFETY: a field of that slot.
+    let remaining = unsafe { core::ptr::addr_of!(record.cursor.remaining).read_volatile() };
+    let first = if remaining == 0 { moved } else { kept as u64 };
     let bytes = record as *const Gathered as *const u8;
     send_record(
         &mut record.header,
         bytes,
         size_of::<DataEventHeader>() + GATHER_LIMIT,
         (kept as u64 & (2 * GATHER_LIMIT as u64 - 1)) as usize,
-        (pid_tgid, inflight, moved, goid, seq),
+        (pid_tgid, inflight, first, goid, seq),
         state,
     );
+    if remaining == 0 || *lost_flag(state, inflight.direction) != 0 {
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { core::ptr::addr_of_mut!(record.cursor.accounted).write_volatile(first) };
+    match core::hint::black_box(gather_rest(cpu as u64)) {
+        0 => {}
+        GATHER_READ_FAILED => {
+            count_drop(DropReason::ReadUserFailed);
+            *lost_flag(state, inflight.direction) = 1;
+        }
+        _ => {
+            count_drop(DropReason::RingBufferFull);
+            *lost_flag(state, inflight.direction) = 1;
+        }
+    }
+}
+
+/// `gather_rest`'s outcome when user memory could not be read (else 0, or
+/// `GATHER_RING_FULL`).
+const GATHER_READ_FAILED: i64 = -1;
+const GATHER_RING_FULL: i64 = -2;
+
+/// Sends the records after the first of the syscall in CPU `cpu`'s gathering slot (whose
+/// header `send_record` filled): each gathers the next `GATHER_LIMIT` bytes and accounts
+/// them, the last one the rest. A global function, verified once (see `gather_h2`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub fn gather_rest(cpu: u64) -> i64 {
+    let Some(g) = GATHER.get_ptr_mut(cpu as u32) else {
+        return 0;
+    };
+    // SAFETY: `g` is this CPU's slot, valid for this program invocation, used by no one else.
+    let (cur, header) = unsafe {
+        (
+            core::ptr::addr_of_mut!((*g).cursor),
+            core::ptr::addr_of_mut!((*g).header),
+        )
+    };
+    // SAFETY: field addresses inside that slot.
+    let (p_moved, p_accounted, p_remaining) = unsafe {
+        (
+            core::ptr::addr_of_mut!((*cur).moved),
+            core::ptr::addr_of_mut!((*cur).accounted),
+            core::ptr::addr_of_mut!((*cur).remaining),
+        )
+    };
+    // SAFETY: only ever called with the cursor's field addresses above.
+    let get = |p: *mut u64| unsafe { p.read_volatile() };
+    // SAFETY: the header of the record the first `send_record` filled in.
+    let (first_seq, flags) = unsafe { ((*header).tcp_seq, (*header).flags) };
+    // The continuation of a record sent whole: no gap before it, truncated or not anew.
+    let flags = flags & !(DATA_FLAG_GAP_BEFORE | DATA_FLAG_TRUNCATED);
+    for i in 1..GATHER_RECORDS {
+        if get(p_remaining) == 0 {
+            return 0;
+        }
+        // Through a global function: inlined, its loop inside this one makes one path too
+        // long for the verifier.
+        let kept = core::hint::black_box(gather_next(cpu));
+        if kept < 0 {
+            return GATHER_READ_FAILED;
+        }
+        let kept = kept as u64 & (2 * GATHER_LIMIT as u64 - 1);
+        let (moved, accounted) = (get(p_moved), get(p_accounted));
+        // Nothing more can be gathered (the iovec limit): this record accounts the rest.
+        let last = get(p_remaining) == 0 || i + 1 == GATHER_RECORDS || kept == 0;
+        let this = if last {
+            moved.saturating_sub(accounted)
+        } else {
+            kept
+        };
+        // SAFETY: the slot's header, written field by field.
+        unsafe {
+            (*header).syscall_len = this as u32;
+            (*header).captured_len = kept as u32;
+            (*header).tcp_seq = first_seq.wrapping_add(accounted as u32);
+            (*header).flags = if kept < this {
+                flags | DATA_FLAG_TRUNCATED
+            } else {
+                flags
+            };
+        }
+        let total = size_of::<DataEventHeader>() + kept as usize;
+        // SAFETY: the slot is `size_of::<Gathered>()` bytes, the header first.
+        let bytes = unsafe { core::slice::from_raw_parts(g as *const u8, size_of::<Gathered>()) };
+        if total > size_of::<DataEventHeader>() + GATHER_LIMIT {
+            return 0;
+        }
+        if EVENTS
+            .output::<[u8]>(&bytes[..total], wakeup_flags())
+            .is_err()
+        {
+            return GATHER_RING_FULL;
+        }
+        if last {
+            return 0;
+        }
+        // SAFETY: a cursor field, as above.
+        unsafe { p_accounted.write_volatile(accounted + this) };
+    }
+    0
 }
 
 /// Copies a syscall's bytes into CPU `cpu`'s gathering slot; returns how many were copied,
@@ -1478,28 +1599,28 @@ pub fn gather_h2(cpu: u64, buf: u64, iov_count: u64, moved: u64, iovecs: u64) ->
     let Some(g) = GATHER.get_ptr_mut(cpu as u32) else {
         return 0;
     };
-    const LIMIT: u64 = GATHER_LIMIT as u64;
-    const PIECE: u64 = GATHER_PIECE as u64;
     // The cursor is read and written field by field with volatile accesses, so it stays
     // in map memory (see `Gathered::cursor`).
     // SAFETY: `g` is this CPU's slot, valid for this program invocation, used by no one else.
     let cur = unsafe { core::ptr::addr_of_mut!((*g).cursor) };
     // SAFETY: field addresses inside that slot.
-    let (p_off, p_remaining, p_index, p_base, p_len, p_used) = unsafe {
+    let (p_remaining, p_index, p_base, p_len, p_used, p_buf, p_iov_count, p_moved) = unsafe {
         (
-            core::ptr::addr_of_mut!((*cur).off),
             core::ptr::addr_of_mut!((*cur).remaining),
             core::ptr::addr_of_mut!((*cur).index),
             core::ptr::addr_of_mut!((*cur).base),
             core::ptr::addr_of_mut!((*cur).len),
             core::ptr::addr_of_mut!((*cur).used),
+            core::ptr::addr_of_mut!((*cur).buf),
+            core::ptr::addr_of_mut!((*cur).iov_count),
+            core::ptr::addr_of_mut!((*cur).moved),
         )
     };
     // SAFETY: only ever called with the cursor's field addresses above.
-    let get = |p: *mut u64| unsafe { p.read_volatile() };
-    // SAFETY: as for `get`.
     let set = |p: *mut u64, v: u64| unsafe { p.write_volatile(v) };
-    set(p_off, 0);
+    set(p_buf, buf);
+    set(p_iov_count, iov_count);
+    set(p_moved, moved);
     set(p_remaining, moved);
     set(p_used, 0);
     if iovecs != 0 {
@@ -1508,10 +1629,51 @@ pub fn gather_h2(cpu: u64, buf: u64, iov_count: u64, moved: u64, iovecs: u64) ->
         set(p_len, 0);
     } else {
         // One buffer: the only "iovec", already loaded.
-        set(p_index, MAX_GATHERED_IOVECS);
+        set(p_index, MAX_TOTAL_IOVECS);
         set(p_base, buf);
         set(p_len, moved);
     }
+    gather_cursor(g)
+}
+
+/// `gather_cursor` on CPU `cpu`'s slot, as a global function (verified once).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub fn gather_next(cpu: u64) -> i64 {
+    let Some(g) = GATHER.get_ptr_mut(cpu as u32) else {
+        return 0;
+    };
+    gather_cursor(g)
+}
+
+/// Gathers the next record's bytes from where the cursor of slot `g` stands (at most
+/// `GATHER_LIMIT`, in at most `GATHER_STEPS` steps); returns how many, or -1 when user
+/// memory could not be read. Inlined into `gather_h2` and `gather_next`.
+#[inline(always)]
+fn gather_cursor(g: *mut Gathered) -> i64 {
+    const LIMIT: u64 = GATHER_LIMIT as u64;
+    const PIECE: u64 = GATHER_PIECE as u64;
+    // SAFETY: `g` is this CPU's slot, valid for this program invocation, used by no one else.
+    let cur = unsafe { core::ptr::addr_of_mut!((*g).cursor) };
+    // SAFETY: field addresses inside that slot.
+    let (p_off, p_remaining, p_index, p_base, p_len, p_used, p_buf, p_iov_count) = unsafe {
+        (
+            core::ptr::addr_of_mut!((*cur).off),
+            core::ptr::addr_of_mut!((*cur).remaining),
+            core::ptr::addr_of_mut!((*cur).index),
+            core::ptr::addr_of_mut!((*cur).base),
+            core::ptr::addr_of_mut!((*cur).len),
+            core::ptr::addr_of_mut!((*cur).used),
+            core::ptr::addr_of_mut!((*cur).buf),
+            core::ptr::addr_of_mut!((*cur).iov_count),
+        )
+    };
+    // SAFETY: only ever called with the cursor's field addresses above.
+    let get = |p: *mut u64| unsafe { p.read_volatile() };
+    // SAFETY: as for `get`.
+    let set = |p: *mut u64, v: u64| unsafe { p.write_volatile(v) };
+    set(p_off, 0);
+    let (buf, iov_count) = (get(p_buf), get(p_iov_count));
     for _ in 0..GATHER_STEPS {
         let (off, remaining, used, len) = (get(p_off), get(p_remaining), get(p_used), get(p_len));
         if remaining == 0 || off >= LIMIT {
@@ -1519,7 +1681,7 @@ pub fn gather_h2(cpu: u64, buf: u64, iov_count: u64, moved: u64, iovecs: u64) ->
         }
         if used >= len {
             let index = get(p_index);
-            if index >= iov_count || index >= MAX_GATHERED_IOVECS {
+            if index >= iov_count || index >= MAX_TOTAL_IOVECS {
                 break;
             }
             let iov = buf + index * 16;

@@ -1,6 +1,7 @@
 //! The load generators: `wrk` drives a server to saturation (closed loop, its own CPU
 //! cost is the lowest, so the server gets the most of the machine); `oha` sends a fixed
-//! rate with coordinated-omission correction and reports latency percentiles.
+//! rate with coordinated-omission correction and reports latency percentiles. gRPC has
+//! its own generator on @grpc/grpc-js (`grpc_load.js`), doing both on one channel.
 
 use std::path::Path;
 use std::process::Command;
@@ -136,6 +137,83 @@ pub fn parse_oha(json: &str) -> Option<FixedRate> {
     })
 }
 
+/// The gRPC load generator's source (`node -e`).
+const GRPC_LOAD: &str = include_str!("grpc_load.js");
+
+/// Where the gRPC generator runs: `node` with @grpc/grpc-js on `NODE_PATH`.
+pub struct GrpcLoad {
+    pub node_path: std::path::PathBuf,
+    pub port: u16,
+}
+
+impl GrpcLoad {
+    fn run(&self, mode: &str, amount: u64, seconds: u64) -> Result<GrpcReport> {
+        let out = Command::new("node")
+            .args(["-e", GRPC_LOAD, mode])
+            .args([
+                self.port.to_string(),
+                amount.to_string(),
+                seconds.to_string(),
+            ])
+            .env("NODE_PATH", &self.node_path)
+            .output()
+            .context("cannot start node (install nodejs)")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!(
+                "the gRPC load generator failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        parse_grpc(&text).with_context(|| format!("unexpected gRPC load report: {text}"))
+    }
+
+    /// Closed loop, `concurrency` calls in flight.
+    pub fn saturate(&self, concurrency: u32, seconds: u64) -> Result<Saturation> {
+        let r = self.run("saturate", concurrency.into(), seconds)?;
+        Ok(Saturation {
+            requests_per_sec: r.calls_per_sec,
+            requests: r.calls,
+            errors: r.errors,
+        })
+    }
+
+    /// Open loop at `rate` calls per second, latency from when each call was due.
+    pub fn fixed_rate(&self, rate: u64, seconds: u64) -> Result<FixedRate> {
+        let r = self.run("rate", rate, seconds)?;
+        Ok(FixedRate {
+            requests_per_sec: r.calls_per_sec,
+            responses: r.calls,
+            non_2xx: r.errors,
+            errors: 0,
+            p50_us: r.p50_us,
+            p99_us: r.p99_us,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct GrpcReport {
+    calls: u64,
+    /// Calls that ended with a status other than OK.
+    errors: u64,
+    calls_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn parse_grpc(json: &str) -> Option<GrpcReport> {
+    let v: serde_json::Value = serde_json::from_str(json.trim()).ok()?;
+    Some(GrpcReport {
+        calls: v["calls"].as_u64()?,
+        errors: v["errors"].as_u64()?,
+        calls_per_sec: v["callsPerSec"].as_f64()?,
+        p50_us: v["p50Us"].as_f64()?,
+        p99_us: v["p99Us"].as_f64()?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +264,21 @@ Transfer/sec:     67.01MB
         assert!((r.p99_us - 1200.0).abs() < 1e-6);
         assert_eq!(parse_oha("{}"), None);
         assert_eq!(parse_oha("not json"), None);
+    }
+
+    #[test]
+    fn grpc_report() {
+        let json = r#"{"calls":28720,"ok":28718,"errors":2,"seconds":3.0003,"callsPerSec":9572.26,"p50Us":1057.05,"p99Us":7757.4}"#;
+        assert_eq!(
+            parse_grpc(json),
+            Some(GrpcReport {
+                calls: 28720,
+                errors: 2,
+                calls_per_sec: 9572.26,
+                p50_us: 1057.05,
+                p99_us: 7757.4
+            })
+        );
+        assert_eq!(parse_grpc(r#"{"calls":1}"#), None);
     }
 }

@@ -47,7 +47,7 @@ pub struct BenchArgs {
     /// Where to write the report [default: BENCHMARKS.md in the workspace].
     #[arg(long)]
     output: Option<PathBuf>,
-    /// Run only these parts (repeatable): fast, typical, go, asyncio, tax, micro.
+    /// Run only these parts (repeatable): fast, typical, go, asyncio, grpc, tax, micro.
     #[arg(long = "only", value_enum)]
     only: Vec<Part>,
 }
@@ -58,6 +58,7 @@ enum Part {
     Typical,
     Go,
     Asyncio,
+    Grpc,
     Tax,
     Micro,
 }
@@ -172,6 +173,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Part::Typical,
         Part::Go,
         Part::Asyncio,
+        Part::Grpc,
         Part::Tax,
     ]
     .into_iter()
@@ -191,6 +193,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         if wants(Part::Asyncio) {
             sections.push(asyncio_service(&tools, &plan, &work, &sink_addrs)?);
+        }
+        if wants(Part::Grpc) {
+            sections.push(grpc_service(&tools, &plan, &work, &sink_addrs)?);
         }
         if wants(Part::Tax) {
             sections.push(tax::syscall_tax(&tools, &plan, &work, &sink_addrs)?);
@@ -412,9 +417,17 @@ fn metric_sum(metrics: &str, prefix: &str) -> u64 {
 
 // ---- one configuration, one round ----------------------------------------------------------
 
+/// What drives a scenario's load.
+enum Load {
+    /// `wrk` to saturation, `oha` at the fixed rate, on this URL.
+    Http(String),
+    /// The gRPC generator, both runs.
+    Grpc(load::GrpcLoad),
+}
+
 /// The servers of a scenario as the measurement sees them.
 struct Target<'a> {
-    url: String,
+    load: Load,
     /// Roots of the process trees whose CPU counts as the service's.
     server_pids: Vec<u32>,
     saturation_connections: u32,
@@ -446,12 +459,15 @@ fn measure_round(
         (procs::tree_cpu_ns(a.pid()) - before) as f64 / window.as_nanos() as f64
     });
 
-    let sat = load::wrk(
-        &target.tools.wrk,
-        &target.url,
-        target.saturation_connections,
-        plan.seconds,
-    )?;
+    let sat = match &target.load {
+        Load::Http(url) => load::wrk(
+            &target.tools.wrk,
+            url,
+            target.saturation_connections,
+            plan.seconds,
+        )?,
+        Load::Grpc(g) => g.saturate(target.saturation_connections, plan.seconds)?,
+    };
 
     let bpf_stats = agent
         .as_ref()
@@ -461,13 +477,16 @@ fn measure_round(
     let servers_before = cpu(&target.server_pids);
     let agent_before = agent.as_ref().map(|a| procs::tree_cpu_ns(a.pid()));
     let bpf_before = agent.as_ref().map(|a| procs::bpf_run_stats(a.pid()));
-    let fixed = load::oha(
-        &target.tools.oha,
-        &target.url,
-        rate,
-        target.fixed_connections,
-        plan.seconds,
-    )?;
+    let fixed = match &target.load {
+        Load::Http(url) => load::oha(
+            &target.tools.oha,
+            url,
+            rate,
+            target.fixed_connections,
+            plan.seconds,
+        )?,
+        Load::Grpc(g) => g.fixed_rate(rate, plan.seconds)?,
+    };
     let servers_cpu_ns = cpu(&target.server_pids).saturating_sub(servers_before);
     let agent_cpu_ns = agent
         .as_ref()
@@ -586,7 +605,7 @@ fn fast_server(tools: &Tools, plan: &Plan, work: &Path, sink: &SinkAddrs) -> Res
         };
         Ok((
             Target {
-                url,
+                load: Load::Http(url),
                 server_pids: pids,
                 saturation_connections: 32,
                 fixed_connections: 32,
@@ -670,7 +689,7 @@ fn typical_service(tools: &Tools, plan: &Plan, work: &Path, sink: &SinkAddrs) ->
         });
         Ok((
             Target {
-                url: format!("http://{addr}/api/data"),
+                load: Load::Http(format!("http://{addr}/api/data")),
                 server_pids: pids,
                 saturation_connections: 8,
                 fixed_connections: 8,
@@ -820,7 +839,7 @@ fn middle_service(
         });
         Ok((
             Target {
-                url: format!("http://{addr}/work?id=0"),
+                load: Load::Http(format!("http://{addr}/work?id=0")),
                 server_pids: pids,
                 saturation_connections: 16,
                 fixed_connections: 16,
@@ -835,6 +854,74 @@ fn middle_service(
             "{} Saturation: `wrk -t1 -c16 -d{s}s`. Fixed rate: `oha -c16 -q {rate} -z {s}s \
              --latency-correction`, half the untraced maximum ({max:.0} req/s).",
             m.how,
+            s = plan.seconds
+        ),
+        &results,
+    ))
+}
+
+// ---- scenario 5: a gRPC service ----------------------------------------------------------------
+
+fn grpc_service(tools: &Tools, plan: &Plan, work: &Path, sink: &SinkAddrs) -> Result<String> {
+    crate::deps::ensure_packages(&[("node", "nodejs"), ("npm", "npm")])?;
+    crate::deps::ensure_node_test_packages()?;
+    let node_path = crate::deps::node_test_packages_dir().join("node_modules");
+    let server_js = crate::workspace_root().join("tests/grpc/server.js");
+    let log = work.join("grpc/server.log");
+    std::fs::create_dir_all(work.join("grpc"))?;
+    let start_server = || -> Result<(Service, load::GrpcLoad)> {
+        let mut cmd = Command::new("node");
+        cmd.arg(&server_js).env("NODE_PATH", &node_path);
+        let service = Service::spawn("grpc", &mut cmd, &log)?;
+        let port: u16 = procs::first_line(&log, Duration::from_secs(20))?
+            .trim()
+            .parse()
+            .context("the gRPC server did not print its port")?;
+        let load = load::GrpcLoad {
+            node_path: node_path.clone(),
+            port,
+        };
+        Ok((service, load))
+    };
+
+    eprintln!("==> gRPC service: calibrating (untraced saturation)");
+    let (server, load) = start_server()?;
+    load.saturate(16, 1)?;
+    let max = load.saturate(16, plan.seconds)?.requests_per_sec;
+    drop(server);
+    let rate = ((max / 2.0).round() as u64).max(1);
+    eprintln!("    untraced maximum {max:.0} calls/s: fixed rate {rate} calls/s");
+
+    let configs = [Config::Untraced, Config::Agent, Config::AgentSampled];
+    let results = rounds("grpc", &configs, plan, rate, work, sink, |_| {
+        let (server, load) = start_server()?;
+        let pids = vec![server.pid()];
+        let stop: Box<dyn FnOnce() -> Result<()>> = Box::new(move || {
+            drop(server);
+            Ok(())
+        });
+        Ok((
+            Target {
+                load: Load::Grpc(load),
+                server_pids: pids,
+                saturation_connections: 16,
+                fixed_connections: 1,
+                tools,
+            },
+            stop,
+        ))
+    })?;
+    Ok(section(
+        "gRPC service: unary calls, @grpc/grpc-js on both sides",
+        &format!(
+            "The HTTP/2 suite's @grpc/grpc-js server (`tests/grpc/server.js`, Node.js) answers \
+             unary `demo.Greeter/Say` calls from the benchmark's @grpc/grpc-js generator \
+             (`xtask/src/bench/grpc_load.js`), all calls streams of ONE HTTP/2 connection, as \
+             gRPC clients run. Saturation: 16 calls in flight for {s} s. Fixed rate: call i \
+             due at i/{rate} s, latency from when it was due (coordinated omission corrected), \
+             {rate} calls/s being half the untraced maximum ({max:.0} calls/s). The agent \
+             traces both processes: 2 spans per call. The generator's CPU is not counted as \
+             the service's.",
             s = plan.seconds
         ),
         &results,
