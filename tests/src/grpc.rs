@@ -20,7 +20,10 @@ use anyhow::{Context as _, Result, ensure};
 
 use crate::harness::Server;
 use crate::linking::require_python_module;
-use crate::programs::{TempDir, go_build_by, interpreter, python, reported, spawn_printing_port};
+use crate::programs::{
+    DEBIAN_GOPATH, TempDir, go_build, go_build_by, interpreter, python, reported,
+    spawn_printing_port,
+};
 
 /// grpcio server of `demo.Greeter`: Say, Fail, Slow, Count (server streaming), Big, Echo,
 /// Relay.
@@ -31,6 +34,10 @@ pub const PYTHON_CLIENT: &str = include_str!("../grpc/client.py");
 pub const NODE_SERVER: &str = include_str!("../grpc/server.js");
 /// @grpc/grpc-js client: `PORT MODE CALLS CONCURRENCY`, one client, [`NODE_MODES`].
 pub const NODE_CLIENT: &str = include_str!("../grpc/client.js");
+/// Go gRPC server (grpc-go from Debian's golang-google-grpc-dev): Say, Relay.
+pub const GO_GRPC_SERVER: &str = include_str!("../grpc/grpc_server.go");
+/// Go gRPC client: `PORT MODE CALLS CONCURRENCY` (`say` or `relay`), one connection.
+pub const GO_GRPC_CLIENT: &str = include_str!("../grpc/grpc_client.go");
 /// Go `net/http` h2c server (Go ≥ 1.24): `/hello?id=N`, `/status/503`.
 pub const GO_H2C_SERVER: &str = include_str!("../grpc/h2c_server.go");
 /// Go `net/http` h2c client (Go ≥ 1.24): `PORT REQUESTS CONCURRENCY`.
@@ -220,6 +227,47 @@ pub fn go_h2c_client(
     cmd.args([
         port.to_string(),
         requests.to_string(),
+        concurrency.to_string(),
+    ]);
+    Ok(cmd)
+}
+
+// ---- Go (grpc-go) -----------------------------------------------------------------------------
+
+fn build_go_grpc(dir: &TempDir, name: &str, source: &str) -> Result<PathBuf> {
+    go_build(dir, name, source).with_context(|| {
+        format!(
+            "building {name} (it needs grpc-go under {DEBIAN_GOPATH}: `cargo xtask test` installs Debian's golang-google-grpc-dev)"
+        )
+    })
+}
+
+/// Builds (into `dir`, with Debian's `go`) and starts the Go gRPC server on 127.0.0.1:
+/// `Say`, and `Relay` when `relay_to` names a downstream (port, method).
+pub fn go_grpc_server(dir: &TempDir, relay_to: Option<(u16, &str)>) -> Result<Server> {
+    let bin = build_go_grpc(dir, "grpc_server", GO_GRPC_SERVER)?;
+    let mut cmd = Command::new(bin);
+    if let Some((port, method)) = relay_to {
+        relaying(&mut cmd, port, method);
+    }
+    spawn_printing_port(cmd, "go grpc server")
+}
+
+/// Builds (into `dir`) the Go gRPC client against `port`: `calls` calls of `mode` (`say` or
+/// `relay`), `concurrency` at once on one connection. Prints a [`GrpcReport`] line.
+pub fn go_grpc_client(
+    dir: &TempDir,
+    port: u16,
+    mode: &str,
+    calls: u32,
+    concurrency: u32,
+) -> Result<Command> {
+    let bin = build_go_grpc(dir, "grpc_client", GO_GRPC_CLIENT)?;
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        port.to_string(),
+        mode.to_owned(),
+        calls.to_string(),
         concurrency.to_string(),
     ]);
     Ok(cmd)

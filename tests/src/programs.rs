@@ -480,6 +480,10 @@ pub fn go_build_with(dir: &TempDir, name: &str, source: &str, flags: &[&str]) ->
     go_build_by(Path::new("go"), dir, name, source, flags)
 }
 
+/// Where Debian's Go library packages (golang-*-dev) put their sources: the GOPATH of
+/// every build here (GOPATH mode, offline), so a program may import them (grpc-go).
+pub const DEBIAN_GOPATH: &str = "/usr/share/gocode";
+
 /// [`go_build_with`] by a given `go` command (another Go release).
 pub fn go_build_by(
     go: &Path,
@@ -496,6 +500,8 @@ pub fn go_build_by(
         .arg("-o")
         .arg(&bin)
         .arg(&src)
+        // GOPATH mode, offline: library imports resolve only in Debian's Go packages.
+        .env("GOPATH", DEBIAN_GOPATH)
         .env("GO111MODULE", "off")
         .env("CGO_ENABLED", "0")
         // Never reach for another toolchain over the network.

@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use tracer_tests::grpc::{
-    BIG_BYTES, GrpcReport, STREAM_MESSAGES, go_h2c_client, go_h2c_relay, go_h2c_server, newer_go,
-    node_grpc_client_mode, node_grpc_relay, node_grpc_server, parse_grpc_report, parse_h2c_report,
-    python_grpc_client, python_grpc_relay, python_grpc_server,
+    BIG_BYTES, GrpcReport, STREAM_MESSAGES, go_grpc_client, go_grpc_server, go_h2c_client,
+    go_h2c_relay, go_h2c_server, newer_go, node_grpc_client_mode, node_grpc_relay,
+    node_grpc_server, parse_grpc_report, parse_h2c_report, python_grpc_client, python_grpc_relay,
+    python_grpc_server,
 };
 use tracer_tests::harness::{Server, curl};
 use tracer_tests::nodes::{GatedClient, node_agent};
@@ -554,5 +555,54 @@ async fn go_h2c_relay_never_links_a_call_to_another_stream() {
         v.whole, v.right, v.wrong, v.unlinked
     );
     assert_eq!((v.right[0], v.right[2]), (500, 500), "peer hops: {v:?}");
+    assert_eq!(v.wrong, [0; 3], "nothing linked wrong: {v:?}");
+}
+
+/// grpc-go on both sides (Debian's golang-google-grpc-dev): 300 calls, 32 in flight on one
+/// connection, a span pair each with the gRPC attributes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_grpc_client_and_server() {
+    let dir = TempDir::new("go-grpc").unwrap();
+    let server = go_grpc_server(&dir, None).unwrap();
+    let client = go_grpc_client(&dir, server.port, "say", 300, 32).unwrap();
+    let (spans, out, pid, metrics) = traced(&server, client, "go grpc client").await;
+    let report = parse_grpc_report(&out).unwrap();
+    assert_eq!((report.ok, report.conns), (300, 1), "{report:?}");
+    for p in pairs(&spans, pid, server.pid(), 300, request_id).values() {
+        assert_grpc(p, "Say", Some(0));
+    }
+    assert_nothing_undecodable(&metrics);
+}
+
+/// A grpc-go relay between a grpcio client and a @grpc/grpc-js server, split over two
+/// agents, 400 calls with 16 in flight: grpc-go reads every stream of a connection on one
+/// goroutine, which starts each stream's handler goroutine. The handlers' calls are never
+/// attached to another call's request; the peer hops (one across the agents) are exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_grpc_relay_never_links_a_call_to_another_stream() {
+    let dir = TempDir::new("go-grpc-relay").unwrap();
+    let leaf = node_grpc_server().unwrap();
+    let relay = go_grpc_server(&dir, Some((leaf.port, "Say"))).unwrap();
+    let client = GatedClient::start(
+        &python_grpc_client(relay.port, "relay", 400, 16),
+        "grpcio client",
+    );
+    let load = client.pid();
+    let (spans, out) = across_two_agents(client, &[relay.pid()], &[leaf.pid()], 1600).await;
+    let report = parse_grpc_report(&out).unwrap();
+    assert_eq!((report.ok, report.conns), (400, 1), "{report:?}");
+    let (relay_name, say) = ("demo.Greeter/Relay", "demo.Greeter/Say");
+    let roles = [
+        (load, "CLIENT", relay_name),
+        (relay.pid(), "SERVER", relay_name),
+        (relay.pid(), "CLIENT", say),
+        (leaf.pid(), "SERVER", say),
+    ];
+    let v = judge_chains(&spans, &roles, 400, request_id);
+    println!(
+        "grpc-go relay, 400 calls, 16 in flight: whole={} per hop right={:?} wrong={:?} unlinked={:?}",
+        v.whole, v.right, v.wrong, v.unlinked
+    );
+    assert_eq!((v.right[0], v.right[2]), (400, 400), "peer hops: {v:?}");
     assert_eq!(v.wrong, [0; 3], "nothing linked wrong: {v:?}");
 }

@@ -1375,15 +1375,18 @@ fn send_record(
 }
 
 /// An HTTP/2 syscall's bytes gathered into records of up to `GATHER_LIMIT` bytes each.
-/// Bytes are copied in pieces of at most `GATHER_PIECE` at an offset below the limit: the
-/// payload area has room for both, so every copy's bounds are provable, though at most
-/// `GATHER_LIMIT` bytes are ever filled. Too large for a per-CPU map value (32 KiB at most),
-/// it lives in an array with a slot per CPU (sized by the loader).
+/// Bytes are copied in pieces of at most `GATHER_PIECE` at an offset below the limit, and
+/// a record's length is masked to below twice the limit: the payload area has room for
+/// both, so every copy's and every send's bounds are provable even where the verifier
+/// forgets a checked bound (Linux 5.10 does when the compiler reloads the checked value
+/// from the stack), though at most `GATHER_LIMIT` bytes are ever filled. Too large for a
+/// per-CPU map value (32 KiB at most), it lives in an array with a slot per CPU (sized by
+/// the loader).
 #[repr(C)]
 pub struct Gathered {
     /// The record sent: the header, then the gathered bytes.
     header: DataEventHeader,
-    data: [u8; GATHER_LIMIT + GATHER_PIECE],
+    data: [u8; 2 * GATHER_LIMIT],
     /// The copy loop's state, kept in map memory rather than registers: the verifier does
     /// not track it, so every path through one step reaches the next step in the same
     /// state and is pruned there, instead of the paths multiplying step after step.
@@ -1397,8 +1400,12 @@ struct GatherCursor {
     buf: u64,
     iov_count: u64,
     moved: u64,
-    /// Bytes of the syscall accounted by the records sent so far.
+    /// Bytes of the syscall accounted by the records sent so far, and how many records.
     accounted: u64,
+    records: u64,
+    /// The first record's TCP position and flags, for the records after it.
+    first_seq: u32,
+    flags: u32,
     /// Bytes gathered into the current record.
     off: u64,
     /// Bytes moved and not yet walked.
@@ -1411,9 +1418,9 @@ struct GatherCursor {
     used: u64,
 }
 
-/// Bytes one HTTP/2 record carries: a write of many frames (a burst of multiplexed calls,
-/// a message filling the initial 64 KiB flow-control window) needs every frame header in it.
-const GATHER_LIMIT: usize = 64 * 1024;
+/// Bytes one HTTP/2 record carries (a syscall fills as many as it needs, up to
+/// `GATHER_RECORDS`).
+const GATHER_LIMIT: usize = 32 * 1024;
 const GATHER_PIECE: usize = 4096;
 
 /// One slot per possible CPU, indexed by the current CPU (the loader sets the size).
@@ -1433,7 +1440,7 @@ const GATHER_STEPS: u32 = 2 * MAX_GATHERED_IOVECS as u32 + (GATHER_LIMIT / GATHE
 /// queued while the reader was descheduled, a large message) moves more than one record
 /// holds, and a frame header lost past the first would make the connection undecodable
 /// for good (HPACK is stateful). Bytes past these records are only counted.
-const GATHER_RECORDS: u64 = 16;
+const GATHER_RECORDS: u64 = 32;
 
 /// The records of a syscall on an HTTP/2 connection: its bytes in order (from its
 /// iovecs, or its one buffer when `iovecs` is false), `GATHER_LIMIT` per record, each
@@ -1488,34 +1495,50 @@ fn emit_gathered(
     if remaining == 0 || *lost_flag(state, inflight.direction) != 0 {
         return;
     }
-    // SAFETY: as above.
-    unsafe { core::ptr::addr_of_mut!(record.cursor.accounted).write_volatile(first) };
-    match core::hint::black_box(gather_rest(cpu as u64)) {
-        0 => {}
-        GATHER_READ_FAILED => {
-            count_drop(DropReason::ReadUserFailed);
-            *lost_flag(state, inflight.direction) = 1;
-        }
-        _ => {
-            count_drop(DropReason::RingBufferFull);
-            *lost_flag(state, inflight.direction) = 1;
+    // SAFETY: fields of this CPU's slot, as above.
+    unsafe {
+        let cur = core::ptr::addr_of_mut!(record.cursor);
+        core::ptr::addr_of_mut!((*cur).accounted).write_volatile(first);
+        core::ptr::addr_of_mut!((*cur).records).write_volatile(0);
+        core::ptr::addr_of_mut!((*cur).first_seq).write_volatile(record.header.tcp_seq);
+        core::ptr::addr_of_mut!((*cur).flags).write_volatile(record.header.flags);
+    }
+    // Each record through a global function called from here, never from another one:
+    // Linux before 6.x adds the stack frames of a whole call chain against its 512 bytes.
+    for _ in 1..GATHER_RECORDS {
+        match core::hint::black_box(gather_record(cpu as u64)) {
+            GATHER_MORE => {}
+            GATHER_DONE => return,
+            GATHER_READ_FAILED => {
+                count_drop(DropReason::ReadUserFailed);
+                *lost_flag(state, inflight.direction) = 1;
+                return;
+            }
+            _ => {
+                count_drop(DropReason::RingBufferFull);
+                *lost_flag(state, inflight.direction) = 1;
+                return;
+            }
         }
     }
 }
 
-/// `gather_rest`'s outcome when user memory could not be read (else 0, or
-/// `GATHER_RING_FULL`).
+/// `gather_record`'s outcomes: another record to send, the syscall's bytes all accounted,
+/// user memory unreadable, the ring buffer full.
+const GATHER_MORE: i64 = 0;
+const GATHER_DONE: i64 = 1;
 const GATHER_READ_FAILED: i64 = -1;
 const GATHER_RING_FULL: i64 = -2;
 
-/// Sends the records after the first of the syscall in CPU `cpu`'s gathering slot (whose
-/// header `send_record` filled): each gathers the next `GATHER_LIMIT` bytes and accounts
-/// them, the last one the rest. A global function, verified once (see `gather_h2`).
+/// Sends the next record of the syscall in CPU `cpu`'s gathering slot, after the first
+/// (whose header `send_record` filled): it gathers the next `GATHER_LIMIT` bytes and
+/// accounts them, or, when it is the last one, the rest. A global function, verified once
+/// (see `gather_h2`).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub fn gather_rest(cpu: u64) -> i64 {
+pub fn gather_record(cpu: u64) -> i64 {
     let Some(g) = GATHER.get_ptr_mut(cpu as u32) else {
-        return 0;
+        return GATHER_DONE;
     };
     // SAFETY: `g` is this CPU's slot, valid for this program invocation, used by no one else.
     let (cur, header) = unsafe {
@@ -1524,69 +1547,72 @@ pub fn gather_rest(cpu: u64) -> i64 {
             core::ptr::addr_of_mut!((*g).header),
         )
     };
-    // SAFETY: field addresses inside that slot.
-    let (p_moved, p_accounted, p_remaining) = unsafe {
+    // SAFETY: field addresses inside that slot, read and written with volatile accesses
+    // (see `Gathered::cursor`).
+    let get = |p: *mut u64| unsafe { p.read_volatile() };
+    // SAFETY: as above.
+    let (p_moved, p_accounted, p_remaining, p_records) = unsafe {
         (
             core::ptr::addr_of_mut!((*cur).moved),
             core::ptr::addr_of_mut!((*cur).accounted),
             core::ptr::addr_of_mut!((*cur).remaining),
+            core::ptr::addr_of_mut!((*cur).records),
         )
     };
-    // SAFETY: only ever called with the cursor's field addresses above.
-    let get = |p: *mut u64| unsafe { p.read_volatile() };
-    // SAFETY: the header of the record the first `send_record` filled in.
-    let (first_seq, flags) = unsafe { ((*header).tcp_seq, (*header).flags) };
-    // The continuation of a record sent whole: no gap before it, truncated or not anew.
-    let flags = flags & !(DATA_FLAG_GAP_BEFORE | DATA_FLAG_TRUNCATED);
-    for i in 1..GATHER_RECORDS {
-        if get(p_remaining) == 0 {
-            return 0;
-        }
-        // Through a global function: inlined, its loop inside this one makes one path too
-        // long for the verifier.
-        let kept = core::hint::black_box(gather_next(cpu));
-        if kept < 0 {
-            return GATHER_READ_FAILED;
-        }
-        let kept = kept as u64 & (2 * GATHER_LIMIT as u64 - 1);
-        let (moved, accounted) = (get(p_moved), get(p_accounted));
-        // Nothing more can be gathered (the iovec limit): this record accounts the rest.
-        let last = get(p_remaining) == 0 || i + 1 == GATHER_RECORDS || kept == 0;
-        let this = if last {
-            moved.saturating_sub(accounted)
-        } else {
-            kept
-        };
-        // SAFETY: the slot's header, written field by field.
-        unsafe {
-            (*header).syscall_len = this as u32;
-            (*header).captured_len = kept as u32;
-            (*header).tcp_seq = first_seq.wrapping_add(accounted as u32);
-            (*header).flags = if kept < this {
-                flags | DATA_FLAG_TRUNCATED
-            } else {
-                flags
-            };
-        }
-        let total = size_of::<DataEventHeader>() + kept as usize;
-        // SAFETY: the slot is `size_of::<Gathered>()` bytes, the header first.
-        let bytes = unsafe { core::slice::from_raw_parts(g as *const u8, size_of::<Gathered>()) };
-        if total > size_of::<DataEventHeader>() + GATHER_LIMIT {
-            return 0;
-        }
-        if EVENTS
-            .output::<[u8]>(&bytes[..total], wakeup_flags())
-            .is_err()
-        {
-            return GATHER_RING_FULL;
-        }
-        if last {
-            return 0;
-        }
-        // SAFETY: a cursor field, as above.
-        unsafe { p_accounted.write_volatile(accounted + this) };
+    if get(p_remaining) == 0 {
+        return GATHER_DONE;
     }
-    0
+    let kept = gather_cursor(g);
+    if kept < 0 {
+        return GATHER_READ_FAILED;
+    }
+    let kept = kept as u64 & (2 * GATHER_LIMIT as u64 - 1);
+    let (moved, accounted, records) = (get(p_moved), get(p_accounted), get(p_records) + 1);
+    // Nothing more can be gathered (the iovec limit), or the record limit: this record
+    // accounts the rest.
+    let last = get(p_remaining) == 0 || records + 1 >= GATHER_RECORDS || kept == 0;
+    let this = if last {
+        moved.saturating_sub(accounted)
+    } else {
+        kept
+    };
+    // SAFETY: the slot's header, written field by field; the first record's TCP position
+    // and flags stay in the cursor.
+    unsafe {
+        let first_seq = core::ptr::addr_of!((*cur).first_seq).read_volatile();
+        // The continuation of a record sent whole: no gap before it, truncated or not anew.
+        let flags = core::ptr::addr_of!((*cur).flags).read_volatile()
+            & !(DATA_FLAG_GAP_BEFORE | DATA_FLAG_TRUNCATED);
+        (*header).syscall_len = this as u32;
+        (*header).captured_len = kept as u32;
+        (*header).tcp_seq = first_seq.wrapping_add(accounted as u32);
+        (*header).flags = if kept < this {
+            flags | DATA_FLAG_TRUNCATED
+        } else {
+            flags
+        };
+    }
+    let total = size_of::<DataEventHeader>() + kept as usize;
+    if total > size_of::<DataEventHeader>() + GATHER_LIMIT {
+        return GATHER_DONE;
+    }
+    // SAFETY: the slot is `size_of::<Gathered>()` bytes, the header first.
+    let bytes = unsafe { core::slice::from_raw_parts(g as *const u8, size_of::<Gathered>()) };
+    if EVENTS
+        .output::<[u8]>(&bytes[..total], wakeup_flags())
+        .is_err()
+    {
+        return GATHER_RING_FULL;
+    }
+    if last {
+        return GATHER_DONE;
+    }
+    // SAFETY: cursor fields, as above.
+    unsafe {
+        p_accounted.write_volatile(accounted + this);
+        p_records.write_volatile(records);
+    }
+    GATHER_MORE
 }
 
 /// Copies a syscall's bytes into CPU `cpu`'s gathering slot; returns how many were copied,
@@ -1636,19 +1662,9 @@ pub fn gather_h2(cpu: u64, buf: u64, iov_count: u64, moved: u64, iovecs: u64) ->
     gather_cursor(g)
 }
 
-/// `gather_cursor` on CPU `cpu`'s slot, as a global function (verified once).
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub fn gather_next(cpu: u64) -> i64 {
-    let Some(g) = GATHER.get_ptr_mut(cpu as u32) else {
-        return 0;
-    };
-    gather_cursor(g)
-}
-
 /// Gathers the next record's bytes from where the cursor of slot `g` stands (at most
 /// `GATHER_LIMIT`, in at most `GATHER_STEPS` steps); returns how many, or -1 when user
-/// memory could not be read. Inlined into `gather_h2` and `gather_next`.
+/// memory could not be read. Inlined into `gather_h2` and `gather_record`.
 #[inline(always)]
 fn gather_cursor(g: *mut Gathered) -> i64 {
     const LIMIT: u64 = GATHER_LIMIT as u64;

@@ -37,7 +37,39 @@ pub fn ensure_test_tools() -> Result<()> {
     crate::image::ensure_image_tools()?;
     ensure_manifest_validator()?;
     ensure_python_test_packages()?;
-    ensure_node_test_packages()
+    ensure_node_test_packages()?;
+    ensure_go_grpc()
+}
+
+/// Where Debian's Go library packages put their sources: the GOPATH the gRPC programs of
+/// the suites build in (GOPATH mode, offline).
+pub const DEBIAN_GOPATH: &str = "/usr/share/gocode";
+
+/// grpc-go for the HTTP/2 suite's and the VM guest's Go gRPC programs, from Debian's
+/// `golang-google-grpc-dev` (its sources and dependencies under [`DEBIAN_GOPATH`]).
+pub fn ensure_go_grpc() -> Result<()> {
+    let marker = std::path::Path::new(DEBIAN_GOPATH).join("src/google.golang.org/grpc/server.go");
+    if marker.is_file() {
+        return Ok(());
+    }
+    if !have("apt-get") {
+        bail!(
+            "the Go gRPC programs need grpc-go under {DEBIAN_GOPATH}: install Debian's golang-google-grpc-dev"
+        );
+    }
+    eprintln!("==> installing: golang-google-grpc-dev");
+    run_cmd(Command::new("apt-get").arg("update"))?;
+    run_cmd(
+        Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "--no-install-recommends",
+                "golang-google-grpc-dev",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .context("installing golang-google-grpc-dev failed")
 }
 
 /// A second Go release for the linking suite, next to the distribution's `go`: the goroutine

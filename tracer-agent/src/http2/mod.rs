@@ -25,6 +25,7 @@
 //! says why; the pipeline counts it).
 
 mod frame;
+pub mod hpack;
 #[cfg(test)]
 mod tests;
 
@@ -94,7 +95,7 @@ struct PendingBlock {
 /// One direction: its frames and the HPACK table of the peer that writes it.
 struct Direction {
     reader: FrameReader,
-    hpack: loona_hpack::Decoder<'static>,
+    hpack: hpack::Decoder,
     block: Option<PendingBlock>,
     /// No chunk yet.
     fresh: bool,
@@ -102,8 +103,7 @@ struct Direction {
 
 impl Direction {
     fn new(preface: bool, max_block: usize) -> Direction {
-        let mut hpack = loona_hpack::Decoder::new();
-        hpack.set_max_allowed_table_size(MAX_TABLE_SIZE);
+        let hpack = hpack::Decoder::new(MAX_TABLE_SIZE);
         Direction {
             reader: FrameReader::new(preface, max_block),
             hpack,
@@ -424,12 +424,12 @@ impl H2Connection {
         let mut fields: Vec<(String, String)> = Vec::new();
         let mut size = 0usize;
         let dir = self.direction(stream);
-        let decoded = dir.hpack.decode_with_cb(&block.fragment, |name, value| {
+        let decoded = dir.hpack.decode(&block.fragment, |name, value| {
             // RFC 9113 §6.5.2's accounting: 32 octets of overhead per field.
             size += name.len() + value.len() + 32;
             fields.push((
-                String::from_utf8_lossy(&name).into_owned(),
-                String::from_utf8_lossy(&value).into_owned(),
+                String::from_utf8_lossy(name).into_owned(),
+                String::from_utf8_lossy(value).into_owned(),
             ));
         });
         if let Err(e) = decoded {

@@ -83,6 +83,38 @@ fn build_go_middle(vm_dir: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// The HTTP/2 suite's Go gRPC server and client (`tests/grpc/grpc_*.go`, grpc-go from
+/// Debian's golang-google-grpc-dev, installed when missing), built static for the guest.
+/// Returns (path in the guest, built file).
+fn build_go_grpc(vm_dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    crate::deps::ensure_go_grpc()?;
+    let mut files = Vec::new();
+    for (name, in_guest) in [
+        ("grpc_server", GRPC_SERVER_IN_GUEST),
+        ("grpc_client", GRPC_CLIENT_IN_GUEST),
+    ] {
+        let src = crate::workspace_root().join(format!("tests/grpc/{name}.go"));
+        let out = vm_dir.join(name);
+        eprintln!("==> building the guest's {name} from {}", src.display());
+        crate::run_cmd(
+            Command::new("go")
+                .args(["build", "-o"])
+                .arg(&out)
+                .arg(&src)
+                .env("GOPATH", crate::deps::DEBIAN_GOPATH)
+                .env("GO111MODULE", "off")
+                .env("CGO_ENABLED", "0")
+                .env("GOTOOLCHAIN", "local"),
+        )?;
+        files.push((in_guest.to_owned(), out));
+    }
+    Ok(files)
+}
+
+/// Where the guest finds the gRPC programs of its HTTP/2 case.
+const GRPC_SERVER_IN_GUEST: &str = "bin/grpc-server";
+const GRPC_CLIENT_IN_GUEST: &str = "bin/grpc-client";
+
 pub fn run(args: VmTestArgs) -> Result<()> {
     let specs = if args.kernels.is_empty() {
         kernel::KERNELS.to_vec()
@@ -110,13 +142,15 @@ pub fn run(args: VmTestArgs) -> Result<()> {
     let vm_dir = crate::workspace_root().join("target").join("vm");
     std::fs::create_dir_all(&vm_dir)?;
     let go_middle = build_go_middle(&vm_dir)?;
+    let mut static_files = vec![(GO_MIDDLE_IN_GUEST.to_owned(), go_middle)];
+    static_files.extend(build_go_grpc(&vm_dir)?);
     let image = vm_dir.join("initramfs.cpio");
     eprintln!("==> building the initramfs {}", image.display());
     let size = initramfs::build(
         &initramfs::Contents {
             init: guest_bin,
             agent: agent_bin,
-            static_files: vec![(GO_MIDDLE_IN_GUEST.to_owned(), go_middle)],
+            static_files,
         },
         &image,
         &vm_dir.join("initramfs-staging"),

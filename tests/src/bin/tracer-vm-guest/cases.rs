@@ -72,6 +72,7 @@ pub const CASES: &[(&str, Case)] = &[
     ("keep_alive", keep_alive),
     ("two_hop_chain", two_hop_chain),
     ("go_goroutines", go_goroutines),
+    ("grpc_go", grpc_go),
 ];
 
 /// The case of node `a` in the two-guest run (`cargo xtask vm-test` boots node `b` beside
@@ -1022,6 +1023,115 @@ fn go_goroutines(ctx: &Ctx) -> Result<()> {
         )?;
     }
     println!("  {n} calls of the Go service, each the child of its own request");
+    Ok(())
+}
+
+/// The gRPC programs `xtask vm-test` puts in the image (tests/grpc/grpc_*.go, grpc-go).
+const GRPC_SERVER: &str = "/bin/grpc-server";
+const GRPC_CLIENT: &str = "/bin/grpc-client";
+
+/// gRPC (grpc-go on both sides, the HTTP/2 suite's programs), 40 unary calls, 8 in flight
+/// on one connection: on this kernel the programs gather each syscall's frames whole, and
+/// every call gives one CLIENT and one SERVER span with the gRPC attributes, the SERVER
+/// span the child of its CLIENT span.
+fn grpc_go(ctx: &Ctx) -> Result<()> {
+    for bin in [GRPC_SERVER, GRPC_CLIENT] {
+        ensure!(
+            std::path::Path::new(bin).exists(),
+            "{bin} is not in the image: run through `cargo xtask vm-test`"
+        );
+    }
+    let rx = receiver(ctx)?;
+    let mut child = Command::new(GRPC_SERVER)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the gRPC server")?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut server = Proc { child, port: 0 };
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    server.port = line
+        .trim()
+        .parse()
+        .with_context(|| format!("the gRPC server printed {line:?} instead of its port"))?;
+    let agent = GuestAgent::start(Some(&rx.endpoint()), AGENT_READY)?;
+    const CALLS: usize = 40;
+    let client = Command::new(GRPC_CLIENT)
+        .args([
+            server.port.to_string(),
+            "say".into(),
+            CALLS.to_string(),
+            "8".into(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the gRPC client")?;
+    let client_pid = client.id();
+    let out = client.wait_with_output()?;
+    let report = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    ensure!(
+        out.status.success()
+            && report.starts_with(&format!("calls={CALLS} ok={CALLS} "))
+            && report.ends_with(" conns=1"),
+        "the gRPC client reported {report:?} ({})",
+        out.status
+    );
+    let spans = collect(ctx, &rx, agent, &[client_pid, server.pid()], 2 * CALLS)?;
+    for id in 1..=CALLS {
+        let id_str = id.to_string();
+        let of = |kind: &str, pid: u32| {
+            let id_str = id_str.clone();
+            let kind = kind.to_owned();
+            move |s: &ReceivedSpan| {
+                s.kind == kind
+                    && pid_of(s) == Some(pid as i64)
+                    && s.attr_str("http.request.header.x-request-id") == Some(id_str.as_str())
+            }
+        };
+        let server_span = one(
+            &spans,
+            &format!("SERVER span of call {id}"),
+            of("SERVER", server.pid()),
+        )?;
+        let client_span = one(
+            &spans,
+            &format!("CLIENT span of call {id}"),
+            of("CLIENT", client_pid),
+        )?;
+        for s in [server_span, client_span] {
+            let what = format!("{} span of call {id}", s.kind);
+            check_eq(
+                &format!("{what}: name"),
+                s.name.as_str(),
+                "demo.Greeter/Say",
+            )?;
+            check_eq(
+                &format!("{what}: rpc.system"),
+                s.attr_str("rpc.system"),
+                Some("grpc"),
+            )?;
+            check_eq(
+                &format!("{what}: rpc.grpc.status_code"),
+                s.attr_int("rpc.grpc.status_code"),
+                Some(0),
+            )?;
+            check_eq(
+                &format!("{what}: network.protocol.version"),
+                s.attr_str("network.protocol.version"),
+                Some("2"),
+            )?;
+        }
+        check_eq(
+            &format!("parent of the SERVER span of call {id}"),
+            &server_span.parent_span_id,
+            &client_span.span_id,
+        )?;
+    }
+    println!("  {CALLS} gRPC calls on one HTTP/2 connection, a linked span pair each");
     Ok(())
 }
 
