@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use crate::OtlpReceiver;
 use crate::harness::Agent;
+use crate::programs::{WAIT, spans_of};
+use crate::{OtlpReceiver, ReceivedSpan};
 
 /// The exchange token every agent of a test shares (`TRACER_EXCHANGE_TOKEN`).
 pub const EXCHANGE_TOKEN: &str = "test-exchange-token-0123456789";
@@ -145,5 +146,39 @@ impl GatedClient {
             String::from_utf8_lossy(&out.stderr)
         );
         stdout
+    }
+}
+
+/// The end of a two-agent run: what arrived of `pids`' spans and each agent's `/metrics`.
+pub struct TwoAgentsEnd {
+    pub spans: Vec<ReceivedSpan>,
+    /// `want` spans arrived within [`WAIT`].
+    pub complete: bool,
+    pub metrics: [String; 2],
+}
+
+/// Waits until `want` spans of `pids` arrived (at most [`WAIT`]), reads both agents'
+/// metrics, and stops both (each must exit cleanly, having flushed what it held).
+pub async fn finish_two_agents(
+    rx: &OtlpReceiver,
+    agents: [Agent; 2],
+    pids: &[u32],
+    want: usize,
+) -> TwoAgentsEnd {
+    let complete = rx
+        .wait_for_spans(|s| spans_of(s, pids).len() >= want, WAIT)
+        .await
+        .is_ok();
+    let [a1, a2] = agents;
+    let metrics = [
+        a1.metrics().await.unwrap_or_default(),
+        a2.metrics().await.unwrap_or_default(),
+    ];
+    a1.stop().expect("agent 1 stops cleanly");
+    a2.stop().expect("agent 2 stops cleanly");
+    TwoAgentsEnd {
+        spans: spans_of(&rx.spans(), pids),
+        complete,
+        metrics,
     }
 }

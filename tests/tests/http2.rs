@@ -15,10 +15,10 @@ use tracer_tests::grpc::{
     python_grpc_server,
 };
 use tracer_tests::harness::{Server, curl};
-use tracer_tests::nodes::{GatedClient, node_agent};
+use tracer_tests::nodes::{GatedClient, finish_two_agents, node_agent};
 use tracer_tests::programs::{
     TempDir, WAIT, agent_exporting_to, collect, counts, python_app_server, receiver, run_client,
-    span_pid, spans_of, summary,
+    span_pid, summary,
 };
 use tracer_tests::{ReceivedSpan, unused_local_addr};
 
@@ -352,6 +352,16 @@ struct ChainVerdict {
     whole: usize,
 }
 
+impl std::fmt::Display for ChainVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "whole={} per hop right={:?} wrong={:?} unlinked={:?}",
+            self.whole, self.right, self.wrong, self.unlinked
+        )
+    }
+}
+
 /// The spans of a gated client's run split over two agents, as two nodes would see them:
 /// agent 1 traces the client and `node1`, agent 2 `node2`, joined by the exchange. Checks
 /// the client's report (`ok`, one connection) and that exactly `want` spans came, and that
@@ -370,25 +380,17 @@ async fn across_two_agents(
     let agent1 = node_agent(&rx, &pids1, ex1, &[ex2], None).await;
     let pids: Vec<u32> = pids1.iter().chain(node2).copied().collect();
     let out = client.run();
-    let waited = rx
-        .wait_for_spans(|s| spans_of(s, &pids).len() >= want, WAIT)
-        .await;
-    let (m1, m2) = (
-        agent1.metrics().await.unwrap_or_default(),
-        agent2.metrics().await.unwrap_or_default(),
-    );
-    agent1.stop().unwrap();
-    agent2.stop().unwrap();
-    let spans = spans_of(&rx.spans(), &pids);
+    let end = finish_two_agents(&rx, [agent1, agent2], &pids, want).await;
     assert!(
-        waited.is_ok() && spans.len() == want,
+        end.complete && end.spans.len() == want,
         "want {want} spans, got {}:\n{}",
-        spans.len(),
-        summary(&spans)
+        end.spans.len(),
+        summary(&end.spans)
     );
-    assert_nothing_undecodable(&m1);
-    assert_nothing_undecodable(&m2);
-    (spans, out)
+    for m in &end.metrics {
+        assert_nothing_undecodable(m);
+    }
+    (end.spans, out)
 }
 
 /// Judges the chains of `calls` calls: each call's spans by `roles` (pid, kind, name) in
@@ -495,10 +497,7 @@ async fn grpc_chain(frontend: Relay, backend: Relay, calls: u32, concurrency: u3
         assert_eq!(s.attr_int("rpc.grpc.status_code"), Some(0), "{s:#?}");
     }
     let v = judge_chains(&spans, &roles, calls, request_id);
-    println!(
-        "gRPC chain, {calls} calls, {concurrency} in flight: whole={} per hop right={:?} wrong={:?} unlinked={:?}",
-        v.whole, v.right, v.wrong, v.unlinked
-    );
+    println!("gRPC chain, {calls} calls, {concurrency} in flight: {v}");
     v
 }
 
@@ -550,10 +549,7 @@ async fn go_h2c_relay_never_links_a_call_to_another_stream() {
         (down.pid(), "SERVER", "GET /down"),
     ];
     let v = judge_chains(&spans, &roles, 500, query_id);
-    println!(
-        "Go h2c relay, 500 requests, 64 in flight: whole={} per hop right={:?} wrong={:?} unlinked={:?}",
-        v.whole, v.right, v.wrong, v.unlinked
-    );
+    println!("Go h2c relay, 500 requests, 64 in flight: {v}");
     assert_eq!((v.right[0], v.right[2]), (500, 500), "peer hops: {v:?}");
     assert_eq!(v.wrong, [0; 3], "nothing linked wrong: {v:?}");
 }
@@ -599,10 +595,7 @@ async fn go_grpc_relay_never_links_a_call_to_another_stream() {
         (leaf.pid(), "SERVER", say),
     ];
     let v = judge_chains(&spans, &roles, 400, request_id);
-    println!(
-        "grpc-go relay, 400 calls, 16 in flight: whole={} per hop right={:?} wrong={:?} unlinked={:?}",
-        v.whole, v.right, v.wrong, v.unlinked
-    );
+    println!("grpc-go relay, 400 calls, 16 in flight: {v}");
     assert_eq!((v.right[0], v.right[2]), (400, 400), "peer hops: {v:?}");
     assert_eq!(v.wrong, [0; 3], "nothing linked wrong: {v:?}");
 }

@@ -20,7 +20,10 @@ use tracer_tests::kube_api::{FakeKubeApi, Kind};
 use tracer_tests::linking::{
     LOAD_CLIENT, aiohttp_middle, parse_load_report, query_param, threads_middle,
 };
-use tracer_tests::nodes::{Discovery, EXCHANGE_TOKEN, GatedClient, discovering_agent, node_agent};
+use tracer_tests::nodes::{
+    Discovery, EXCHANGE_TOKEN, GatedClient, TwoAgentsEnd, discovering_agent, finish_two_agents,
+    node_agent,
+};
 use tracer_tests::programs::{
     TempDir, WAIT, python, python_app_server, receiver, span_pid, spans_of, summary,
 };
@@ -216,18 +219,13 @@ async fn run_peered(
 
     let pids = [load, scenario.middle.pid(), scenario.downstream.pid()];
     let want = 4 * count as usize;
-    let waited = rx
-        .wait_for_spans(|s| spans_of(s, &pids).len() >= want, WAIT)
-        .await;
-    let (m1, m2) = (
-        node1.metrics().await.unwrap_or_default(),
-        node2.metrics().await.unwrap_or_default(),
-    );
-    node1.stop().expect("agent 1 stops cleanly");
-    node2.stop().expect("agent 2 stops cleanly");
-    let spans = spans_of(&rx.spans(), &pids);
+    let TwoAgentsEnd {
+        spans,
+        complete,
+        metrics: [m1, m2],
+    } = finish_two_agents(&rx, [node1, node2], &pids, want).await;
     assert!(
-        waited.is_ok() && spans.len() == want,
+        complete && spans.len() == want,
         "want {want} spans, got {}:\n{}",
         spans.len(),
         summary(&spans)
@@ -714,16 +712,11 @@ async fn two_nodes_tail_sampling_keeps_failed_traces_whole() {
     assert_eq!(report.ok, u64::from(COUNT) - failed.len() as u64, "{out}");
     let pids = [load, middle.pid(), downstream.pid()];
     let want = 4 * failed.len();
-    let waited = rx
-        .wait_for_spans(|s| spans_of(s, &pids).len() >= want, WAIT)
-        .await;
-    let (m1, m2) = (
-        node1.metrics().await.unwrap_or_default(),
-        node2.metrics().await.unwrap_or_default(),
-    );
-    node1.stop().expect("agent 1 stops cleanly");
-    node2.stop().expect("agent 2 stops cleanly");
-    let spans = spans_of(&rx.spans(), &pids);
+    let TwoAgentsEnd {
+        spans,
+        complete: waited,
+        metrics: [m1, m2],
+    } = finish_two_agents(&rx, [node1, node2], &pids, want).await;
     let tail_lines = |m: &str| -> String {
         m.lines()
             .filter(|l| l.starts_with("tracer_tail") || l.starts_with("tracer_peer_keeps"))
@@ -731,7 +724,7 @@ async fn two_nodes_tail_sampling_keeps_failed_traces_whole() {
             .join(" ")
     };
     assert!(
-        waited.is_ok() && spans.len() == want,
+        waited && spans.len() == want,
         "want {want} spans (the failed requests only), got {}:\n{}\nnode 1: {}\nnode 2: {}",
         spans.len(),
         summary(&spans),

@@ -1374,6 +1374,22 @@ fn send_record(
     }
 }
 
+/// Field `$f` of gathering slot `$g`'s cursor, read (`cursor!(g.f)`) or written
+/// (`cursor!(g.f = v)`) with a volatile access, so it stays in map memory (see
+/// `Gathered::cursor`).
+macro_rules! cursor {
+    ($g:ident . $f:ident = $v:expr) => {{
+        let v = $v;
+        // SAFETY: `$g` is this CPU's gathering slot, valid for this program invocation and
+        // used by no one else; the address is one of its cursor's fields.
+        unsafe { core::ptr::addr_of_mut!((*$g).cursor.$f).write_volatile(v) }
+    }};
+    ($g:ident . $f:ident) => {
+        // SAFETY: as above.
+        unsafe { core::ptr::addr_of!((*$g).cursor.$f).read_volatile() }
+    };
+}
+
 /// An HTTP/2 syscall's bytes gathered into records of up to `GATHER_LIMIT` bytes each.
 /// Bytes are copied in pieces of at most `GATHER_PIECE` at an offset below the limit, and
 /// a record's length is masked to below twice the limit: the payload area has room for
@@ -1478,31 +1494,29 @@ fn emit_gathered(
     let Some(g) = GATHER.get_ptr_mut(cpu) else {
         return;
     };
-    // SAFETY: this CPU's slot, used only within this program invocation.
-    let record = unsafe { &mut *g };
-    // SAFETY: a field of that slot.
-    let remaining = unsafe { core::ptr::addr_of!(record.cursor.remaining).read_volatile() };
+    let remaining = cursor!(g.remaining);
     let first = if remaining == 0 { moved } else { kept as u64 };
-    let bytes = record as *const Gathered as *const u8;
-    send_record(
-        &mut record.header,
-        bytes,
-        size_of::<DataEventHeader>() + GATHER_LIMIT,
-        (kept as u64 & (2 * GATHER_LIMIT as u64 - 1)) as usize,
-        (pid_tgid, inflight, first, goid, seq),
-        state,
-    );
+    let (first_seq, flags) = {
+        // SAFETY: this CPU's slot, used only within this program invocation.
+        let record = unsafe { &mut *g };
+        let bytes = record as *const Gathered as *const u8;
+        send_record(
+            &mut record.header,
+            bytes,
+            size_of::<DataEventHeader>() + GATHER_LIMIT,
+            (kept as u64 & (2 * GATHER_LIMIT as u64 - 1)) as usize,
+            (pid_tgid, inflight, first, goid, seq),
+            state,
+        );
+        (record.header.tcp_seq, record.header.flags)
+    };
     if remaining == 0 || *lost_flag(state, inflight.direction) != 0 {
         return;
     }
-    // SAFETY: fields of this CPU's slot, as above.
-    unsafe {
-        let cur = core::ptr::addr_of_mut!(record.cursor);
-        core::ptr::addr_of_mut!((*cur).accounted).write_volatile(first);
-        core::ptr::addr_of_mut!((*cur).records).write_volatile(0);
-        core::ptr::addr_of_mut!((*cur).first_seq).write_volatile(record.header.tcp_seq);
-        core::ptr::addr_of_mut!((*cur).flags).write_volatile(record.header.flags);
-    }
+    cursor!(g.accounted = first);
+    cursor!(g.records = 0);
+    cursor!(g.first_seq = first_seq);
+    cursor!(g.flags = flags);
     // Each record through a global function called from here, never from another one:
     // Linux before 6.x adds the stack frames of a whole call chain against its 512 bytes.
     for _ in 1..GATHER_RECORDS {
@@ -1541,25 +1555,8 @@ pub fn gather_record(cpu: u64) -> i64 {
         return GATHER_DONE;
     };
     // SAFETY: `g` is this CPU's slot, valid for this program invocation, used by no one else.
-    let (cur, header) = unsafe {
-        (
-            core::ptr::addr_of_mut!((*g).cursor),
-            core::ptr::addr_of_mut!((*g).header),
-        )
-    };
-    // SAFETY: field addresses inside that slot, read and written with volatile accesses
-    // (see `Gathered::cursor`).
-    let get = |p: *mut u64| unsafe { p.read_volatile() };
-    // SAFETY: as above.
-    let (p_moved, p_accounted, p_remaining, p_records) = unsafe {
-        (
-            core::ptr::addr_of_mut!((*cur).moved),
-            core::ptr::addr_of_mut!((*cur).accounted),
-            core::ptr::addr_of_mut!((*cur).remaining),
-            core::ptr::addr_of_mut!((*cur).records),
-        )
-    };
-    if get(p_remaining) == 0 {
+    let header = unsafe { core::ptr::addr_of_mut!((*g).header) };
+    if cursor!(g.remaining) == 0 {
         return GATHER_DONE;
     }
     let kept = gather_cursor(g);
@@ -1567,22 +1564,25 @@ pub fn gather_record(cpu: u64) -> i64 {
         return GATHER_READ_FAILED;
     }
     let kept = kept as u64 & (2 * GATHER_LIMIT as u64 - 1);
-    let (moved, accounted, records) = (get(p_moved), get(p_accounted), get(p_records) + 1);
+    let (moved, accounted, records) = (
+        cursor!(g.moved),
+        cursor!(g.accounted),
+        cursor!(g.records) + 1,
+    );
     // Nothing more can be gathered (the iovec limit), or the record limit: this record
     // accounts the rest.
-    let last = get(p_remaining) == 0 || records + 1 >= GATHER_RECORDS || kept == 0;
+    let last = cursor!(g.remaining) == 0 || records + 1 >= GATHER_RECORDS || kept == 0;
     let this = if last {
         moved.saturating_sub(accounted)
     } else {
         kept
     };
-    // SAFETY: the slot's header, written field by field; the first record's TCP position
-    // and flags stay in the cursor.
+    // The first record's TCP position and flags stay in the cursor; the continuation of a
+    // record sent whole has no gap before it, and is truncated or not anew.
+    let first_seq = cursor!(g.first_seq);
+    let flags = cursor!(g.flags) & !(DATA_FLAG_GAP_BEFORE | DATA_FLAG_TRUNCATED);
+    // SAFETY: the slot's header, written field by field.
     unsafe {
-        let first_seq = core::ptr::addr_of!((*cur).first_seq).read_volatile();
-        // The continuation of a record sent whole: no gap before it, truncated or not anew.
-        let flags = core::ptr::addr_of!((*cur).flags).read_volatile()
-            & !(DATA_FLAG_GAP_BEFORE | DATA_FLAG_TRUNCATED);
         (*header).syscall_len = this as u32;
         (*header).captured_len = kept as u32;
         (*header).tcp_seq = first_seq.wrapping_add(accounted as u32);
@@ -1607,11 +1607,8 @@ pub fn gather_record(cpu: u64) -> i64 {
     if last {
         return GATHER_DONE;
     }
-    // SAFETY: cursor fields, as above.
-    unsafe {
-        p_accounted.write_volatile(accounted + this);
-        p_records.write_volatile(records);
-    }
+    cursor!(g.accounted = accounted + this);
+    cursor!(g.records = records);
     GATHER_MORE
 }
 
@@ -1625,39 +1622,20 @@ pub fn gather_h2(cpu: u64, buf: u64, iov_count: u64, moved: u64, iovecs: u64) ->
     let Some(g) = GATHER.get_ptr_mut(cpu as u32) else {
         return 0;
     };
-    // The cursor is read and written field by field with volatile accesses, so it stays
-    // in map memory (see `Gathered::cursor`).
-    // SAFETY: `g` is this CPU's slot, valid for this program invocation, used by no one else.
-    let cur = unsafe { core::ptr::addr_of_mut!((*g).cursor) };
-    // SAFETY: field addresses inside that slot.
-    let (p_remaining, p_index, p_base, p_len, p_used, p_buf, p_iov_count, p_moved) = unsafe {
-        (
-            core::ptr::addr_of_mut!((*cur).remaining),
-            core::ptr::addr_of_mut!((*cur).index),
-            core::ptr::addr_of_mut!((*cur).base),
-            core::ptr::addr_of_mut!((*cur).len),
-            core::ptr::addr_of_mut!((*cur).used),
-            core::ptr::addr_of_mut!((*cur).buf),
-            core::ptr::addr_of_mut!((*cur).iov_count),
-            core::ptr::addr_of_mut!((*cur).moved),
-        )
-    };
-    // SAFETY: only ever called with the cursor's field addresses above.
-    let set = |p: *mut u64, v: u64| unsafe { p.write_volatile(v) };
-    set(p_buf, buf);
-    set(p_iov_count, iov_count);
-    set(p_moved, moved);
-    set(p_remaining, moved);
-    set(p_used, 0);
+    cursor!(g.buf = buf);
+    cursor!(g.iov_count = iov_count);
+    cursor!(g.moved = moved);
+    cursor!(g.remaining = moved);
+    cursor!(g.used = 0);
     if iovecs != 0 {
-        set(p_index, 0);
-        set(p_base, 0);
-        set(p_len, 0);
+        cursor!(g.index = 0);
+        cursor!(g.base = 0);
+        cursor!(g.len = 0);
     } else {
         // One buffer: the only "iovec", already loaded.
-        set(p_index, MAX_TOTAL_IOVECS);
-        set(p_base, buf);
-        set(p_len, moved);
+        cursor!(g.index = MAX_TOTAL_IOVECS);
+        cursor!(g.base = buf);
+        cursor!(g.len = moved);
     }
     gather_cursor(g)
 }
@@ -1669,34 +1647,20 @@ pub fn gather_h2(cpu: u64, buf: u64, iov_count: u64, moved: u64, iovecs: u64) ->
 fn gather_cursor(g: *mut Gathered) -> i64 {
     const LIMIT: u64 = GATHER_LIMIT as u64;
     const PIECE: u64 = GATHER_PIECE as u64;
-    // SAFETY: `g` is this CPU's slot, valid for this program invocation, used by no one else.
-    let cur = unsafe { core::ptr::addr_of_mut!((*g).cursor) };
-    // SAFETY: field addresses inside that slot.
-    let (p_off, p_remaining, p_index, p_base, p_len, p_used, p_buf, p_iov_count) = unsafe {
-        (
-            core::ptr::addr_of_mut!((*cur).off),
-            core::ptr::addr_of_mut!((*cur).remaining),
-            core::ptr::addr_of_mut!((*cur).index),
-            core::ptr::addr_of_mut!((*cur).base),
-            core::ptr::addr_of_mut!((*cur).len),
-            core::ptr::addr_of_mut!((*cur).used),
-            core::ptr::addr_of_mut!((*cur).buf),
-            core::ptr::addr_of_mut!((*cur).iov_count),
-        )
-    };
-    // SAFETY: only ever called with the cursor's field addresses above.
-    let get = |p: *mut u64| unsafe { p.read_volatile() };
-    // SAFETY: as for `get`.
-    let set = |p: *mut u64, v: u64| unsafe { p.write_volatile(v) };
-    set(p_off, 0);
-    let (buf, iov_count) = (get(p_buf), get(p_iov_count));
+    cursor!(g.off = 0);
+    let (buf, iov_count) = (cursor!(g.buf), cursor!(g.iov_count));
     for _ in 0..GATHER_STEPS {
-        let (off, remaining, used, len) = (get(p_off), get(p_remaining), get(p_used), get(p_len));
+        let (off, remaining, used, len) = (
+            cursor!(g.off),
+            cursor!(g.remaining),
+            cursor!(g.used),
+            cursor!(g.len),
+        );
         if remaining == 0 || off >= LIMIT {
             break;
         }
         if used >= len {
-            let index = get(p_index);
+            let index = cursor!(g.index);
             if index >= iov_count || index >= MAX_TOTAL_IOVECS {
                 break;
             }
@@ -1705,10 +1669,10 @@ fn gather_cursor(g: *mut Gathered) -> i64 {
             let Ok([b, l]) = (unsafe { bpf_probe_read_user(iov as *const [u64; 2]) }) else {
                 return -1;
             };
-            set(p_base, b);
-            set(p_len, l);
-            set(p_used, 0);
-            set(p_index, index + 1);
+            cursor!(g.base = b);
+            cursor!(g.len = l);
+            cursor!(g.used = 0);
+            cursor!(g.index = index + 1);
             continue;
         }
         let mut n = len - used;
@@ -1727,23 +1691,24 @@ fn gather_cursor(g: *mut Gathered) -> i64 {
         if n == 0 || n > PIECE {
             break;
         }
+        let src = cursor!(g.base) + used;
         // SAFETY: `at + n` <= LIMIT + PIECE, inside `data`; the helper validates the user
         // address.
         let r = unsafe {
             aya_ebpf::helpers::generated::bpf_probe_read_user(
                 (core::ptr::addr_of_mut!((*g).data) as *mut u8).add(at) as *mut core::ffi::c_void,
                 n as u32,
-                (get(p_base) + used) as *const core::ffi::c_void,
+                src as *const core::ffi::c_void,
             )
         };
         if r != 0 {
             return -1;
         }
-        set(p_off, off + n);
-        set(p_used, used + n);
-        set(p_remaining, remaining - n);
+        cursor!(g.off = off + n);
+        cursor!(g.used = used + n);
+        cursor!(g.remaining = remaining - n);
     }
-    let off = get(p_off);
+    let off = cursor!(g.off);
     (if off < LIMIT { off } else { LIMIT }) as i64
 }
 
