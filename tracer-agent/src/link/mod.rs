@@ -56,9 +56,8 @@ use std::net::SocketAddr;
 use foldhash::{HashMap, HashMapExt};
 
 use crate::capture::events::GoHandOff;
-use crate::spans::builder::IdGenerator;
 use crate::spans::resource::Runtime;
-use crate::spans::{SpanId, SpanKind, SpanRecord, TraceId};
+use crate::spans::{IdGenerator, SpanId, SpanKind, SpanRecord, TraceId};
 pub use context::SpanContext;
 
 #[derive(Debug, Clone)]
@@ -580,17 +579,27 @@ impl Linker {
         let Some(span_id) = self.take_request(conn_id, seq) else {
             return;
         };
-        if let Some(node) = self.nodes.remove(&span_id) {
-            if node.kind == SpanKind::Server {
-                self.stop_serving(span_id, node.tgid, node.tid, node.goid);
-            }
-            if let Some(key) = node.client_key {
-                self.clients_by_source.remove(&key);
-            }
-            if let Some(key) = node.server_key {
-                self.servers_awaiting.remove(&key);
-            }
+        self.detach(span_id);
+    }
+
+    /// Removes a node and every index that names it: the requests its thread or process
+    /// serves, and its waiting peer keys. The one place a node leaves the linker early.
+    fn detach(&mut self, span_id: SpanId) -> Option<Node> {
+        let node = self.nodes.remove(&span_id)?;
+        if node.kind == SpanKind::Server {
+            self.stop_serving(span_id, node.tgid, node.tid, node.goid);
         }
+        if let Some(key) = node.client_key
+            && self.clients_by_source.get(&key) == Some(&span_id)
+        {
+            self.clients_by_source.remove(&key);
+        }
+        if let Some(key) = node.server_key
+            && self.servers_awaiting.get(&key) == Some(&span_id)
+        {
+            self.servers_awaiting.remove(&key);
+        }
+        Some(node)
     }
 
     /// The span id given to a started request, if it is still tracked.
@@ -817,17 +826,8 @@ impl Linker {
         let trace = self
             .resolve(span_id, now_ns, true, 0)
             .map(|r| (r.trace_id, r.sampled, r.excluded));
-        if let Some(node) = self.nodes.remove(&span_id) {
+        if let Some(node) = self.detach(span_id) {
             self.take_request(node.request.0, node.request.1);
-            if node.kind == SpanKind::Server {
-                self.stop_serving(span_id, node.tgid, node.tid, node.goid);
-            }
-            if let Some(key) = node.client_key {
-                self.clients_by_source.remove(&key);
-            }
-            if let Some(key) = node.server_key {
-                self.servers_awaiting.remove(&key);
-            }
             if let Some(span) = node.span {
                 // Finished but unresolvable: export as a root.
                 self.release(span_id, span, None, now_ns);

@@ -9,12 +9,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use rand::{RngCore, SeedableRng, rngs::SmallRng};
 use tracer_common::Role;
 
 use super::clock::Clock;
 use super::model::{
-    AttrStr, AttrValue, Attributes, Resource, SpanId, SpanKind, SpanRecord, SpanStatus, TraceId,
+    AttrStr, AttrValue, Attributes, Resource, SpanId, SpanKind, SpanRecord, SpanStatus,
 };
 use crate::http::{Exchange, RequestHead};
 
@@ -69,39 +68,6 @@ fn push_u16(out: &mut String, n: u16) {
     }
     for &d in &digits[i..] {
         out.push(d as char);
-    }
-}
-
-pub struct IdGenerator {
-    rng: SmallRng,
-}
-
-impl Default for IdGenerator {
-    fn default() -> Self {
-        IdGenerator {
-            rng: SmallRng::from_os_rng(),
-        }
-    }
-}
-
-impl IdGenerator {
-    pub fn trace_id(&mut self) -> TraceId {
-        loop {
-            let mut id = [0u8; 16];
-            self.rng.fill_bytes(&mut id);
-            if id != [0; 16] {
-                return id;
-            }
-        }
-    }
-    pub fn span_id(&mut self) -> SpanId {
-        loop {
-            let mut id = [0u8; 8];
-            self.rng.fill_bytes(&mut id);
-            if id != [0; 8] {
-                return id;
-            }
-        }
     }
 }
 

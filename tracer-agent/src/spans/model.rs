@@ -3,8 +3,45 @@
 
 use std::sync::Arc;
 
+use rand::{RngCore, SeedableRng, rngs::SmallRng};
+
 pub type TraceId = [u8; 16];
 pub type SpanId = [u8; 8];
+
+/// Makes the ids of spans and traces: random (W3C Trace Context asks for it), never all
+/// zeroes (invalid there).
+pub struct IdGenerator {
+    rng: SmallRng,
+}
+
+impl Default for IdGenerator {
+    fn default() -> Self {
+        IdGenerator {
+            rng: SmallRng::from_os_rng(),
+        }
+    }
+}
+
+impl IdGenerator {
+    pub fn trace_id(&mut self) -> TraceId {
+        loop {
+            let mut id = [0u8; 16];
+            self.rng.fill_bytes(&mut id);
+            if id != [0; 16] {
+                return id;
+            }
+        }
+    }
+    pub fn span_id(&mut self) -> SpanId {
+        loop {
+            let mut id = [0u8; 8];
+            self.rng.fill_bytes(&mut id);
+            if id != [0; 8] {
+                return id;
+            }
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SpanKind {
