@@ -1411,8 +1411,7 @@ pub struct Gathered {
 
 #[repr(C)]
 struct GatherCursor {
-    /// The syscall: its buffer (or iovec array), iovec count, bytes moved, and whether
-    /// `buf` is an iovec array (1) or the buffer (0).
+    /// The syscall: its buffer (or iovec array), iovec count, and bytes moved.
     buf: u64,
     iov_count: u64,
     moved: u64,

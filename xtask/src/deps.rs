@@ -57,19 +57,7 @@ pub fn ensure_go_grpc() -> Result<()> {
             "the Go gRPC programs need grpc-go under {DEBIAN_GOPATH}: install Debian's golang-google-grpc-dev"
         );
     }
-    eprintln!("==> installing: golang-google-grpc-dev");
-    run_cmd(Command::new("apt-get").arg("update"))?;
-    run_cmd(
-        Command::new("apt-get")
-            .args([
-                "install",
-                "-y",
-                "--no-install-recommends",
-                "golang-google-grpc-dev",
-            ])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-    .context("installing golang-google-grpc-dev failed")
+    apt_install(&["golang-google-grpc-dev"])
 }
 
 /// A second Go release for the linking suite, next to the distribution's `go`: the goroutine
@@ -212,15 +200,20 @@ pub fn ensure_packages(tools: &[(&str, &str)]) -> Result<()> {
             missing.join(", ")
         );
     }
-    eprintln!("==> installing: {}", missing.join(" "));
+    apt_install(&missing)
+}
+
+/// Installs Debian `packages` with apt-get (which the caller has checked for).
+fn apt_install(packages: &[&str]) -> Result<()> {
+    eprintln!("==> installing: {}", packages.join(" "));
     run_cmd(Command::new("apt-get").arg("update"))?;
     run_cmd(
         Command::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing)
+            .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
-    .with_context(|| format!("installing {} failed", missing.join(", ")))
+    .with_context(|| format!("installing {} failed", packages.join(", ")))
 }
 
 /// The offline Kubernetes schema validator the manifest tests run (`kubernetes-validate`

@@ -69,6 +69,12 @@ impl Protocol {
         }
     }
 
+    /// Many requests in flight at once on the connection, answered in any order (HTTP/2's
+    /// streams).
+    fn multiplexed(&self) -> bool {
+        matches!(self, Protocol::Http2(_))
+    }
+
     fn on_bytes(&mut self, stream: Stream, chunk: Chunk<'_>) {
         match (self, stream) {
             (Protocol::Http1(h), Stream::Request) => h.on_request_bytes(chunk),
@@ -394,10 +400,10 @@ impl Pipeline {
             .http
             .get_or_insert_with(|| Protocol::for_first_bytes(stream, chunk.payload, &self.cfg));
         // An asyncio task answering: the requests it wrote are this request's children.
-        // HTTP/1 only: HTTP/2 answers its streams in any order, and one task may write
-        // frames of several.
+        // Not on a multiplexed connection: HTTP/2 answers its streams in any order, and one
+        // task may write frames of several.
         if stream == Stream::Response
-            && matches!(http, Protocol::Http1(_))
+            && !http.multiplexed()
             && conn.meta.role() == Role::Server
             && conn.runtime == Runtime::Python
             && let Some(task) = chunk.goid
@@ -443,7 +449,7 @@ impl Pipeline {
                 runtime,
                 goid: chunk.goid,
                 excluded: excluded.is_some(),
-                multiplexed: matches!(http, Protocol::Http2(_)),
+                multiplexed: http.multiplexed(),
             };
             self.linker.request_started(request, self.now_ns);
         }

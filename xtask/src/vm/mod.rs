@@ -71,16 +71,23 @@ fn build_go_middle(vm_dir: &Path) -> Result<PathBuf> {
     let src = crate::workspace_root().join("tests/linking/middle.go");
     let out = vm_dir.join("go-middle");
     eprintln!("==> building the guest's Go service from {}", src.display());
+    go_build_static(&src, &out)?;
+    Ok(out)
+}
+
+/// `go build` of one file into a static executable with the host's Go, offline: GOPATH
+/// mode, library imports only from Debian's Go packages.
+fn go_build_static(src: &Path, out: &Path) -> Result<()> {
     crate::run_cmd(
         Command::new("go")
             .args(["build", "-o"])
-            .arg(&out)
-            .arg(&src)
+            .arg(out)
+            .arg(src)
+            .env("GOPATH", crate::deps::DEBIAN_GOPATH)
             .env("GO111MODULE", "off")
             .env("CGO_ENABLED", "0")
             .env("GOTOOLCHAIN", "local"),
-    )?;
-    Ok(out)
+    )
 }
 
 /// The HTTP/2 suite's Go gRPC server and client (`tests/grpc/grpc_*.go`, grpc-go from
@@ -96,16 +103,7 @@ fn build_go_grpc(vm_dir: &Path) -> Result<Vec<(String, PathBuf)>> {
         let src = crate::workspace_root().join(format!("tests/grpc/{name}.go"));
         let out = vm_dir.join(name);
         eprintln!("==> building the guest's {name} from {}", src.display());
-        crate::run_cmd(
-            Command::new("go")
-                .args(["build", "-o"])
-                .arg(&out)
-                .arg(&src)
-                .env("GOPATH", crate::deps::DEBIAN_GOPATH)
-                .env("GO111MODULE", "off")
-                .env("CGO_ENABLED", "0")
-                .env("GOTOOLCHAIN", "local"),
-        )?;
+        go_build_static(&src, &out)?;
         files.push((in_guest.to_owned(), out));
     }
     Ok(files)
