@@ -29,6 +29,20 @@ static FILTER_PIDS: Global<u32> = Global::new(0);
 static CAPTURE_BYTES: Global<u32> = Global::new(DEFAULT_CAPTURE_BYTES);
 #[unsafe(no_mangle)]
 static KERNEL_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets::UNKNOWN);
+
+/// One field of `KERNEL_OFFSETS`, read on its own: `Global::load` copies the whole struct
+/// onto the stack at every use, and the programs have 512 bytes of stack for everything.
+macro_rules! kernel_offset {
+    ($f:ident) => {
+        // SAFETY: `Global` is `repr(transparent)` over a `KernelOffsets` the loader
+        // initialised; the address is one of its fields, read with a volatile load as
+        // `Global::load` does, so the loader's value is never constant-folded away.
+        unsafe {
+            let offsets = core::ptr::addr_of!(KERNEL_OFFSETS) as *const KernelOffsets;
+            core::ptr::addr_of!((*offsets).$f).read_volatile()
+        }
+    };
+}
 /// Offset of `child_pid` in the `sched_process_fork` record, read from tracefs by the
 /// loader (the layout changed in 6.x); 0 turns following forked children off.
 #[unsafe(no_mangle)]
@@ -173,14 +187,21 @@ fn slot(ctx: &TracePointContext, offset: usize) -> u64 {
     unsafe { *(ctx.as_ptr().add(offset) as *const u64) }
 }
 
-/// Ring buffer output flags: no wakeup until a batch has accumulated, so a busy machine
-/// costs the agent one wakeup per batch rather than per event.
+/// Ring buffer output flags for a record of `len` bytes: no wakeup until a batch has
+/// accumulated, and then one, from the record that takes the waiting bytes past the
+/// threshold. Forcing a wakeup from every record past it (until the agent drains) costs a
+/// self-interrupt each, which under virtualisation is a trap to the hypervisor: the
+/// largest single cost of a record on a busy machine. A crossing missed in a race, or
+/// posted while the agent is still draining, only delays the batch to the agent's drain
+/// timer.
 #[inline(always)]
-fn wakeup_flags() -> u64 {
+fn wakeup_flags(len: usize) -> u64 {
     const BPF_RB_NO_WAKEUP: u64 = 1;
     const BPF_RB_FORCE_WAKEUP: u64 = 2;
     const BPF_RB_AVAIL_DATA: u64 = 0;
-    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES.load() as u64 {
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
+    let threshold = WAKEUP_BYTES.load() as u64;
+    if waiting < threshold && waiting + len as u64 >= threshold {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -310,7 +331,7 @@ fn emit_close(pid_tgid: u64, fd: u32, conn_id: u64) {
         ..event
     };
     if EVENTS
-        .output::<EventHeader>(&event, wakeup_flags())
+        .output::<EventHeader>(&event, wakeup_flags(size_of::<EventHeader>()))
         .is_err()
     {
         count_drop(DropReason::RingBufferFull);
@@ -365,9 +386,8 @@ fn register_connection(pid_tgid: u64, fd: u32, role: Role, ts_enter: u64) {
     let Some(event) = conn_event(pid_tgid, fd, role as u32, conn_id, ts_enter) else {
         return;
     };
-    let off = KERNEL_OFFSETS.load();
-    let sk = if off.valid != 0 {
-        sock_of(fd, &off).map_or(0, |sk| sk as u64)
+    let sk = if kernel_offset!(valid) != 0 {
+        sock_of(fd).map_or(0, |sk| sk as u64)
     } else {
         0
     };
@@ -381,7 +401,10 @@ fn register_connection(pid_tgid: u64, fd: u32, role: Role, ts_enter: u64) {
         unannounced: 0,
         sniff_budget: 0,
     };
-    if EVENTS.output::<ConnEvent>(&event, wakeup_flags()).is_err() {
+    if EVENTS
+        .output::<ConnEvent>(&event, wakeup_flags(size_of::<ConnEvent>()))
+        .is_err()
+    {
         count_drop(DropReason::RingBufferFull);
         // Announced again before its first data gets through (`announce`).
         state.unannounced = 1;
@@ -412,7 +435,10 @@ fn announce(pid_tgid: u64, fd: u32, state: &mut ConnState) -> bool {
     let Some(event) = conn_event(pid_tgid, fd, state.role, state.conn_id, 0) else {
         return false;
     };
-    if EVENTS.output::<ConnEvent>(&event, wakeup_flags()).is_err() {
+    if EVENTS
+        .output::<ConnEvent>(&event, wakeup_flags(size_of::<ConnEvent>()))
+        .is_err()
+    {
         count_drop(DropReason::RingBufferFull);
         return false;
     }
@@ -457,12 +483,11 @@ fn adopt_inherited(pid_tgid: u64, fd: u32) -> bool {
     if unsafe { INHERITORS.get((pid_tgid >> 32) as u32) }.is_none() {
         return false;
     }
-    let off = KERNEL_OFFSETS.load();
-    if off.valid == 0 {
+    if kernel_offset!(valid) == 0 {
         return false;
     }
     // Non-socket files give an error or a pointer no socket role is recorded for.
-    let Ok(sk) = sock_of(fd, &off) else {
+    let Ok(sk) = sock_of(fd) else {
         return false;
     };
     // SAFETY: copied out at once.
@@ -489,11 +514,10 @@ enum SocketKind {
 /// (struct socket)->sk, then the addresses in sock_common. Offsets come from BTF.
 #[inline(always)]
 fn read_socket(fd: u32, event: &mut ConnEvent) -> SocketKind {
-    let off = KERNEL_OFFSETS.load();
-    if off.valid == 0 {
+    if kernel_offset!(valid) == 0 {
         return SocketKind::Unknown;
     }
-    match read_socket_inner(fd, &off, event) {
+    match read_socket_inner(fd, event) {
         Ok(kind) => kind,
         Err(_) => {
             count_drop(DropReason::SocketReadFailed);
@@ -518,49 +542,45 @@ fn read_ptr(base: *const u8, offset: u32) -> Result<*const u8, i64> {
 
 /// task->files->fdt->fd[fd]->private_data (struct socket)->sk of the current task.
 #[inline(always)]
-fn sock_of(fd: u32, off: &KernelOffsets) -> Result<*const u8, i64> {
+fn sock_of(fd: u32) -> Result<*const u8, i64> {
     // SAFETY: helper without preconditions.
     let task = unsafe { bpf_get_current_task() } as *const u8;
-    let files = read_ptr(task, off.task_struct_files)?;
-    let fdt = read_ptr(files, off.files_struct_fdt)?;
-    let fd_array = read_ptr(fdt, off.fdtable_fd)?;
+    let files = read_ptr(task, kernel_offset!(task_struct_files))?;
+    let fdt = read_ptr(files, kernel_offset!(files_struct_fdt))?;
+    let fd_array = read_ptr(fdt, kernel_offset!(fdtable_fd))?;
     let file = read_ptr(fd_array, fd.wrapping_mul(8))?;
-    let socket = read_ptr(file, off.file_private_data)?;
-    read_ptr(socket, off.socket_sk)
+    let socket = read_ptr(file, kernel_offset!(file_private_data))?;
+    read_ptr(socket, kernel_offset!(socket_sk))
 }
 
 #[inline(always)]
-fn read_socket_inner(
-    fd: u32,
-    off: &KernelOffsets,
-    event: &mut ConnEvent,
-) -> Result<SocketKind, i64> {
-    let sk = sock_of(fd, off)?;
+fn read_socket_inner(fd: u32, event: &mut ConnEvent) -> Result<SocketKind, i64> {
+    let sk = sock_of(fd)?;
     if sk.is_null() {
         return Ok(SocketKind::Other);
     }
-    let family: u16 = read_kernel(sk, off.sock_common_family)?;
+    let family: u16 = read_kernel(sk, kernel_offset!(sock_common_family))?;
     if family != AF_INET && family != AF_INET6 {
         return Ok(SocketKind::Other);
     }
-    if off.sock_protocol != u32::MAX {
-        let protocol: u16 = read_kernel(sk, off.sock_protocol)?;
+    if kernel_offset!(sock_protocol) != u32::MAX {
+        let protocol: u16 = read_kernel(sk, kernel_offset!(sock_protocol))?;
         if protocol != IPPROTO_TCP {
             return Ok(SocketKind::Other);
         }
     }
     event.family = family;
-    let dport: u16 = read_kernel(sk, off.sock_common_dport)?;
+    let dport: u16 = read_kernel(sk, kernel_offset!(sock_common_dport))?;
     event.peer_port = u16::from_be(dport);
-    event.local_port = read_kernel(sk, off.sock_common_num)?;
+    event.local_port = read_kernel(sk, kernel_offset!(sock_common_num))?;
     if family == AF_INET {
-        let peer: [u8; 4] = read_kernel(sk, off.sock_common_daddr)?;
-        let local: [u8; 4] = read_kernel(sk, off.sock_common_rcv_saddr)?;
+        let peer: [u8; 4] = read_kernel(sk, kernel_offset!(sock_common_daddr))?;
+        let local: [u8; 4] = read_kernel(sk, kernel_offset!(sock_common_rcv_saddr))?;
         event.peer_addr[..4].copy_from_slice(&peer);
         event.local_addr[..4].copy_from_slice(&local);
     } else {
-        event.peer_addr = read_kernel(sk, off.sock_common_v6_daddr)?;
-        event.local_addr = read_kernel(sk, off.sock_common_v6_rcv_saddr)?;
+        event.peer_addr = read_kernel(sk, kernel_offset!(sock_common_v6_daddr))?;
+        event.local_addr = read_kernel(sk, kernel_offset!(sock_common_v6_rcv_saddr))?;
     }
     event.flags |= CONN_FLAG_ADDRS_KNOWN;
     Ok(SocketKind::TcpInet)
@@ -830,13 +850,13 @@ const SENDMSG_LOCKED_LEFT: usize = 16;
 /// The current task's context switches so far (`nvcsw + nivcsw`); 0 when unreadable.
 #[inline(always)]
 fn context_switches() -> u64 {
-    let off = KERNEL_OFFSETS.load();
-    if off.task_struct_nvcsw == 0 {
+    let nvcsw = kernel_offset!(task_struct_nvcsw);
+    if nvcsw == 0 {
         return 0;
     }
     // SAFETY: helper without preconditions.
     let task = unsafe { bpf_get_current_task() } as *const u8;
-    read_kernel::<[u64; 2]>(task, off.task_struct_nvcsw)
+    read_kernel::<[u64; 2]>(task, nvcsw)
         .map(|[v, i]| v.wrapping_add(i))
         .unwrap_or(0)
 }
@@ -1161,17 +1181,20 @@ impl TcpSeqs {
 /// other one; the socket is looked up once for a connection registered without it.
 #[inline(always)]
 fn tcp_seqs_at_exit(state: &mut ConnState, fd: u32, direction: u32) -> TcpSeqs {
-    let off = KERNEL_OFFSETS.load();
+    let (write, copied) = (
+        kernel_offset!(tcp_sock_write_seq),
+        kernel_offset!(tcp_sock_copied_seq),
+    );
     let (field, other) = if direction == Direction::Egress as u32 {
-        (off.tcp_sock_write_seq, off.tcp_sock_copied_seq)
+        (write, copied)
     } else {
-        (off.tcp_sock_copied_seq, off.tcp_sock_write_seq)
+        (copied, write)
     };
-    if off.valid == 0 || field == 0 {
+    if kernel_offset!(valid) == 0 || field == 0 {
         return TcpSeqs::UNKNOWN;
     }
     if state.sk == 0 {
-        state.sk = sock_of(fd, &off).map_or(0, |sk| sk as u64);
+        state.sk = sock_of(fd).map_or(0, |sk| sk as u64);
         if state.sk == 0 {
             return TcpSeqs::UNKNOWN;
         }
@@ -1364,7 +1387,7 @@ fn send_record(
     // SAFETY: `record` points at a per-CPU record of `record_size` bytes.
     let bytes = unsafe { core::slice::from_raw_parts(record, record_size) };
     if EVENTS
-        .output::<[u8]>(&bytes[..total], wakeup_flags())
+        .output::<[u8]>(&bytes[..total], wakeup_flags(total))
         .is_err()
     {
         count_drop(DropReason::RingBufferFull);
@@ -1598,7 +1621,7 @@ pub fn gather_record(cpu: u64) -> i64 {
     // SAFETY: the slot is `size_of::<Gathered>()` bytes, the header first.
     let bytes = unsafe { core::slice::from_raw_parts(g as *const u8, size_of::<Gathered>()) };
     if EVENTS
-        .output::<[u8]>(&bytes[..total], wakeup_flags())
+        .output::<[u8]>(&bytes[..total], wakeup_flags(total))
         .is_err()
     {
         return GATHER_RING_FULL;
@@ -1747,14 +1770,14 @@ fn syscall_goid(tgid: u32) -> u64 {
 /// segment is the user one.
 #[inline(always)]
 fn user_regs() -> Option<u64> {
-    let off = KERNEL_OFFSETS.load();
-    if off.task_struct_stack == 0 {
+    let stack_at = kernel_offset!(task_struct_stack);
+    if stack_at == 0 {
         return None;
     }
     // SAFETY: bpf_probe_read_* tolerate bad addresses (they return an error).
     unsafe {
         let task = bpf_get_current_task() as *const u8;
-        let stack = read_ptr(task, off.task_struct_stack).ok()?;
+        let stack = read_ptr(task, stack_at).ok()?;
         let top = stack as u64 + THREAD_SIZE;
         for pad in [0u64, 16] {
             let regs = top - pad - PT_REGS_SIZE;
@@ -1866,7 +1889,10 @@ fn emit_go(pid_tgid: u64, what: u32, goid: u64, arg: u64) {
         goid,
         arg,
     };
-    if EVENTS.output::<GoEvent>(&event, wakeup_flags()).is_err() {
+    if EVENTS
+        .output::<GoEvent>(&event, wakeup_flags(size_of::<GoEvent>()))
+        .is_err()
+    {
         count_drop(DropReason::RingBufferFull);
     }
 }
