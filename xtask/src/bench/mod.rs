@@ -123,6 +123,92 @@ struct Round {
     /// Spans the receiver got from the round, and the requests the round sent.
     spans: u64,
     requests: u64,
+    /// The agent's account of its spans at exit.
+    accounting: Option<Accounting>,
+}
+
+/// A scenario's name and the spans each of its requests must produce, known from what its
+/// load generator and servers do (never from the agent's own figures). Every configuration
+/// is checked against them: a run whose tracing lost or duplicated spans fails instead of
+/// reporting the cost of doing less.
+#[derive(Clone, Copy)]
+struct Scenario<'a> {
+    name: &'a str,
+    /// Spans per request the agent creates (one per side of each exchange it sees).
+    agent_spans: f64,
+    /// Spans per request from the in-process SDK (it cannot see the load generator).
+    sdk_spans: f64,
+}
+
+/// Share of the agent's spans that `--sample-ratio 0.1` keeps (a random tenth of traces).
+const SAMPLED_SHARE: f64 = 0.1;
+
+/// Spans a round may have beyond or short of two per request whatever the tracer does: a
+/// request cut off at the end of a load run (at most one per connection, in each of its
+/// two phases) has its server's span without its client's, and servers started under an
+/// in-process SDK answer readiness probes.
+const EDGE_SPANS: f64 = 128.0;
+/// And beyond that, a tenth of a percent.
+const SPANS_TOLERANCE: f64 = 0.001;
+
+impl Scenario<'_> {
+    /// The agent must have created exactly its spans for every request (a kernel drop, a
+    /// parse failure or an evicted span fails the check), and the receiver must have got
+    /// them all but those sampling left out or the agent counted as dropped on export (a
+    /// saturated 2-core machine starves the exporter; the tables report those drops). An
+    /// SDK's spans and an untraced run's none are counted at the receiver.
+    fn check_spans(&self, config: Config, round: &Round) -> Result<()> {
+        let what = format!("{}: {}", self.name, config.label());
+        ensure!(round.requests > 0, "{what}: no request was answered");
+        let requests = round.requests as f64;
+        let near = |got: u64, per_request: f64| {
+            let expected = per_request * requests;
+            (got as f64 - expected).abs() <= expected * SPANS_TOLERANCE + EDGE_SPANS
+        };
+        match (config, round.accounting) {
+            (Config::Untraced | Config::ProxyHop, _) => ensure!(
+                round.spans == 0,
+                "{what}: the receiver got {} spans with no tracing",
+                round.spans
+            ),
+            (Config::OtelSdk, _) => ensure!(
+                near(round.spans, self.sdk_spans),
+                "{what}: the receiver got {} spans for {} requests, expected {} per request",
+                round.spans,
+                round.requests,
+                self.sdk_spans
+            ),
+            (_, None) => bail!("{what}: no span accounting from the agent"),
+            (_, Some(a)) => {
+                ensure!(
+                    near(a.created, self.agent_spans),
+                    "{what}: the agent created {} spans for {} requests ({:.3} per request), expected {:.2} per request",
+                    a.created,
+                    round.requests,
+                    a.created as f64 / requests,
+                    self.agent_spans
+                );
+                if config == Config::AgentSampled {
+                    let kept = round.spans as f64 / a.created.max(1) as f64;
+                    ensure!(
+                        (kept - SAMPLED_SHARE).abs() <= SAMPLED_SHARE * 0.2,
+                        "{what}: {:.1}% of the spans created were exported, expected {:.0}%",
+                        kept * 100.0,
+                        SAMPLED_SHARE * 100.0
+                    );
+                } else {
+                    ensure!(
+                        round.spans + a.dropped_on_export == a.created,
+                        "{what}: of {} spans created the receiver got {} and {} were counted as dropped on export",
+                        a.created,
+                        round.spans,
+                        a.dropped_on_export
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 struct Tools {
@@ -352,6 +438,8 @@ struct Accounting {
     exported: u64,
     /// Unsampled, dropped on a full queue or a failed export, out of scope.
     not_exported: u64,
+    /// Of those, dropped on a full queue or a failed export.
+    dropped_on_export: u64,
 }
 
 impl Accounting {
@@ -369,6 +457,7 @@ impl Accounting {
                 + field("dropped_queue_full")?
                 + field("dropped_export_failed")?
                 + field("out_of_scope")?,
+            dropped_on_export: field("dropped_queue_full")? + field("dropped_export_failed")?,
         })
     }
 
@@ -528,13 +617,14 @@ fn measure_round(
         agent_rss_anon,
         spans,
         requests: sat.requests + fixed.responses,
+        accounting,
     })
 }
 
 /// Runs `configs` for `plan.rounds` rounds, rotating the order each round. `start` brings
 /// the servers up for a configuration and returns the target and a closure that stops them.
 fn rounds<'t>(
-    name: &str,
+    scenario: Scenario<'_>,
     configs: &[Config],
     plan: &Plan,
     rate: u64,
@@ -542,6 +632,7 @@ fn rounds<'t>(
     sink: &SinkAddrs,
     mut start: impl FnMut(Config) -> Result<(Target<'t>, Box<dyn FnOnce() -> Result<()> + 't>)>,
 ) -> Result<Vec<(Config, Vec<Round>)>> {
+    let name = scenario.name;
     let mut results: Vec<(Config, Vec<Round>)> = configs.iter().map(|&c| (c, vec![])).collect();
     for r in 0..plan.rounds {
         for i in 0..configs.len() {
@@ -564,6 +655,7 @@ fn rounds<'t>(
                 round.spans,
                 round.requests
             );
+            scenario.check_spans(config, &round)?;
             results[idx].1.push(round);
         }
     }
@@ -594,26 +686,39 @@ fn fast_server(tools: &Tools, plan: &Plan, work: &Path, sink: &SinkAddrs) -> Res
         Config::AgentSampled,
         Config::ProxyHop,
     ];
-    let results = rounds("fast", &configs, plan, rate, work, sink, |config| {
-        let (url, pids) = if config == Config::ProxyHop {
-            (
-                format!("http://{}/1k.bin", proxy.addr),
-                vec![origin.pid(), proxy.pid()],
-            )
-        } else {
-            (direct.clone(), vec![origin.pid()])
-        };
-        Ok((
-            Target {
-                load: Load::Http(url),
-                server_pids: pids,
-                saturation_connections: 32,
-                fixed_connections: 32,
-                tools,
-            },
-            Box::new(|| Ok(())),
-        ))
-    })?;
+    let results = rounds(
+        Scenario {
+            name: "fast",
+            // wrk's CLIENT, nginx's SERVER.
+            agent_spans: 2.0,
+            sdk_spans: 0.0,
+        },
+        &configs,
+        plan,
+        rate,
+        work,
+        sink,
+        |config| {
+            let (url, pids) = if config == Config::ProxyHop {
+                (
+                    format!("http://{}/1k.bin", proxy.addr),
+                    vec![origin.pid(), proxy.pid()],
+                )
+            } else {
+                (direct.clone(), vec![origin.pid()])
+            };
+            Ok((
+                Target {
+                    load: Load::Http(url),
+                    server_pids: pids,
+                    saturation_connections: 32,
+                    fixed_connections: 32,
+                    tools,
+                },
+                Box::new(|| Ok(())),
+            ))
+        },
+    )?;
     Ok(section(
         "Fast server: nginx, 1 KiB responses over keep-alive",
         &format!(
@@ -677,27 +782,40 @@ fn typical_service(tools: &Tools, plan: &Plan, work: &Path, sink: &SinkAddrs) ->
     eprintln!("    untraced maximum {max:.0} req/s: fixed rate {rate} req/s");
 
     let configs = [Config::Untraced, Config::Agent, Config::OtelSdk];
-    let results = rounds("typical", &configs, plan, rate, work, sink, |config| {
-        let (front, back, addr) = start_apps(config == Config::OtelSdk)?;
-        let pids = vec![front.pid(), back.pid()];
-        let stop: Box<dyn FnOnce() -> Result<()>> = Box::new(move || {
-            // SIGINT: Python runs its exit handlers, so the SDK's batch processor flushes.
-            for s in [front, back] {
-                s.interrupt(Duration::from_secs(15))?;
-            }
-            Ok(())
-        });
-        Ok((
-            Target {
-                load: Load::Http(format!("http://{addr}/api/data")),
-                server_pids: pids,
-                saturation_connections: 8,
-                fixed_connections: 8,
-                tools,
-            },
-            stop,
-        ))
-    })?;
+    let results = rounds(
+        Scenario {
+            name: "typical",
+            // wrk's CLIENT, both apps' SERVER, the first app's CLIENT; the SDK cannot see wrk.
+            agent_spans: 4.0,
+            sdk_spans: 3.0,
+        },
+        &configs,
+        plan,
+        rate,
+        work,
+        sink,
+        |config| {
+            let (front, back, addr) = start_apps(config == Config::OtelSdk)?;
+            let pids = vec![front.pid(), back.pid()];
+            let stop: Box<dyn FnOnce() -> Result<()>> = Box::new(move || {
+                // SIGINT: Python runs its exit handlers, so the SDK's batch processor flushes.
+                for s in [front, back] {
+                    s.interrupt(Duration::from_secs(15))?;
+                }
+                Ok(())
+            });
+            Ok((
+                Target {
+                    load: Load::Http(format!("http://{addr}/api/data")),
+                    server_pids: pids,
+                    saturation_connections: 8,
+                    fixed_connections: 8,
+                    tools,
+                },
+                stop,
+            ))
+        },
+    )?;
     Ok(section(
         "Typical service: a Flask app calling a second Flask app",
         &format!(
@@ -830,24 +948,37 @@ fn middle_service(
     eprintln!("    untraced maximum {max:.0} req/s: fixed rate {rate} req/s");
 
     let configs = [Config::Untraced, Config::Agent, m.extra];
-    let results = rounds(m.name, &configs, plan, rate, work, sink, |_| {
-        let (middle, addr) = start_middle()?;
-        let pids = vec![middle.pid(), origin.pid()];
-        let stop: Box<dyn FnOnce() -> Result<()>> = Box::new(move || {
-            drop(middle);
-            Ok(())
-        });
-        Ok((
-            Target {
-                load: Load::Http(format!("http://{addr}/work?id=0")),
-                server_pids: pids,
-                saturation_connections: 16,
-                fixed_connections: 16,
-                tools,
-            },
-            stop,
-        ))
-    })?;
+    let results = rounds(
+        Scenario {
+            name: m.name,
+            // wrk's CLIENT, the service's SERVER and CLIENT, nginx's SERVER.
+            agent_spans: 4.0,
+            sdk_spans: 0.0,
+        },
+        &configs,
+        plan,
+        rate,
+        work,
+        sink,
+        |_| {
+            let (middle, addr) = start_middle()?;
+            let pids = vec![middle.pid(), origin.pid()];
+            let stop: Box<dyn FnOnce() -> Result<()>> = Box::new(move || {
+                drop(middle);
+                Ok(())
+            });
+            Ok((
+                Target {
+                    load: Load::Http(format!("http://{addr}/work?id=0")),
+                    server_pids: pids,
+                    saturation_connections: 16,
+                    fixed_connections: 16,
+                    tools,
+                },
+                stop,
+            ))
+        },
+    )?;
     Ok(section(
         m.title,
         &format!(
@@ -893,24 +1024,37 @@ fn grpc_service(tools: &Tools, plan: &Plan, work: &Path, sink: &SinkAddrs) -> Re
     eprintln!("    untraced maximum {max:.0} calls/s: fixed rate {rate} calls/s");
 
     let configs = [Config::Untraced, Config::Agent, Config::AgentSampled];
-    let results = rounds("grpc", &configs, plan, rate, work, sink, |_| {
-        let (server, load) = start_server()?;
-        let pids = vec![server.pid()];
-        let stop: Box<dyn FnOnce() -> Result<()>> = Box::new(move || {
-            drop(server);
-            Ok(())
-        });
-        Ok((
-            Target {
-                load: Load::Grpc(load),
-                server_pids: pids,
-                saturation_connections: 16,
-                fixed_connections: 1,
-                tools,
-            },
-            stop,
-        ))
-    })?;
+    let results = rounds(
+        Scenario {
+            name: "grpc",
+            // The generator's CLIENT, the server's SERVER.
+            agent_spans: 2.0,
+            sdk_spans: 0.0,
+        },
+        &configs,
+        plan,
+        rate,
+        work,
+        sink,
+        |_| {
+            let (server, load) = start_server()?;
+            let pids = vec![server.pid()];
+            let stop: Box<dyn FnOnce() -> Result<()>> = Box::new(move || {
+                drop(server);
+                Ok(())
+            });
+            Ok((
+                Target {
+                    load: Load::Grpc(load),
+                    server_pids: pids,
+                    saturation_connections: 16,
+                    fixed_connections: 1,
+                    tools,
+                },
+                stop,
+            ))
+        },
+    )?;
     Ok(section(
         "gRPC service: unary calls, @grpc/grpc-js on both sides",
         &format!(
@@ -1230,7 +1374,8 @@ mod tests {
             Accounting {
                 created: 10,
                 exported: 7,
-                not_exported: 3
+                not_exported: 3,
+                dropped_on_export: 1,
             }
         );
         assert!(a.check(7).is_ok());
@@ -1244,6 +1389,61 @@ mod tests {
             "a span neither exported nor counted"
         );
         assert!(Accounting::parse("spans created=1 exported=1").is_none());
+    }
+
+    #[test]
+    fn spans_per_request_checked_against_the_scenario() {
+        let scenario = Scenario {
+            name: "fast",
+            agent_spans: 2.0,
+            sdk_spans: 0.0,
+        };
+        let account = |created, exported, dropped_on_export| Accounting {
+            created,
+            exported,
+            not_exported: created - exported,
+            dropped_on_export,
+        };
+        let round = |spans, accounting| Round {
+            spans,
+            requests: 100_000,
+            accounting,
+            ..Round::default()
+        };
+        let whole = round(200_000, Some(account(200_000, 200_000, 0)));
+        assert!(scenario.check_spans(Config::Agent, &whole).is_ok());
+        // Dropped on export, and counted: reported, not failed.
+        let starved = round(190_000, Some(account(200_000, 190_000, 10_000)));
+        assert!(scenario.check_spans(Config::Agent, &starved).is_ok());
+        // A span per 100 requests never created: lost before the exporter.
+        let short = round(198_000, Some(account(198_000, 198_000, 0)));
+        assert!(scenario.check_spans(Config::Agent, &short).is_err());
+        // Exported but not received, with nothing counted.
+        let vanished = round(190_000, Some(account(200_000, 200_000, 0)));
+        assert!(scenario.check_spans(Config::Agent, &vanished).is_err());
+        let sampled = round(20_500, Some(account(200_000, 20_500, 0)));
+        assert!(scenario.check_spans(Config::AgentSampled, &sampled).is_ok());
+        let all_kept = round(200_000, Some(account(200_000, 200_000, 0)));
+        assert!(
+            scenario
+                .check_spans(Config::AgentSampled, &all_kept)
+                .is_err()
+        );
+        assert!(
+            scenario
+                .check_spans(Config::Untraced, &round(0, None))
+                .is_ok()
+        );
+        assert!(
+            scenario
+                .check_spans(Config::ProxyHop, &round(3, None))
+                .is_err()
+        );
+        assert!(
+            scenario
+                .check_spans(Config::Agent, &round(200_000, None))
+                .is_err()
+        );
     }
 
     #[test]
