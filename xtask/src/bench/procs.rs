@@ -123,7 +123,7 @@ pub fn wait_http_ok(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(
     let deadline = Instant::now() + timeout;
     let mut last = String::new();
     while Instant::now() < deadline {
-        match super::http_request(addr, path) {
+        match super::runner::http_request(addr, path) {
             Ok(resp) => {
                 let status = resp.lines().next().unwrap_or_default();
                 if status.starts_with("HTTP/1.1 200") || status.starts_with("HTTP/1.0 200") {

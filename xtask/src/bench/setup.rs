@@ -115,7 +115,7 @@ impl Nginx {
     pub fn start(nginx: &Path, prefix: &Path, upstream: Option<SocketAddr>) -> Result<Nginx> {
         let _ = std::fs::remove_dir_all(prefix);
         std::fs::create_dir_all(prefix.join("html"))?;
-        let addr = super::free_addr()?;
+        let addr = super::runner::free_addr()?;
         let p = prefix.display();
         let (location, upstream_block) = match upstream {
             None => ("location / { }".to_owned(), String::new()),

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 
 use super::report::{cell, summarize, table};
-use super::{Plan, SinkAddrs, Tools, procs, start_agent};
+use super::runner::{SinkAddrs, start_agent};
+use super::{Plan, Tools, procs};
 
 /// `dd` block size: small, so the syscalls dominate.
 const BLOCK: u64 = 64;
