@@ -21,7 +21,8 @@ use crate::capture::{adopt, python};
 use crate::spans::runtime::{self, GoVersion};
 
 /// The compiled eBPF object, built by build.rs.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+pub(crate) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
 /// Connection lifecycle programs of the syscall hooks and the `syscalls` tracepoint each
 /// attaches to (program name = tracepoint name).

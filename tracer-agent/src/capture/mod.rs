@@ -8,3 +8,4 @@ pub mod features;
 pub mod loader;
 pub mod preflight;
 pub mod python;
+pub mod stack;
