@@ -331,8 +331,8 @@ async fn http_exports_batches_concurrently() {
     batches_in_flight_at_once(ReceiverProtocol::HttpProtobuf).await;
 }
 
-/// A collector that is down: `submit` must stay a non-blocking drop-and-count, memory must
-/// stay within the queue, and queued spans must be dropped (and counted) after retries.
+/// A collector that is down: `submit` and `submit_all` must stay a non-blocking
+/// drop-and-count, memory must stay within the queue, and queued spans must be dropped (and counted) after retries.
 ///
 /// The current-thread runtime makes the counts exact: the export task cannot run while the
 /// test submits, so exactly `max_queue_size` spans are held. A `submit` that blocked or
@@ -352,7 +352,14 @@ async fn dead_collector(protocol: Protocol) {
 
     let r = resource("svc", 1);
     let template = span(&r, 1, None, SpanKind::Server);
-    for _ in 0..100_000 {
+    // Hand-overs of many spans, the last of which only partly fits, then single spans.
+    for _ in 0..50 {
+        exporter.submit_all(vec![template.clone(); 100]);
+    }
+    exporter.submit_all(vec![template.clone(); 5_000]);
+    assert_eq!(load(&metrics.export_queue_depth), queue);
+    assert_eq!(load(&metrics.spans_dropped_queue_full), 10_000 - queue);
+    for _ in 0..90_000 {
         exporter.submit(template.clone());
     }
     assert_eq!(load(&metrics.export_queue_depth), queue);

@@ -688,13 +688,11 @@ fn release(
     flush: bool,
 ) {
     let Some(tail) = tail else {
-        for span in spans {
-            if sampler.keeps(&span) {
-                sink.submit(span);
-            } else {
-                Metrics::inc(&metrics.spans_unsampled);
-            }
-        }
+        let offered = spans.len();
+        let mut spans = spans;
+        spans.retain(|span| sampler.keeps(span));
+        Metrics::add(&metrics.spans_unsampled, (offered - spans.len()) as u64);
+        sink.submit_all(spans);
         return;
     };
     let dropped_before = tail.stats().spans_dropped;
@@ -707,9 +705,7 @@ fn release(
     } else {
         tail.poll(now_ns, &mut out);
     }
-    for span in out {
-        sink.submit(span);
-    }
+    sink.submit_all(out);
     let s = tail.stats();
     Metrics::add(&metrics.spans_unsampled, s.spans_dropped - dropped_before);
     for (slot, n) in metrics.tail_traces.iter().zip(s.traces) {

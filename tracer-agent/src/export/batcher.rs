@@ -4,9 +4,11 @@
 //! Memory is bounded by the queue (`max_queue_size` spans) plus the batches in flight:
 //! while all export slots are busy the batching task does not read the queue, so a slow
 //! or dead collector makes new spans drop (and count) at `submit` instead of piling up.
+//! The pipeline hands spans over a tick's worth at a time (`submit_all`): one message and
+//! at most one wakeup of the batching task per hand-over, not per span.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
@@ -27,7 +29,10 @@ pub const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Handle to the export task. `submit` is callable from any thread, sync or async.
 #[derive(Debug)]
 pub struct SpanExporter {
-    tx: mpsc::Sender<SpanRecord>,
+    tx: mpsc::UnboundedSender<Vec<SpanRecord>>,
+    /// Spans handed over and not yet taken into a batch: the queue, bounded by `max_queue`.
+    queued: Arc<AtomicUsize>,
+    max_queue: usize,
     /// Carries the shutdown deadline to the task, which may be mid-retry.
     shutdown: watch::Sender<Option<Instant>>,
     worker: JoinHandle<()>,
@@ -52,7 +57,11 @@ impl SpanExporter {
         retry: RetryConfig,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let (tx, rx) = mpsc::channel(batch.max_queue_size.max(1));
+        // Unbounded in messages, bounded in spans by `queued`: every message holds at
+        // least one span counted there.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let max_queue = batch.max_queue_size.max(1);
         let (shutdown, shutdown_rx) = watch::channel(None);
         let signal = ShutdownSignal {
             rx: shutdown_rx,
@@ -60,6 +69,7 @@ impl SpanExporter {
         };
         let worker = Worker {
             rx,
+            queued: queued.clone(),
             signal: signal.clone(),
             sender: Arc::new(BatchSender {
                 transport,
@@ -75,33 +85,59 @@ impl SpanExporter {
         };
         SpanExporter {
             tx,
+            queued,
+            max_queue,
             shutdown,
             worker: tokio::spawn(worker.run()),
             metrics,
         }
     }
 
-    /// Queues a span for export. Never blocks or waits: when the queue is full (or the
-    /// exporter is shutting down) the span is dropped and counted.
+    /// Queues a span for export (see `submit_all`).
     pub fn submit(&self, span: SpanRecord) {
-        // Raise the gauge before the send so the task's decrement can never run first
-        // and wrap the counter below zero.
-        self.metrics
-            .export_queue_depth
-            .fetch_add(1, Ordering::Relaxed);
-        if self.tx.try_send(span).is_err() {
+        self.submit_all(vec![span]);
+    }
+
+    /// Queues spans for export in one hand-over. Never blocks or waits: spans past the
+    /// queue's room (or all of them, once the exporter is shutting down) are dropped and
+    /// counted.
+    pub fn submit_all(&self, mut spans: Vec<SpanRecord>) {
+        let offered = spans.len();
+        if offered == 0 {
+            return;
+        }
+        let mut taken = 0;
+        // Room is claimed before the send, so the task's release can never run first.
+        let _ = self
+            .queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| {
+                taken = offered.min(self.max_queue.saturating_sub(queued));
+                Some(queued + taken)
+            });
+        spans.truncate(taken);
+        let mut dropped = offered - taken;
+        if taken > 0 {
             self.metrics
                 .export_queue_depth
-                .fetch_sub(1, Ordering::Relaxed);
-            let dropped = self
+                .fetch_add(taken as u64, Ordering::Relaxed);
+            if self.tx.send(spans).is_err() {
+                self.queued.fetch_sub(taken, Ordering::Relaxed);
+                self.metrics
+                    .export_queue_depth
+                    .fetch_sub(taken as u64, Ordering::Relaxed);
+                dropped += taken;
+            }
+        }
+        if dropped > 0 {
+            let before = self
                 .metrics
                 .spans_dropped_queue_full
-                .fetch_add(1, Ordering::Relaxed)
-                + 1;
-            // Log at 1, 2, 4, 8, … drops: visible without flooding the log.
-            if dropped.is_power_of_two() {
+                .fetch_add(dropped as u64, Ordering::Relaxed);
+            // Log when the total passes 1, 2, 4, 8, …: visible without flooding the log.
+            let after = before + dropped as u64;
+            if before == 0 || after.ilog2() > before.ilog2() {
                 tracing::warn!(
-                    dropped_total = dropped,
+                    dropped_total = after,
                     "export queue full (collector slow or unreachable?); dropping spans"
                 );
             }
@@ -130,7 +166,9 @@ impl SpanExporter {
 }
 
 struct Worker {
-    rx: mpsc::Receiver<SpanRecord>,
+    rx: mpsc::UnboundedReceiver<Vec<SpanRecord>>,
+    /// Shared with the handle: decremented as spans are taken into a batch.
+    queued: Arc<AtomicUsize>,
     signal: ShutdownSignal,
     sender: Arc<BatchSender>,
     in_flight: JoinSet<()>,
@@ -196,15 +234,20 @@ impl Worker {
                 biased;
                 _ = self.signal.changed(), if !closing => {}
                 msg = self.rx.recv() => match msg {
-                    Some(span) => {
-                        self.metrics().export_queue_depth.fetch_sub(1, Ordering::Relaxed);
-                        batch.push(span);
-                        if batch.len() == 1 {
-                            flush_at = Some(Instant::now() + self.batch_cfg.schedule_delay);
-                        }
-                        if batch.len() >= max {
-                            flush_at = None;
-                            self.dispatch(std::mem::replace(&mut batch, Vec::with_capacity(max))).await;
+                    Some(spans) => {
+                        for span in spans {
+                            // Taken one by one: spans still in this message while the
+                            // task waits for an export slot stay counted as queued.
+                            self.queued.fetch_sub(1, Ordering::Relaxed);
+                            self.metrics().export_queue_depth.fetch_sub(1, Ordering::Relaxed);
+                            batch.push(span);
+                            if batch.len() == 1 {
+                                flush_at = Some(Instant::now() + self.batch_cfg.schedule_delay);
+                            }
+                            if batch.len() >= max {
+                                flush_at = None;
+                                self.dispatch(std::mem::replace(&mut batch, Vec::with_capacity(max))).await;
+                            }
                         }
                     }
                     None => {

@@ -59,6 +59,15 @@ impl Sink {
         }
     }
 
+    /// Hands finished spans over together. Never blocks or awaits; drops (and counts)
+    /// what does not fit.
+    pub fn submit_all(&self, spans: Vec<SpanRecord>) {
+        match self {
+            Sink::Otlp(e) => e.submit_all(spans),
+            Sink::Console(c) => spans.into_iter().for_each(|span| c.submit(span)),
+        }
+    }
+
     /// Flushes everything pending, bounded by `deadline`, then stops.
     pub async fn shutdown(self, deadline: tokio::time::Instant) {
         match self {
