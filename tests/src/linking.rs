@@ -331,10 +331,20 @@ pub fn peer_links(spans: &[ReceivedSpan], client: u32, server: u32) -> (usize, u
     (linked, total)
 }
 
-/// The `tracer_link*` lines of the agent's `/metrics`.
+/// The `tracer_link*` lines of the agent's `/metrics`, and its loss counters that are not zero.
 pub fn link_metrics(metrics: &str) -> Vec<&str> {
+    const LOSSES: [&str; 5] = [
+        "tracer_kernel_drops_total",
+        "tracer_spans_dropped",
+        "tracer_stream_gaps_total",
+        "tracer_connections_evicted_total",
+        "tracer_http_desynchronised_total",
+    ];
     metrics
         .lines()
-        .filter(|l| l.starts_with("tracer_link"))
+        .filter(|l| {
+            l.starts_with("tracer_link")
+                || (LOSSES.iter().any(|p| l.starts_with(p)) && !l.ends_with(" 0"))
+        })
         .collect()
 }

@@ -210,6 +210,10 @@ pub struct ReceivedRequest {
 #[derive(Default)]
 struct Shared {
     accepted: Mutex<Vec<ReceivedRequest>>,
+    /// The spans of `accepted`, flattened once as each request arrives: waiters re-check
+    /// after every request, and flattening everything each time made a long run's wait
+    /// quadratic.
+    spans: Mutex<Vec<ReceivedSpan>>,
     /// Every request that reached the handler, failed or not.
     attempts: AtomicUsize,
     fail_next: AtomicUsize,
@@ -244,10 +248,12 @@ impl Shared {
                     )
                 })
                 .collect();
-            self.accepted
+            let mut accepted = self.accepted.lock().unwrap();
+            self.spans
                 .lock()
                 .unwrap()
-                .push(ReceivedRequest { headers, request });
+                .extend(flatten(accepted.len(), &request));
+            accepted.push(ReceivedRequest { headers, request });
             Outcome::Accepted(ExportTraceServiceResponse {
                 partial_success: self.partial_success.lock().unwrap().take(),
             })
@@ -386,12 +392,7 @@ impl OtlpReceiver {
 
     /// All spans of all accepted requests, flattened.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
-        let accepted = self.shared.accepted.lock().unwrap();
-        accepted
-            .iter()
-            .enumerate()
-            .flat_map(|(i, r)| flatten(i, &r.request))
-            .collect()
+        self.shared.spans.lock().unwrap().clone()
     }
 
     /// Requests that reached the receiver, including the ones it failed on purpose.
@@ -431,8 +432,8 @@ impl OtlpReceiver {
     ) -> anyhow::Result<Vec<ReceivedSpan>> {
         self.wait_until(
             || {
-                let spans = self.spans();
-                predicate(&spans).then_some(spans)
+                let spans = self.shared.spans.lock().unwrap();
+                predicate(&spans).then(|| spans.clone())
             },
             timeout,
         )

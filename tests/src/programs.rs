@@ -772,9 +772,14 @@ pub async fn collect(
     want: usize,
     timeout: Duration,
 ) -> Result<(Vec<ReceivedSpan>, String)> {
+    let started = std::time::Instant::now();
     let waited = rx
-        .wait_for_spans(|spans| spans_of(spans, pids).len() >= want, timeout)
+        .wait_for_spans(
+            |spans| spans.iter().filter(|s| pids.contains(&span_pid(s))).count() >= want,
+            timeout,
+        )
         .await;
+    println!("  collect: waited {:?} for {want} spans", started.elapsed());
     let metrics = agent.metrics().await.unwrap_or_default();
     let (_, stderr) = agent.stop()?;
     if let Err(e) = waited {
