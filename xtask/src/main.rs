@@ -5,6 +5,7 @@ mod debian;
 mod demo;
 mod deps;
 mod image;
+mod testlog;
 mod toolchain;
 mod vm;
 
@@ -194,8 +195,9 @@ fn test(filter: Option<String>) -> Result<()> {
     run_counting_tests(&mut cmd)
 }
 
-/// Runs `cargo test`, passing its output through, and ends with one summary line over all
-/// test binaries (`N passed, N failed`): cargo's own last line covers only the last binary.
+/// Runs `cargo test`, passing its output through, and ends with each failure's message and
+/// one summary line over all test binaries (`N passed, N failed`): cargo's own last line
+/// covers only the last binary.
 fn run_counting_tests(cmd: &mut Command) -> Result<()> {
     use std::io::{BufRead, BufReader};
     let shown = format!("{cmd:?}");
@@ -204,29 +206,15 @@ fn run_counting_tests(cmd: &mut Command) -> Result<()> {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot start {shown}"))?;
-    let (mut passed, mut failed) = (0u64, 0u64);
-    let count = |line: &str, word: &str| -> u64 {
-        line.split(';')
-            .find_map(|part| {
-                part.trim()
-                    .trim_start_matches("test result: ok.")
-                    .trim_start_matches("test result: FAILED.")
-                    .trim()
-                    .strip_suffix(word)
-            })
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(0)
-    };
+    let mut log = testlog::TestLog::default();
     for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
         let line = line?;
         println!("{line}");
-        if line.starts_with("test result:") {
-            passed += count(&line, "passed");
-            failed += count(&line, "failed");
-        }
+        log.line(&line);
     }
     let status = child.wait()?;
-    println!("{passed} passed, {failed} failed");
+    print!("{}", log.digest());
+    println!("{} passed, {} failed", log.passed, log.failed);
     if !status.success() {
         bail!("{shown} failed ({status})");
     }
