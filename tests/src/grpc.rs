@@ -18,12 +18,12 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, ensure};
 
-use crate::harness::Server;
 use crate::linking::require_python_module;
 use crate::programs::{
     DEBIAN_GOPATH, TempDir, go_build, go_build_by, interpreter, python, reported,
     spawn_printing_port,
 };
+use tracer_testkit::harness::Server;
 
 /// grpcio server of `demo.Greeter`: Say, Fail, Slow, Count (server streaming), Big, Echo,
 /// Relay.

@@ -11,9 +11,9 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, ensure};
 
-use crate::ReceivedSpan;
-use crate::harness::Server;
 use crate::programs::{TempDir, go_build_by, python, python_packages_dir, spawn_printing_port};
+use tracer_testkit::ReceivedSpan;
+use tracer_testkit::harness::Server;
 
 /// Go `net/http` middle: `middle plain|fanout|pool DOWNSTREAM_PORT`.
 pub const GO_MIDDLE: &str = include_str!("../linking/middle.go");

@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use crate::harness::Agent;
 use crate::programs::{WAIT, spans_of};
-use crate::{OtlpReceiver, ReceivedSpan};
+use tracer_testkit::harness::Agent;
+use tracer_testkit::{OtlpReceiver, ReceivedSpan};
 
 /// The exchange token every agent of a test shares (`TRACER_EXCHANGE_TOKEN`).
 pub const EXCHANGE_TOKEN: &str = "test-exchange-token-0123456789";

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::harness::{Agent, Server};
-use crate::{OtlpReceiver, ReceivedSpan, ReceiverProtocol, Value};
+use tracer_testkit::harness::{Agent, Server};
+use tracer_testkit::{OtlpReceiver, ReceivedSpan, ReceiverProtocol, Value};
 
 /// A directory removed when dropped.
 pub struct TempDir(PathBuf);
@@ -87,14 +87,6 @@ pub fn wait_for_listener(addr: SocketAddr, timeout: Duration) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// A port nothing listens on right now (for servers that take their port from a config
-/// file); the caller binds it at once.
-pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// Runs a client to completion and returns its pid and stdout; fails with its stderr.
@@ -532,7 +524,7 @@ impl Nginx {
     pub fn start(locations: &str) -> Result<Nginx> {
         let dir = TempDir::new("nginx")?;
         std::fs::create_dir_all(dir.join("html"))?;
-        let port = free_port()?;
+        let port = tracer_testkit::ports::free_port()?;
         let p = dir.path().display();
         let conf = format!(
             r#"

@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tracer_tests::harness::{Agent, Server};
+use tracer_testkit::harness::{Agent, Server};
+use tracer_testkit::{OtlpReceiver, ReceivedSpan};
 use tracer_tests::programs::{
     agent_exporting_to, python_app_server, python_holding_server, receiver, rss_kib, span_pid,
     summary,
 };
-use tracer_tests::{OtlpReceiver, ReceivedSpan};
 
 /// What the agent may hold resident, whatever the abuse. Measured with the debug build the
 /// suite runs: about 45 MiB at start, of which about 40 MiB are pages of the (220 MB, debug

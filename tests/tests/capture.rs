@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use tracer_tests::harness::{Agent, CurlRun, Server, curl, python_http_server};
+use tracer_testkit::harness::{Agent, CurlRun, Server, curl, python_http_server};
+use tracer_testkit::{OtlpReceiver, ReceivedSpan, ReceiverProtocol};
 use tracer_tests::programs::{self, agent_exporting_to, one, span_pid};
-use tracer_tests::{OtlpReceiver, ReceivedSpan, ReceiverProtocol};
 
 async fn collect(rx: &OtlpReceiver, agent: Agent, pids: &[u32], want: usize) -> Vec<ReceivedSpan> {
     programs::collect(rx, agent, pids, want, Duration::from_secs(20))
@@ -315,7 +315,7 @@ async fn tls_is_counted_as_not_http() {
         .output()
         .expect("openssl is installed (`apt-get install openssl`)");
     assert!(made.status.success(), "{made:?}");
-    let tls_port = programs::free_port().unwrap();
+    let tls_port = tracer_testkit::ports::free_port().unwrap();
     let tls = Server {
         child: std::process::Command::new("openssl")
             .args(["s_server", "-quiet", "-www", "-accept"])
@@ -384,7 +384,7 @@ async fn tls_is_counted_as_not_http() {
 /// they run here with the root suites. This kernel has everything the agent requires.
 #[test]
 fn feature_probes_on_the_running_kernel() {
-    tracer_tests::harness::require_root();
+    tracer_testkit::harness::require_root();
     use tracer_agent::capture::features::{Feature, Probe, decide, probe};
     let p = probe();
     assert_eq!(*p.get(Feature::RingBuffer), Probe::Yes, "{p:?}");

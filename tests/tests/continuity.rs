@@ -8,9 +8,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tracer_tests::harness::{Agent, curl, python_http_server};
+use tracer_testkit::harness::{Agent, curl, python_http_server};
+use tracer_testkit::{OtlpReceiver, ReceiverProtocol, ports::unused_local_addr};
 use tracer_tests::programs::{WAIT, span_pid};
-use tracer_tests::{OtlpReceiver, ReceiverProtocol, unused_local_addr};
 
 /// The agent exporting to `endpoint` with the default queue, batch size and export
 /// timeout; a short schedule delay so batches are attempted while the collector is away.
@@ -73,7 +73,7 @@ async fn collector_outage_loses_nothing(protocol: ReceiverProtocol) {
         tokio::time::sleep(rest).await;
     }
     let rx = OtlpReceiver::start_on(protocol, endpoint).await.unwrap();
-    let mine = |spans: &[tracer_tests::ReceivedSpan]| {
+    let mine = |spans: &[tracer_testkit::ReceivedSpan]| {
         spans.iter().filter(|s| pids.contains(&span_pid(s))).count()
     };
     let waited = rx.wait_for_spans(|s| mine(s) >= 2 * N, WAIT).await;
@@ -146,16 +146,16 @@ for line in sys.stdin:
     print("done %d" % ok, flush=True)
 "#;
 
-struct PooledClient(tracer_tests::harness::LineChild);
+struct PooledClient(tracer_testkit::harness::LineChild);
 
 /// A Python script driven line by line (see `LineChild`), with its arguments.
-fn python_script(script: &str, args: &[&dyn ToString]) -> tracer_tests::harness::LineChild {
+fn python_script(script: &str, args: &[&dyn ToString]) -> tracer_testkit::harness::LineChild {
     let mut cmd = tracer_tests::programs::python();
     cmd.arg("-c").arg(script);
     for a in args {
         cmd.arg(a.to_string());
     }
-    tracer_tests::harness::LineChild::spawn(&mut cmd).expect("python script starts")
+    tracer_testkit::harness::LineChild::spawn(&mut cmd).expect("python script starts")
 }
 
 impl PooledClient {
@@ -182,7 +182,7 @@ impl PooledClient {
 }
 
 /// `id=N` of a span's query.
-fn id_of(span: &tracer_tests::ReceivedSpan) -> Option<u32> {
+fn id_of(span: &tracer_testkit::ReceivedSpan) -> Option<u32> {
     let query = span.attr_str("url.query").map(str::to_owned).or_else(|| {
         span.attr_str("url.full")
             .and_then(|u| u.split_once('?').map(|(_, q)| q.to_owned()))
@@ -195,14 +195,14 @@ fn id_of(span: &tracer_tests::ReceivedSpan) -> Option<u32> {
 /// For each id in `ids`: exactly one CLIENT span of `client` and one SERVER span of
 /// `server`, the SERVER span the CLIENT span's child. Returns the problems found.
 fn pairs_linked(
-    spans: &[tracer_tests::ReceivedSpan],
+    spans: &[tracer_testkit::ReceivedSpan],
     client: u32,
     server: u32,
     ids: std::ops::Range<u32>,
 ) -> Vec<String> {
     let mut problems = Vec::new();
     for id in ids {
-        let of = |pid: u32, kind: &str| -> Vec<&tracer_tests::ReceivedSpan> {
+        let of = |pid: u32, kind: &str| -> Vec<&tracer_testkit::ReceivedSpan> {
             spans
                 .iter()
                 .filter(|s| span_pid(s) == pid && s.kind == kind && id_of(s) == Some(id))
@@ -299,7 +299,7 @@ async fn agent_scoped(rx: &OtlpReceiver, pids: &[u32], extra: &[&str]) -> Agent 
 }
 
 /// SERVER spans of `server` whose parent is a CLIENT span of `client` for another id.
-fn wrong_pairs(spans: &[tracer_tests::ReceivedSpan], client: u32, server: u32) -> Vec<String> {
+fn wrong_pairs(spans: &[tracer_testkit::ReceivedSpan], client: u32, server: u32) -> Vec<String> {
     let clients: std::collections::HashMap<&str, Option<u32>> = spans
         .iter()
         .filter(|s| span_pid(s) == client && s.kind == "CLIENT")
@@ -404,7 +404,7 @@ async fn small_ring_buffer_drops_are_counted_and_never_mispair() {
     assert_eq!(ask(&format!("{first} 1 16 1")), format!("done {THREADS}"));
     let finals = first..first + THREADS;
     // Both ends of every last request traced: each stream found the next message start.
-    let traced_both = |s: &[tracer_tests::ReceivedSpan]| {
+    let traced_both = |s: &[tracer_testkit::ReceivedSpan]| {
         finals.clone().all(|id| {
             [(pids[0], "CLIENT"), (pids[1], "SERVER")]
                 .iter()
@@ -598,7 +598,7 @@ async fn collector_away_longer_than_the_budget_drops_counted_capture_goes_on() {
         .await
         .unwrap();
     get(2 * N..3 * N);
-    let mine = |spans: &[tracer_tests::ReceivedSpan]| {
+    let mine = |spans: &[tracer_testkit::ReceivedSpan]| {
         spans
             .iter()
             .filter(|s| span_pid(s) == server.pid())

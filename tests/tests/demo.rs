@@ -1,6 +1,6 @@
 //! End to end: the lesson's demo, for real. `frontend` (Node.js, express + axios) →
 //! `backend` (Python, Flask + requests) → `database` (Go net/http), each in its own pod
-//! (network namespace + kubelet-style cgroup, tracer_tests::pods), none with tracing code.
+//! (network namespace + kubelet-style cgroup, tracer_testkit::pods), none with tracing code.
 //! The real agent traces the machine and exports to an OTLP receiver in this test; the test
 //! process itself is the client, so every request gives six spans:
 //!
@@ -20,10 +20,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use tracer_tests::harness::{Agent, require_root};
-use tracer_tests::pods::CgroupLayout;
-use tracer_tests::pods::lesson::{Demo, Frontend, Options, Paths};
-use tracer_tests::{OtlpReceiver, ReceivedSpan, ReceiverProtocol, Value};
+use tracer_testkit::harness::{Agent, require_root};
+use tracer_testkit::pods::CgroupLayout;
+use tracer_testkit::pods::lesson::{Demo, Frontend, Options, Paths};
+use tracer_testkit::{OtlpReceiver, ReceivedSpan, ReceiverProtocol, Value};
 
 /// Each test starts three pods and an agent that traces the whole machine: one at a time,
 /// even when the harness runs tests in parallel, or they would measure each other.
@@ -143,8 +143,8 @@ impl Run {
             Nodes::One => vec![scope(&[front[0], front[1], back[0], back[1]], &[])],
             Nodes::Two => {
                 let (a, b) = (
-                    tracer_tests::unused_local_addr().unwrap(),
-                    tracer_tests::unused_local_addr().unwrap(),
+                    tracer_testkit::ports::unused_local_addr().unwrap(),
+                    tracer_testkit::ports::unused_local_addr().unwrap(),
                 );
                 let exchange = |mine: std::net::SocketAddr, peer: std::net::SocketAddr| {
                     vec![

@@ -13,7 +13,7 @@ use tracer_agent::export::{
 };
 use tracer_agent::metrics::Metrics;
 use tracer_agent::spans::{AttrValue, Resource, SpanKind, SpanRecord, SpanStatus};
-use tracer_tests::{OtlpReceiver, ReceiverProtocol, unused_local_addr};
+use tracer_testkit::{OtlpReceiver, ReceiverProtocol, ports::unused_local_addr};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -132,7 +132,7 @@ async fn two_resources_in_one_request(protocol: ReceiverProtocol) {
     assert_ne!(failed.resource_index, root.resource_index);
     assert_eq!(
         failed.resource.get("process.pid"),
-        Some(&tracer_tests::Value::Int(20))
+        Some(&tracer_testkit::Value::Int(20))
     );
     assert_eq!(failed.status_code, "ERROR");
     assert_eq!(failed.status_message, "HTTP 503");

@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tracer_tests::harness::{agent_binary, require_root};
+use tracer_testkit::harness::{agent_binary, require_root};
 
 /// A token long enough to pass its own check, so the flag under test is the one refused.
 const TOKEN: &str = "flags-suite-exchange-token-0123";

@@ -8,19 +8,19 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
+use tracer_testkit::harness::{Server, curl};
+use tracer_testkit::{ReceivedSpan, ports::unused_local_addr};
 use tracer_tests::grpc::{
     BIG_BYTES, GrpcReport, STREAM_MESSAGES, go_grpc_client, go_grpc_server, go_h2c_client,
     go_h2c_relay, go_h2c_server, newer_go, node_grpc_client_mode, node_grpc_relay,
     node_grpc_server, parse_grpc_report, parse_h2c_report, python_grpc_client, python_grpc_relay,
     python_grpc_server,
 };
-use tracer_tests::harness::{Server, curl};
 use tracer_tests::nodes::{GatedClient, finish_two_agents, node_agent};
 use tracer_tests::programs::{
     TempDir, WAIT, agent_exporting_to, collect, counts, python_app_server, receiver, run_client,
     span_pid, summary,
 };
-use tracer_tests::{ReceivedSpan, unused_local_addr};
 
 /// The spans of one traced client run against `server`, with the client's report and the
 /// agent's metrics.

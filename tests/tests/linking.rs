@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use tracer_tests::harness::Server;
+use tracer_testkit::harness::Server;
 use tracer_tests::linking::{
     FIRST_ID, GoMode, Load, REQUESTS, Tally, aiohttp_middle, go_middle, go_middle_built,
     go_middle_by, link_metrics, load_client, node_middle, parse_load_report, peer_links, tally,

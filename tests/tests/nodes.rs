@@ -15,7 +15,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
-use tracer_tests::harness::Server;
+use tracer_testkit::harness::Server;
+use tracer_testkit::{ReceivedSpan, ports::unused_local_addr};
 use tracer_tests::kube_api::{FakeKubeApi, Kind};
 use tracer_tests::linking::{
     LOAD_CLIENT, aiohttp_middle, parse_load_report, query_param, threads_middle,
@@ -27,7 +28,6 @@ use tracer_tests::nodes::{
 use tracer_tests::programs::{
     TempDir, WAIT, python, python_app_server, receiver, span_pid, spans_of, summary,
 };
-use tracer_tests::{ReceivedSpan, unused_local_addr};
 
 /// One test at a time: each starts two agents that would otherwise see each other's
 /// traffic counted.
@@ -505,7 +505,7 @@ async fn dead_or_hostile_peers_never_stall_the_agent() {
 
 /// The load client, kept running across phases: a line `FIRST COUNT WORKERS` on stdin runs
 /// the linking suite's load client for those ids, then `END`.
-struct PhasedClient(tracer_tests::harness::LineChild);
+struct PhasedClient(tracer_testkit::harness::LineChild);
 
 impl PhasedClient {
     fn start(port: u16) -> PhasedClient {
@@ -516,7 +516,7 @@ impl PhasedClient {
             )
             .arg(LOAD_CLIENT)
             .arg(port.to_string());
-        PhasedClient(tracer_tests::harness::LineChild::spawn(&mut cmd).expect("load client"))
+        PhasedClient(tracer_testkit::harness::LineChild::spawn(&mut cmd).expect("load client"))
     }
 
     /// Runs ids `first..first + count`; asserts each was answered 200.

@@ -11,10 +11,10 @@
 use std::time::Duration;
 
 use serde_json::json;
-use tracer_tests::harness::require_root;
+use tracer_testkit::harness::require_root;
+use tracer_testkit::{OtlpReceiver, ReceivedSpan, ReceiverProtocol, ports::unused_local_addr};
 use tracer_tests::kube_api::{FakeKubeApi, Kind};
 use tracer_tests::podman::{self, Container};
-use tracer_tests::{OtlpReceiver, ReceivedSpan, ReceiverProtocol, unused_local_addr};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -137,9 +137,9 @@ async fn off_kubernetes_spans_carry_container_ids() {
     // The agent never traces itself (its /readyz was polled during the test).
     let agent_pid: i64 = agent.pid().unwrap();
     assert!(
-        spans
-            .iter()
-            .all(|sp| sp.resource.get("process.pid") != Some(&tracer_tests::Value::Int(agent_pid))),
+        spans.iter().all(
+            |sp| sp.resource.get("process.pid") != Some(&tracer_testkit::Value::Int(agent_pid))
+        ),
         "spans of the agent itself"
     );
     drop(agent);

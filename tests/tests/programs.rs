@@ -7,8 +7,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use tracer_tests::ReceivedSpan;
-use tracer_tests::harness::{curl, python_http_server};
+use tracer_testkit::ReceivedSpan;
+use tracer_testkit::harness::{curl, python_http_server};
 use tracer_tests::programs::{
     GO_CLIENT, GO_SERVER, Nginx, TempDir, WAIT, agent_exporting_to, assert_linked, collect,
     collect_pairs, counts, distinct, go_build, node_client, node_server, of_kind, one,

@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use tracer_tests::ReceivedSpan;
-use tracer_tests::harness::{CurlRun, curl};
+use tracer_testkit::ReceivedSpan;
+use tracer_testkit::harness::{CurlRun, curl};
 use tracer_tests::programs::{self, agent_exporting_to, python_app_server, span_pid};
 
 /// A Python server that, for every GET, calls the backend at `/back?from=<path>` (a new
 /// connection each time, from the handler's thread) and answers 200.
-fn middle_server(backend_port: u16) -> tracer_tests::harness::Server {
+fn middle_server(backend_port: u16) -> tracer_testkit::harness::Server {
     let script = format!(
         r#"
 import http.server, socketserver, urllib.request
@@ -150,7 +150,7 @@ async fn probes_and_excluded_paths_cost_no_spans_and_routes_name_spans() {
 }
 
 /// A server answering `/fail` with 500 and `/slow` after 300 ms, anything else at once.
-fn failing_server() -> tracer_tests::harness::Server {
+fn failing_server() -> tracer_testkit::harness::Server {
     let script = r#"
 import http.server, socketserver, time
 class Handler(http.server.BaseHTTPRequestHandler):

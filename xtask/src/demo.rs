@@ -8,17 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
-// The pods harness of the test suites, compiled here as is: xtask must not depend on the
-// tests crate (that would build the agent, eBPF included, before xtask could run).
-#[path = "../../tests/src/pods.rs"]
-#[expect(
-    dead_code,
-    reason = "the suites' harness, of which the demo uses the pods and the lesson's services"
-)]
-mod pods;
-
-use pods::CgroupLayout;
-use pods::lesson::{Demo, Frontend, Options, Paths};
+use tracer_testkit::pods::lesson::{Demo, Frontend, Options, Paths};
+use tracer_testkit::pods::{self, CgroupLayout};
 
 #[derive(Args)]
 pub struct DemoArgs {

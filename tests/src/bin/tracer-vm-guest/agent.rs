@@ -2,7 +2,7 @@
 //! and is kept for assertions; readiness is `/readyz`, re-checked whenever the agent logs.
 
 use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -39,9 +39,7 @@ impl GuestAgent {
         args: &[&str],
         timeout: Duration,
     ) -> Result<GuestAgent> {
-        let metrics_port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-            .local_addr()?
-            .port();
+        let metrics_port = tracer_testkit::ports::free_port()?;
         let bin = agent_binary();
         let mut cmd = Command::new(&bin);
         cmd.arg("--metrics-addr")

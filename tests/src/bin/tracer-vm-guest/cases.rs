@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use tracer_agent::capture::features::Feature;
-use tracer_tests::{OtlpReceiver, ReceivedSpan, Value};
+use tracer_testkit::{OtlpReceiver, ReceivedSpan, Value};
 
 use crate::agent::GuestAgent;
 use crate::http::Exchange;

@@ -542,9 +542,3 @@ async fn http_traces(
         Outcome::Failed => (StatusCode::SERVICE_UNAVAILABLE, "injected failure").into_response(),
     }
 }
-
-/// A 127.0.0.1 address with nothing listening (bound, then released): a dead collector.
-/// Another process could take the port in between; on a test machine that is unlikely.
-pub fn unused_local_addr() -> std::io::Result<SocketAddr> {
-    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
-}

@@ -45,7 +45,7 @@ impl Agent {
     pub async fn start(args: &[&str], env: &[(&str, String)]) -> Result<Agent> {
         require_root();
         let bin = agent_binary()?;
-        let metrics_addr = crate::unused_local_addr()?;
+        let metrics_addr = crate::ports::unused_local_addr()?;
         let dir = std::env::temp_dir();
         let tag = format!("{}-{}", std::process::id(), metrics_addr.port());
         let stdout = dir.join(format!("tracer-agent-{tag}.out"));
