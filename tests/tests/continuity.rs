@@ -437,23 +437,56 @@ async fn small_ring_buffer_drops_are_counted_and_never_mispair() {
     );
     let wrong = wrong_pairs(&spans, pids[0], pids[1]);
     assert!(wrong.is_empty(), "{} wrong pairs: {wrong:#?}", wrong.len());
-    let missing: Vec<(u32, &str)> = finals
+    let of = |id: u32, pid: u32, kind: &str| -> Vec<&tracer_testkit::ReceivedSpan> {
+        spans
+            .iter()
+            .filter(|x| span_pid(x) == pid && x.kind == kind && id_of(x) == Some(id))
+            .collect()
+    };
+    let missing: Vec<(u32, &str, usize)> = finals
         .clone()
         .flat_map(|id| [(id, pids[0], "CLIENT"), (id, pids[1], "SERVER")])
-        .filter(|&(id, pid, kind)| {
-            spans
+        .map(|(id, pid, kind)| (id, kind, of(id, pid, kind).len()))
+        .filter(|&(_, _, n)| n != 1)
+        .collect();
+    // For each of them, every span of its connection (the client's local port, found from
+    // the other end's span): what the agent made of the stream.
+    let connections: Vec<String> = missing
+        .iter()
+        .filter_map(|&(id, _, _)| {
+            let port = of(id, pids[1], "SERVER")
+                .first()
+                .and_then(|s| s.attr_int("network.peer.port"))
+                .or_else(|| {
+                    of(id, pids[0], "CLIENT")
+                        .first()
+                        .and_then(|s| s.attr_int("network.local.port"))
+                })?;
+            let on_it: Vec<_> = spans
                 .iter()
-                .filter(|x| span_pid(x) == pid && x.kind == kind && id_of(x) == Some(id))
-                .count()
-                != 1
+                .filter(|s| {
+                    (span_pid(s) == pids[0] && s.attr_int("network.local.port") == Some(port))
+                        || (span_pid(s) == pids[1] && s.attr_int("network.peer.port") == Some(port))
+                })
+                .map(|s| {
+                    format!(
+                        "{} id={:?} status={:?} err={:?}",
+                        s.kind,
+                        id_of(s),
+                        s.attr_int("http.response.status_code"),
+                        s.attr_str("error.type")
+                    )
+                })
+                .collect();
+            Some(format!("port {port}: {}", on_it.join("; ")))
         })
-        .map(|(id, _, kind)| (id, kind))
         .collect();
     assert!(
         waited.is_ok() && missing.is_empty(),
         "after the load, requests not traced once at each end (a stream that did not \
-         resynchronise, or a connection whose open event was lost and never sent again): \
-         {missing:?}"
+         resynchronise, or a connection whose open event was lost and never sent again), \
+         (id, kind, spans found): {missing:?}; their connections:\n{}",
+        connections.join("\n")
     );
     let unlinked = pairs_linked(&spans, pids[0], pids[1], finals.clone());
     assert!(

@@ -729,6 +729,10 @@ fn finish_data(pid_tgid: u64, inflight: &InflightIo, moved: u64) {
     // SAFETY: the LRU map value stays valid for the duration of the program.
     let state = unsafe { &mut *state };
     if state.unannounced != 0 && !announce(pid_tgid, inflight.fd, state) {
+        // These bytes are lost with the announcement: the stream starts mid-message once it
+        // gets through, and a body's bytes must not make the connection "not HTTP".
+        *lost_flag(state, inflight.direction) = 1;
+        state.sniff_budget = MID_STREAM_SNIFFS;
         return;
     }
     // The sequence number of the first byte moved: the counter at exit minus the bytes.
