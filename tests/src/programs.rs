@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail, ensure};
 
 use tracer_testkit::harness::{Agent, Server};
-use tracer_testkit::{OtlpReceiver, ReceivedSpan, ReceiverProtocol, Value};
+use tracer_testkit::spans::find_one;
+pub use tracer_testkit::spans::{count_of, counts, of_kind, span_pid, spans_of, summary};
+use tracer_testkit::{OtlpReceiver, ReceivedSpan, ReceiverProtocol};
 
 /// A directory removed when dropped.
 pub struct TempDir(PathBuf);
@@ -738,22 +740,6 @@ pub async fn receiver() -> Result<OtlpReceiver> {
     OtlpReceiver::start(ReceiverProtocol::Grpc).await
 }
 
-pub fn span_pid(span: &ReceivedSpan) -> u32 {
-    match span.resource.get("process.pid") {
-        Some(Value::Int(p)) => *p as u32,
-        other => panic!("span without process.pid: {other:?}"),
-    }
-}
-
-/// Spans of the given processes only: the agent traces the whole machine.
-pub fn spans_of(spans: &[ReceivedSpan], pids: &[u32]) -> Vec<ReceivedSpan> {
-    spans
-        .iter()
-        .filter(|s| pids.contains(&span_pid(s)))
-        .cloned()
-        .collect()
-}
-
 /// Waits until at least `want` spans of `pids` arrived, stops the agent (which flushes
 /// whatever it still holds) and returns every span of `pids`: the count is then final, so
 /// duplicates would show. The agent's metrics are returned too.
@@ -766,10 +752,7 @@ pub async fn collect(
 ) -> Result<(Vec<ReceivedSpan>, String)> {
     let started = std::time::Instant::now();
     let waited = rx
-        .wait_for_spans(
-            |spans| spans.iter().filter(|s| pids.contains(&span_pid(s))).count() >= want,
-            timeout,
-        )
+        .wait_for_spans(|spans| count_of(spans, pids) >= want, timeout)
         .await;
     println!("  collect: waited {:?} for {want} spans", started.elapsed());
     let metrics = agent.metrics().await.unwrap_or_default();
@@ -811,23 +794,7 @@ pub fn one<'a>(
     what: &str,
     f: impl Fn(&ReceivedSpan) -> bool,
 ) -> &'a ReceivedSpan {
-    let found: Vec<_> = spans.iter().filter(|s| f(s)).collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "expected exactly one {what}, got {}:\n{}",
-        found.len(),
-        summary(spans)
-    );
-    found[0]
-}
-
-/// The spans of process `pid` of `kind` (`"CLIENT"`, `"SERVER"`).
-pub fn of_kind<'a>(spans: &'a [ReceivedSpan], pid: u32, kind: &str) -> Vec<&'a ReceivedSpan> {
-    spans
-        .iter()
-        .filter(|s| span_pid(s) == pid && s.kind == kind)
-        .collect()
+    find_one(spans, what, f).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// [`collect`] for one client process talking to one server process: exactly `n` CLIENT
@@ -860,39 +827,6 @@ pub fn distinct<'a>(
     attr: &str,
 ) -> BTreeSet<Option<i64>> {
     spans.into_iter().map(|s| s.attr_int(attr)).collect()
-}
-
-/// One line per span: enough to see what is missing or doubled.
-pub fn summary(spans: &[ReceivedSpan]) -> String {
-    let mut lines: Vec<String> = spans
-        .iter()
-        .map(|s| {
-            format!(
-                "{} pid={} {} {} status={:?} local={:?} peer={:?} err={:?}",
-                s.kind,
-                span_pid(s),
-                s.attr_str("http.request.method").unwrap_or("-"),
-                s.attr_str("url.path")
-                    .or(s.attr_str("url.full"))
-                    .unwrap_or("-"),
-                s.attr_int("http.response.status_code"),
-                s.attr_int("network.local.port"),
-                s.attr_int("network.peer.port"),
-                s.attr_str("error.type"),
-            )
-        })
-        .collect();
-    lines.sort();
-    lines.join("\n")
-}
-
-/// Spans by (pid, kind) → count.
-pub fn counts(spans: &[ReceivedSpan]) -> BTreeMap<(u32, String), usize> {
-    let mut m = BTreeMap::new();
-    for s in spans {
-        *m.entry((span_pid(s), s.kind.clone())).or_insert(0) += 1;
-    }
-    m
 }
 
 /// Every SERVER span of `servers` whose client is one of `clients` has that CLIENT span

@@ -3,10 +3,9 @@
 //! timeout that fails the test with what was seen.
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
@@ -32,82 +31,37 @@ pub fn agent_binary() -> Result<PathBuf> {
     )
 }
 
-pub struct Agent {
-    child: Option<Child>,
-    pub metrics_addr: SocketAddr,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
+pub use crate::agent::Agent;
 
+/// The agent's async side, for the suites' tokio tests.
 impl Agent {
-    /// Starts the agent with `args` and `env`, and waits until `/readyz` says all programs
-    /// are attached.
+    /// Starts the agent under test ([`agent_binary`]) with `args` and `env`, and waits until
+    /// `/readyz` says all programs are attached.
     pub async fn start(args: &[&str], env: &[(&str, String)]) -> Result<Agent> {
+        Self::start_within(args, env, Duration::from_secs(30)).await
+    }
+
+    /// [`Agent::start`], ready within `timeout`.
+    pub async fn start_within(
+        args: &[&str],
+        env: &[(&str, String)],
+        timeout: Duration,
+    ) -> Result<Agent> {
         require_root();
         let bin = agent_binary()?;
-        let metrics_addr = crate::ports::unused_local_addr()?;
-        let dir = std::env::temp_dir();
-        let tag = format!("{}-{}", std::process::id(), metrics_addr.port());
-        let stdout = dir.join(format!("tracer-agent-{tag}.out"));
-        let stderr = dir.join(format!("tracer-agent-{tag}.err"));
-        let mut cmd = Command::new(&bin);
-        cmd.arg("--metrics-addr")
-            .arg(metrics_addr.to_string())
-            .args(args)
-            .env("RUST_LOG", "info")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .stdout(std::fs::File::create(&stdout)?)
-            .stderr(std::fs::File::create(&stderr)?);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
-        let mut agent = Agent {
-            child: Some(child),
-            metrics_addr,
-            stdout,
-            stderr,
-        };
-        agent.wait_ready(Duration::from_secs(30)).await?;
-        Ok(agent)
-    }
-
-    async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
-        let url = format!("http://{}/readyz", self.metrics_addr);
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                bail!(
-                    "agent exited during startup ({status}): {}",
-                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
-                );
-            }
-            if let Ok(resp) = client.get(&url).send().await
-                && resp.status().is_success()
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "agent not ready after {timeout:?}: {}",
-                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// The agent's pid: the abuse suite reads its RSS from `/proc/<pid>/status`.
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("agent running").id()
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        // The readiness wait blocks: off the test's runtime, which may have one thread.
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let env: Vec<(&str, String)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+            Agent::spawn(&bin, &args, &env, timeout)
+        })
+        .await?
     }
 
     pub async fn metrics(&self) -> Result<String> {
@@ -125,32 +79,6 @@ impl Agent {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
             .with_context(|| format!("metric {name} not in /metrics"))
-    }
-
-    /// SIGTERM, then wait for a clean exit: the agent flushes what is pending first.
-    /// Returns (stdout, stderr).
-    pub fn stop(mut self) -> Result<(String, String)> {
-        let mut child = self.child.take().expect("agent running");
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let status = child.wait()?;
-        let out = std::fs::read_to_string(&self.stdout).unwrap_or_default();
-        let err = std::fs::read_to_string(&self.stderr).unwrap_or_default();
-        if !status.success() {
-            bail!("agent exited with {status} after SIGTERM: {err}");
-        }
-        Ok((out, err))
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_file(&self.stdout);
-        let _ = std::fs::remove_file(&self.stderr);
     }
 }
 

@@ -1,17 +1,25 @@
 //! The test kit: what the root suites (`tests/`), the VM guest and xtask share.
 //!
-//! * [`harness`]: the agent under test as a process, and the servers and clients beside it;
+//! * [`agent`]: the agent as a child process;
+//! * [`harness`]: the agent under test started from async tests, and the servers and
+//!   clients beside it;
 //! * [`otlp`]: an OTLP receiver (gRPC and HTTP) that keeps what it is sent;
 //! * [`pods`]: network namespaces and cgroups laid out as a kubelet does, and the lesson's
 //!   three services in them;
-//! * [`ports`]: free local ports.
+//! * [`ports`]: free local ports;
+//! * [`process`]: child processes: waiting for readiness, stopping within a deadline;
+//! * [`spans`]: queries over the spans the receiver got.
 
+pub mod agent;
 #[cfg(feature = "suites")]
 pub mod harness;
 #[cfg(feature = "suites")]
 pub mod otlp;
 pub mod pods;
 pub mod ports;
+pub mod process;
+#[cfg(feature = "suites")]
+pub mod spans;
 
 #[cfg(feature = "suites")]
 pub use otlp::{OtlpReceiver, ReceivedRequest, ReceivedSpan, ReceiverProtocol, Value};

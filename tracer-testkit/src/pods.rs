@@ -28,6 +28,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::process::Wait;
+
 /// Netns names: `tpod-<pid>-<seq>-<pod name>`.
 const NETNS_PREFIX: &str = "tpod-";
 /// Link names (at most 15 bytes): bridges `tpbr<pid>-<seq>`, host veth ends `tp<pid>-<seq>`.
@@ -357,30 +359,28 @@ impl Pod {
     /// through the bridge): the readiness signal of any server.
     pub fn wait_listening(&mut self, port: u16, timeout: Duration) -> Result<()> {
         let addr = SocketAddr::from((self.ip, port));
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                bail!(
-                    "pod {} exited ({status}) before listening on {addr}:\n{}",
-                    self.name,
-                    self.log()
-                );
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "pod {} not listening on {addr} after {timeout:?}:\n{}",
-                    self.name,
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let child = self
+            .child
+            .as_mut()
+            .context("the pod's process was stopped")?;
+        let wait = crate::process::wait_ready(
+            child,
+            timeout,
+            || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok(),
+            crate::process::sleeping(Duration::from_millis(20)),
+        )?;
+        match wait {
+            Wait::Ready => Ok(()),
+            Wait::Exited(status) => bail!(
+                "pod {} exited ({status}) before listening on {addr}:\n{}",
+                self.name,
+                self.log()
+            ),
+            Wait::TimedOut => bail!(
+                "pod {} not listening on {addr} after {timeout:?}:\n{}",
+                self.name,
+                self.log()
+            ),
         }
     }
 }

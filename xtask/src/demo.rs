@@ -1,13 +1,14 @@
 //! `cargo xtask demo`: the lesson's three services, each in its own pod, traced by the agent
 //! into one trace per request, printed as trees. The product's promise in one command.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
+use tracer_testkit::agent::Agent;
 use tracer_testkit::pods::lesson::{Demo, Frontend, Options, Paths};
 use tracer_testkit::pods::{self, CgroupLayout};
 
@@ -66,7 +67,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         return two_nodes(&agent, demo, args.requests);
     }
     eprintln!("==> starting tracer-agent (no collector configured: it prints traces as trees)");
-    let mut agent = ConsoleAgent::start(&agent, "1", &[], &[])?;
+    let agent = console_agent(&agent, &[], &[])?;
 
     let url = format!(
         "http://{}:{}/",
@@ -91,8 +92,13 @@ pub fn run(args: DemoArgs) -> Result<()> {
         demo.frontend.ip,
         pods::lesson::FRONTEND_PORT
     );
-    let traces = agent.wait_for_traces(&marker, args.requests as usize, Duration::from_secs(15));
-    let stderr = agent.stop()?;
+    let traces = wait_for_traces(
+        &agent,
+        &marker,
+        args.requests as usize,
+        Duration::from_secs(15),
+    );
+    let (_, stderr) = agent.stop()?;
     println!();
     for t in &traces {
         println!("{t}");
@@ -141,16 +147,14 @@ fn two_nodes(bin: &Path, demo: pods::lesson::Demo, requests: u32) -> Result<()> 
     };
     eprintln!("==> node 1: frontend and the client; node 2: backend and database");
     eprintln!("==> starting one tracer-agent per node (exchange on {one} and {two})");
-    let mut agents = [
-        ConsoleAgent::start(
+    let agents = [
+        console_agent(
             bin,
-            "node1",
             &scope(&[demo.frontend.pid(), std::process::id()], &one, &two),
             &token,
         )?,
-        ConsoleAgent::start(
+        console_agent(
             bin,
-            "node2",
             &scope(&[demo.backend.pid(), demo.database.pid()], &two, &one),
             &token,
         )?,
@@ -161,14 +165,21 @@ fn two_nodes(bin: &Path, demo: pods::lesson::Demo, requests: u32) -> Result<()> 
         eprintln!("    {}", http_get(addr)?);
     }
     let marker = format!("server={addr}");
-    let fronts = agents[0].wait_for_traces(&marker, requests as usize, Duration::from_secs(15));
+    let fronts = wait_for_traces(
+        &agents[0],
+        &marker,
+        requests as usize,
+        Duration::from_secs(15),
+    );
     let ids: Vec<String> = fronts.iter().filter_map(|t| trace_id(t)).collect();
-    let backs = agents[1].wait_for_traces_with(
+    let backs = wait_for_traces_with(
+        &agents[1],
         |t| trace_id(t).is_some_and(|id| ids.contains(&id)),
         ids.len(),
         Duration::from_secs(15),
     );
-    let logs = [agents[0].stop()?, agents[1].stop()?];
+    let [front_agent, back_agent] = agents;
+    let logs = [front_agent.stop()?.1, back_agent.stop()?.1];
     println!();
     let mut whole = 0;
     for front in &fronts {
@@ -233,119 +244,45 @@ fn rand_u64() -> u64 {
     RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
-/// The agent in console mode, its output in files (read while it runs).
-struct ConsoleAgent {
-    child: Option<std::process::Child>,
-    stdout: PathBuf,
-    stderr: PathBuf,
+/// The agent in console mode (no collector configured: it prints trees), ready.
+fn console_agent(bin: &Path, args: &[String], env: &[(&str, String)]) -> Result<Agent> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Agent::spawn(bin, &args, env, Duration::from_secs(30))
 }
 
-impl ConsoleAgent {
-    fn start(
-        bin: &Path,
-        name: &str,
-        args: &[String],
-        env: &[(&str, String)],
-    ) -> Result<ConsoleAgent> {
-        let dir = std::env::temp_dir();
-        let tag = format!("{}-{name}", std::process::id());
-        let stdout = dir.join(format!("tracer-demo-agent-{tag}.out"));
-        let stderr = dir.join(format!("tracer-demo-agent-{tag}.err"));
-        let child = Command::new(bin)
-            // Its own port: a developer's agent may be running on the default one.
-            .args(["--metrics-addr", "127.0.0.1:0"])
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", "info")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout)?)
-            .stderr(std::fs::File::create(&stderr)?)
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
-        let mut agent = ConsoleAgent {
-            child: Some(child),
-            stdout,
-            stderr,
-        };
-        // Its readiness line: logged once every program is attached.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let log = std::fs::read_to_string(&agent.stderr).unwrap_or_default();
-            if log.contains("programs attached") {
-                return Ok(agent);
-            }
-            if let Some(status) = agent
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                bail!("the agent exited ({status}):\n{log}");
-            }
-            if Instant::now() > deadline {
-                bail!("the agent is not ready after 30 s:\n{log}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+/// Waits (bounded) until `want` printed traces contain `marker`; returns them.
+fn wait_for_traces(agent: &Agent, marker: &str, want: usize, timeout: Duration) -> Vec<String> {
+    wait_for_traces_with(agent, |t| t.contains(marker), want, timeout)
+}
 
-    /// Waits (bounded) until `want` printed traces contain `marker`; returns them.
-    fn wait_for_traces(&mut self, marker: &str, want: usize, timeout: Duration) -> Vec<String> {
-        self.wait_for_traces_with(|t| t.contains(marker), want, timeout)
-    }
-
-    /// Waits (bounded) until `want` printed traces satisfy `f`; returns them.
-    fn wait_for_traces_with(
-        &mut self,
-        f: impl Fn(&str) -> bool,
-        want: usize,
-        timeout: Duration,
-    ) -> Vec<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let traces: Vec<String> = self.printed().into_iter().filter(|t| f(t)).collect();
-            if traces.len() >= want || Instant::now() > deadline {
-                return traces;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+/// Waits (bounded) until `want` printed traces satisfy `f`; returns them.
+fn wait_for_traces_with(
+    agent: &Agent,
+    f: impl Fn(&str) -> bool,
+    want: usize,
+    timeout: Duration,
+) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let traces: Vec<String> = printed_traces(agent).into_iter().filter(|t| f(t)).collect();
+        if traces.len() >= want || Instant::now() > deadline {
+            return traces;
         }
-    }
-
-    /// The trees printed so far: each starts with a `trace <id> (…)` line.
-    fn printed(&self) -> Vec<String> {
-        let text = std::fs::read_to_string(&self.stdout).unwrap_or_default();
-        let mut traces: Vec<String> = Vec::new();
-        for line in text.lines() {
-            if line.starts_with("trace ") {
-                traces.push(String::new());
-            }
-            if let Some(t) = traces.last_mut() {
-                t.push_str(line);
-                t.push('\n');
-            }
-        }
-        traces
-    }
-
-    /// SIGTERM (the agent flushes and exits); returns its log.
-    fn stop(&mut self) -> Result<String> {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            child.wait()?;
-        }
-        Ok(std::fs::read_to_string(&self.stderr).unwrap_or_default())
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-impl Drop for ConsoleAgent {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+/// The trees printed so far: each starts with a `trace <id> (…)` line.
+fn printed_traces(agent: &Agent) -> Vec<String> {
+    let mut traces: Vec<String> = Vec::new();
+    for line in agent.printed().lines() {
+        if line.starts_with("trace ") {
+            traces.push(String::new());
         }
-        let _ = std::fs::remove_file(&self.stdout);
-        let _ = std::fs::remove_file(&self.stderr);
+        if let Some(t) = traces.last_mut() {
+            t.push_str(line);
+            t.push('\n');
+        }
     }
+    traces
 }

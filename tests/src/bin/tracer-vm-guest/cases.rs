@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use tracer_agent::capture::features::Feature;
+use tracer_testkit::agent::Agent;
+use tracer_testkit::spans::{count_of, find_one, pid, spans_of, summary};
 use tracer_testkit::{OtlpReceiver, ReceivedSpan, Value};
 
-use crate::agent::GuestAgent;
+use crate::agent;
 use crate::http::Exchange;
 
 /// Generous: the guest may run under software emulation and the binaries are debug builds.
@@ -187,66 +189,32 @@ fn parse_exchange(line: &str) -> Option<Exchange> {
 
 // ---- spans -----------------------------------------------------------------------------
 
-fn pid_of(span: &ReceivedSpan) -> Option<i64> {
-    match span.resource.get("process.pid") {
-        Some(Value::Int(p)) => Some(*p),
-        _ => None,
-    }
-}
-
-fn spans_of(spans: &[ReceivedSpan], pids: &[u32]) -> Vec<ReceivedSpan> {
-    spans
-        .iter()
-        .filter(|s| pid_of(s).is_some_and(|p| pids.iter().any(|&q| q as i64 == p)))
-        .cloned()
-        .collect()
-}
-
-fn describe(spans: &[ReceivedSpan]) -> String {
-    let list: Vec<String> = spans
-        .iter()
-        .map(|s| {
-            format!(
-                "{} {:?} pid={:?} {:?}",
-                s.kind,
-                s.name,
-                pid_of(s),
-                s.attrs
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-            )
-        })
-        .collect();
-    format!("[{}]", list.join("; "))
-}
-
 /// Waits for `want` spans of `pids`, stops the agent (it flushes on SIGTERM), and returns every
 /// span of `pids` received: the count is then final.
 fn collect(
     ctx: &Ctx,
     rx: &OtlpReceiver,
-    agent: GuestAgent,
+    agent: Agent,
     pids: &[u32],
     want: usize,
 ) -> Result<Vec<ReceivedSpan>> {
     let waited = ctx
         .rt
-        .block_on(rx.wait_for_spans(|spans| spans_of(spans, pids).len() >= want, SPANS_ARRIVE));
-    let log = agent.stop(AGENT_STOP)?;
+        .block_on(rx.wait_for_spans(|spans| count_of(spans, pids) >= want, SPANS_ARRIVE));
+    let (_, log) = agent.stop_within(AGENT_STOP)?;
     let spans = spans_of(&rx.spans(), pids);
     if let Err(e) = waited {
         bail!(
             "expected {want} spans of pids {pids:?}: {e:#}; got {}; agent log: {}",
-            describe(&spans),
-            log.join(" | ")
+            summary(&spans),
+            log
         );
     }
     ensure!(
         spans.len() == want,
         "expected exactly {want} spans of pids {pids:?}, got {}: {}",
         spans.len(),
-        describe(&spans)
+        summary(&spans)
     );
     Ok(spans)
 }
@@ -256,15 +224,7 @@ fn one<'a>(
     what: &str,
     f: impl Fn(&ReceivedSpan) -> bool,
 ) -> Result<&'a ReceivedSpan> {
-    let found: Vec<_> = spans.iter().filter(|s| f(s)).cloned().collect();
-    ensure!(
-        found.len() == 1,
-        "expected exactly one {what}, found {}: {}; all spans: {}",
-        found.len(),
-        describe(&found),
-        describe(spans)
-    );
-    Ok(spans.iter().find(|s| f(s)).expect("found above"))
+    find_one(spans, what, f).map_err(anyhow::Error::msg)
 }
 
 fn check_eq<T: PartialEq + std::fmt::Debug>(what: &str, got: T, want: T) -> Result<()> {
@@ -292,7 +252,7 @@ fn check_pair<'a>(
         &format!("CLIENT span for {} {}", ex.method, ex.path),
         |s| {
             s.kind == "CLIENT"
-                && pid_of(s) == Some(client_pid as i64)
+                && pid(s) == Some(client_pid)
                 && s.attr_int("network.local.port") == local_port
                 && s.attr_str("url.full")
                     .is_some_and(|u| u.ends_with(&ex.path))
@@ -303,7 +263,7 @@ fn check_pair<'a>(
         &format!("SERVER span for {} {}", ex.method, ex.path),
         |s| {
             s.kind == "SERVER"
-                && pid_of(s) == Some(server_pid as i64)
+                && pid(s) == Some(server_pid)
                 && s.attr_int("network.peer.port") == local_port
                 && s.attr_str("url.path") == Some(path)
                 && s.attr_str("url.query") == query
@@ -426,7 +386,7 @@ fn programs_held_by(pid: u32) -> Result<BTreeMap<u32, u32>> {
 /// health endpoints, and stops cleanly on SIGTERM. tracefs is not mounted by the guest's
 /// init: the agent's preflight mounts it.
 fn load_and_attach(_ctx: &Ctx) -> Result<()> {
-    let agent = GuestAgent::start(None, AGENT_READY)?;
+    let agent = agent::start(None, &[], AGENT_READY)?;
     // The agent logs the line before it turns ready; the log reader may lag a little.
     let logged = Instant::now();
     let mut log = agent.log();
@@ -459,9 +419,9 @@ fn load_and_attach(_ctx: &Ctx) -> Result<()> {
         PathBuf::from("/sys/kernel/tracing/events/syscalls").is_dir(),
         "tracefs is not mounted after the agent started"
     );
-    let (status, _) = agent.get("/healthz")?;
+    let (status, _) = agent::get(&agent, "/healthz")?;
     check_eq("/healthz status", status, 200)?;
-    let (status, metrics) = agent.get("/metrics")?;
+    let (status, metrics) = agent::get(&agent, "/metrics")?;
     check_eq("/metrics status", status, 200)?;
     ensure!(
         metrics.lines().any(|l| l.starts_with("tracer_")),
@@ -471,7 +431,7 @@ fn load_and_attach(_ctx: &Ctx) -> Result<()> {
         "  {attached} programs loaded and attached (agent pid {})",
         agent.pid()
     );
-    agent.stop(AGENT_STOP)?;
+    agent.stop_within(AGENT_STOP)?;
     Ok(())
 }
 
@@ -510,7 +470,7 @@ fn kernel_features(ctx: &Ctx) -> Result<()> {
         .into_iter()
         .find(|f| f.required() && !expected[f.key()])
     {
-        let err = match GuestAgent::start(None, AGENT_READY) {
+        let err = match agent::start(None, &[], AGENT_READY) {
             Ok(_) => bail!("the agent started on {} without a ring buffer", ctx.release),
             Err(e) => format!("{e:#}"),
         };
@@ -522,7 +482,7 @@ fn kernel_features(ctx: &Ctx) -> Result<()> {
         );
         return Ok(());
     }
-    let agent = GuestAgent::start(None, AGENT_READY)?;
+    let agent = agent::start(None, &[], AGENT_READY)?;
     let log = agent.log();
     let reported = parse_features(&log)
         .with_context(|| format!("no `kernel features:` line in the agent log: {log:?}"))?;
@@ -552,14 +512,14 @@ fn kernel_features(ctx: &Ctx) -> Result<()> {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    agent.stop(AGENT_STOP)?;
+    agent.stop_within(AGENT_STOP)?;
     Ok(())
 }
 
 /// A server process and three client processes, one connection each: 200, 404 and a POST.
 fn http_server_and_client(ctx: &Ctx) -> Result<()> {
     let rx = receiver(ctx)?;
-    let agent = GuestAgent::start(Some(&rx.endpoint()), AGENT_READY)?;
+    let agent = agent::start(Some(&rx.endpoint()), &[], AGENT_READY)?;
     let server = start_server(ctx, "vm-server", &[])?;
     let runs = [
         run_client(ctx, "vm-client", server.port, &["GET", "/hello"])?,
@@ -606,7 +566,7 @@ fn http_server_and_client(ctx: &Ctx) -> Result<()> {
 /// Three requests on one keep-alive connection: three pairs, one local port.
 fn keep_alive(ctx: &Ctx) -> Result<()> {
     let rx = receiver(ctx)?;
-    let agent = GuestAgent::start(Some(&rx.endpoint()), AGENT_READY)?;
+    let agent = agent::start(Some(&rx.endpoint()), &[], AGENT_READY)?;
     let server = start_server(ctx, "vm-server", &[])?;
     let run = run_client(
         ctx,
@@ -647,7 +607,7 @@ pub struct Chain<'a> {
 /// Client → proxy → backend, three processes: both hops give their pair of spans.
 fn two_hop_chain(ctx: &Ctx) -> Result<()> {
     let rx = receiver(ctx)?;
-    let agent = GuestAgent::start(Some(&rx.endpoint()), AGENT_READY)?;
+    let agent = agent::start(Some(&rx.endpoint()), &[], AGENT_READY)?;
     let backend = start_server(ctx, "vm-backend", &[])?;
     let proxy = start_server(
         ctx,
@@ -661,7 +621,7 @@ fn two_hop_chain(ctx: &Ctx) -> Result<()> {
         check_pair(&spans, run.pid, proxy.pid(), proxy.port, &run.exchanges[0])?;
     let proxy_client = one(&spans, "CLIENT span of the proxy for /back", |s| {
         s.kind == "CLIENT"
-            && pid_of(s) == Some(proxy.pid() as i64)
+            && pid(s) == Some(proxy.pid())
             && s.attr_str("url.full").is_some_and(|u| u.ends_with("/back"))
     })?;
     let hop_port = proxy_client
@@ -761,13 +721,13 @@ pub fn node_addresses() -> Result<(Ipv4Addr, Ipv4Addr)> {
 }
 
 /// The agent of this node, exporting to `otlp`, exchanging contexts with the other node's.
-fn node_agent(otlp: &str, me: Ipv4Addr, peer: Ipv4Addr) -> Result<GuestAgent> {
+fn node_agent(otlp: &str, me: Ipv4Addr, peer: Ipv4Addr) -> Result<Agent> {
     std::fs::write(EXCHANGE_TOKEN_FILE, "two-node-vm-test-shared-token")?;
     let (listen, peer) = (
         format!("{me}:{EXCHANGE_PORT}"),
         format!("{peer}:{EXCHANGE_PORT}"),
     );
-    GuestAgent::start_with(
+    agent::start(
         Some(otlp),
         &[
             // Under software emulation an agent's first lookups take several hundred
@@ -854,7 +814,7 @@ fn two_nodes(ctx: &Ctx) -> Result<()> {
     };
     let node_a_pids: Vec<u32> = clients.iter().copied().chain([backend.pid()]).collect();
     let ours = |s: &ReceivedSpan| {
-        (on(s, "a") && pid_of(s).is_some_and(|p| node_a_pids.iter().any(|&q| q as i64 == p)))
+        (on(s, "a") && pid(s).is_some_and(|p| node_a_pids.contains(&p)))
             || (on(s, "b") && s.service_name() == Some("vm-proxy"))
     };
     let mine = |spans: &[ReceivedSpan]| -> Vec<ReceivedSpan> {
@@ -864,8 +824,7 @@ fn two_nodes(ctx: &Ctx) -> Result<()> {
     let waited = ctx
         .rt
         .block_on(rx.wait_for_spans(|s| mine(s).len() >= want, SPANS_ARRIVE));
-    let metrics = agent
-        .get("/metrics")
+    let metrics = agent::get(&agent, "/metrics")
         .map(|(_, m)| {
             m.lines()
                 .filter(|l| l.starts_with("tracer_peer") || l.starts_with("tracer_link"))
@@ -873,14 +832,14 @@ fn two_nodes(ctx: &Ctx) -> Result<()> {
                 .join(" ")
         })
         .unwrap_or_default();
-    let log = agent.stop(AGENT_STOP)?;
+    let (_, log) = agent.stop_within(AGENT_STOP)?;
     let spans = mine(&rx.spans());
     ensure!(
         waited.is_ok() && spans.len() == want,
         "expected {want} spans from both nodes, got {}: {}; node a's agent: {}",
         spans.len(),
-        describe(&spans),
-        log.join(" | ")
+        summary(&spans),
+        log
     );
     let mut linked = 0;
     for (i, &client_pid) in clients.iter().enumerate() {
@@ -893,7 +852,7 @@ fn two_nodes(ctx: &Ctx) -> Result<()> {
         let has_query = |s: &ReceivedSpan| s.attr_str("url.query") == Some(query.as_str());
         let chain = Chain {
             client: find("the client's CLIENT span", "a", "CLIENT", &|s| {
-                pid_of(s) == Some(client_pid as i64)
+                pid(s) == Some(client_pid)
             })?,
             proxy_server: find("the proxy's SERVER span", "b", "SERVER", &has_query)?,
             proxy_client: find("the proxy's CLIENT span", "b", "CLIENT", &|s| {
@@ -901,7 +860,7 @@ fn two_nodes(ctx: &Ctx) -> Result<()> {
                     .is_some_and(|u| u.ends_with(&format!("/back?{query}")))
             })?,
             backend_server: find("the backend's SERVER span", "a", "SERVER", &|s| {
-                pid_of(s) == Some(backend.pid() as i64) && has_query(s)
+                pid(s) == Some(backend.pid()) && has_query(s)
             })?,
         };
         assert_chain_linked(&chain).with_context(|| {
@@ -922,21 +881,33 @@ fn two_nodes(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// The Go service `xtask vm-test` puts in the image (tests/linking/middle.go).
-const GO_MIDDLE: &str = "/bin/go-middle";
+/// A program the cases run besides the agent: in the image's `/bin`, where `xtask vm-test`
+/// puts them, or in `TRACER_GUEST_TOOLS`, where `xtask test` builds them for the run on the
+/// host. Fails with the fix when it is in neither.
+fn guest_tool(name: &str) -> Result<PathBuf> {
+    let dir =
+        std::env::var_os("TRACER_GUEST_TOOLS").map_or_else(|| PathBuf::from("/bin"), PathBuf::from);
+    let path = dir.join(name);
+    ensure!(
+        path.exists(),
+        "{} not found: run through `cargo xtask vm-test` or `cargo xtask test`, which build it",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// The Go service (tests/linking/middle.go).
+const GO_MIDDLE: &str = "go-middle";
 
 /// A Go `net/http` service in the middle, 4 concurrent clients of 6 requests each: every
 /// call it makes downstream is the child of the request that made it, which only the
 /// goroutine following (uprobes, the goroutine id read at each syscall) can tell on this
 /// kernel.
 fn go_goroutines(ctx: &Ctx) -> Result<()> {
-    ensure!(
-        std::path::Path::new(GO_MIDDLE).exists(),
-        "{GO_MIDDLE} is not in the image: run through `cargo xtask vm-test`"
-    );
+    let go_middle = guest_tool(GO_MIDDLE)?;
     let rx = receiver(ctx)?;
     let backend = start_server(ctx, "vm-backend", &[])?;
-    let mut child = Command::new(GO_MIDDLE)
+    let mut child = Command::new(&go_middle)
         .args(["plain", &backend.port.to_string()])
         .env("OTEL_SERVICE_NAME", "vm-go")
         .stdin(Stdio::null())
@@ -953,7 +924,7 @@ fn go_goroutines(ctx: &Ctx) -> Result<()> {
         .parse()
         .with_context(|| format!("the Go service printed {line:?} instead of its port"))?;
     // Started after the service: the agent follows it from its start-up scan.
-    let agent = GuestAgent::start(Some(&rx.endpoint()), AGENT_READY)?;
+    let agent = agent::start(Some(&rx.endpoint()), &[], AGENT_READY)?;
     const CLIENTS: u32 = 4;
     const EACH: u32 = 6;
     let runs: Vec<Result<ClientRun>> = std::thread::scope(|scope| {
@@ -989,8 +960,7 @@ fn go_goroutines(ctx: &Ctx) -> Result<()> {
     }
     let n = (CLIENTS * EACH) as usize;
     // The agent's own account, for the failure message.
-    let counters = agent
-        .get("/metrics")
+    let counters = agent::get(&agent, "/metrics")
         .map(|(_, text)| {
             text.lines()
                 .filter(|l| l.starts_with("tracer_link") || l.starts_with("tracer_go"))
@@ -999,15 +969,15 @@ fn go_goroutines(ctx: &Ctx) -> Result<()> {
         })
         .unwrap_or_default();
     let spans = collect(ctx, &rx, agent, &pids, 4 * n)?;
-    let go = middle.pid() as i64;
+    let go = middle.pid();
     for id in 1..=n {
         let query = format!("id={id}");
         let server = one(&spans, &format!("Go SERVER span of {query}"), |s| {
-            s.kind == "SERVER" && pid_of(s) == Some(go) && s.attr_str("url.query") == Some(&query)
+            s.kind == "SERVER" && pid(s) == Some(go) && s.attr_str("url.query") == Some(&query)
         })?;
         let call = one(&spans, &format!("Go CLIENT span of {query}"), |s| {
             s.kind == "CLIENT"
-                && pid_of(s) == Some(go)
+                && pid(s) == Some(go)
                 && s.attr_str("url.full")
                     .is_some_and(|u| u.ends_with(&format!("?{query}")))
         })?;
@@ -1026,23 +996,18 @@ fn go_goroutines(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// The gRPC programs `xtask vm-test` puts in the image (tests/grpc/grpc_*.go, grpc-go).
-const GRPC_SERVER: &str = "/bin/grpc-server";
-const GRPC_CLIENT: &str = "/bin/grpc-client";
+/// The gRPC programs (tests/grpc/grpc_*.go, grpc-go).
+const GRPC_SERVER: &str = "grpc-server";
+const GRPC_CLIENT: &str = "grpc-client";
 
 /// gRPC (grpc-go on both sides, the HTTP/2 suite's programs), 40 unary calls, 8 in flight
 /// on one connection: on this kernel the programs gather each syscall's frames whole, and
 /// every call gives one CLIENT and one SERVER span with the gRPC attributes, the SERVER
 /// span the child of its CLIENT span.
 fn grpc_go(ctx: &Ctx) -> Result<()> {
-    for bin in [GRPC_SERVER, GRPC_CLIENT] {
-        ensure!(
-            std::path::Path::new(bin).exists(),
-            "{bin} is not in the image: run through `cargo xtask vm-test`"
-        );
-    }
+    let (grpc_server, grpc_client) = (guest_tool(GRPC_SERVER)?, guest_tool(GRPC_CLIENT)?);
     let rx = receiver(ctx)?;
-    let mut child = Command::new(GRPC_SERVER)
+    let mut child = Command::new(&grpc_server)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -1056,9 +1021,9 @@ fn grpc_go(ctx: &Ctx) -> Result<()> {
         .trim()
         .parse()
         .with_context(|| format!("the gRPC server printed {line:?} instead of its port"))?;
-    let agent = GuestAgent::start(Some(&rx.endpoint()), AGENT_READY)?;
+    let agent = agent::start(Some(&rx.endpoint()), &[], AGENT_READY)?;
     const CALLS: usize = 40;
-    let client = Command::new(GRPC_CLIENT)
+    let client = Command::new(&grpc_client)
         .args([
             server.port.to_string(),
             "say".into(),
@@ -1083,12 +1048,12 @@ fn grpc_go(ctx: &Ctx) -> Result<()> {
     let spans = collect(ctx, &rx, agent, &[client_pid, server.pid()], 2 * CALLS)?;
     for id in 1..=CALLS {
         let id_str = id.to_string();
-        let of = |kind: &str, pid: u32| {
+        let of = |kind: &str, process: u32| {
             let id_str = id_str.clone();
             let kind = kind.to_owned();
             move |s: &ReceivedSpan| {
                 s.kind == kind
-                    && pid_of(s) == Some(pid as i64)
+                    && pid(s) == Some(process)
                     && s.attr_str("http.request.header.x-request-id") == Some(id_str.as_str())
             }
         };

@@ -1,7 +1,7 @@
 //! The VM test guest: `/init` of the initramfs that `cargo xtask vm-test` boots on each kernel.
 //!
 //! As PID 1 it mounts what a node has, brings up `lo`, runs the suite in [`cases`] against the
-//! real agent (`/bin/tracer-agent`), prints one `TRACER-VM-CASE` line per case and a final
+//! real agent (`/bin/tracer-agent`, or `TRACER_AGENT_BIN`), prints one `TRACER-VM-CASE` line per case and a final
 //! `TRACER-VM-RESULT PASS|FAIL …` line on the console, and powers the VM off. The traffic comes
 //! from the same binary re-executed in other roles (`serve`, `client`), so the guest needs no
 //! other tool.
@@ -114,6 +114,10 @@ fn suite(filter: Option<&str>) -> Result<bool> {
 /// PID 1: set up, run the suite, power off whatever happens. A panic is reported as a failure
 /// (exiting PID 1 would panic the kernel, which also ends the VM but says less).
 fn init_main() -> Result<()> {
+    if std::env::var_os("TRACER_AGENT_BIN").is_none() {
+        // SAFETY: PID 1 has started no thread yet; nothing reads the environment concurrently.
+        unsafe { std::env::set_var("TRACER_AGENT_BIN", "/bin/tracer-agent") };
+    }
     let outcome = std::panic::catch_unwind(|| -> Result<bool> {
         init::setup()?;
         suite(filter_from_env().as_deref())
