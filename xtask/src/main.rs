@@ -180,6 +180,8 @@ fn test(filter: Option<String>) -> Result<()> {
     cmd.env("TRACER_AGENT_BIN", &bin);
     cmd.env("TRACER_DEMO_DIR", &demo_deps);
     cmd.env("TRACER_GO_NEWER", deps::ensure_newer_go()?);
+    // The VM guest's cases also run here, on this machine's kernel (tests/tests/kernel.rs).
+    cmd.env("TRACER_GUEST_TOOLS", vm::guest_tools_for_host()?);
     // The podman suite runs the agent's image, built from this tree (its own tag, so a
     // release image from `cargo xtask image` is left alone).
     let agent_image = "localhost/tracer-agent:test";

@@ -61,18 +61,39 @@ struct Row {
     cases: String,
 }
 
-/// Where the guest finds the Go service of its goroutine case.
-const GO_MIDDLE_IN_GUEST: &str = "bin/go-middle";
+/// The programs the guest's cases run besides the agent (`guest_tool` in the cases):
+/// the linking suite's Go middle service and the HTTP/2 suite's grpc-go server and client,
+/// built static with the host's Go, named as the cases look for them.
+const GUEST_TOOLS: [(&str, &str); 3] = [
+    ("go-middle", "tests/linking/middle.go"),
+    ("grpc-server", "tests/grpc/grpc_server.go"),
+    ("grpc-client", "tests/grpc/grpc_client.go"),
+];
 
-/// The linking suite's Go middle service (`tests/linking/middle.go`), built static for the
-/// guest with the host's Go (installed from Debian's `golang-go` when missing).
-fn build_go_middle(vm_dir: &Path) -> Result<PathBuf> {
+/// Builds [`GUEST_TOOLS`] into `dir` (Go from Debian's `golang-go` and grpc-go from
+/// `golang-google-grpc-dev`, installed when missing); returns each one's path in the image
+/// (`bin/NAME`) and the built file.
+fn build_guest_tools(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     crate::deps::ensure_packages(&[("go", "golang-go")])?;
-    let src = crate::workspace_root().join("tests/linking/middle.go");
-    let out = vm_dir.join("go-middle");
-    eprintln!("==> building the guest's Go service from {}", src.display());
-    go_build_static(&src, &out)?;
-    Ok(out)
+    crate::deps::ensure_go_grpc()?;
+    std::fs::create_dir_all(dir)?;
+    let mut files = Vec::new();
+    for (name, src) in GUEST_TOOLS {
+        let src = crate::workspace_root().join(src);
+        let out = dir.join(name);
+        eprintln!("==> building the guest's {name} from {}", src.display());
+        go_build_static(&src, &out)?;
+        files.push((format!("bin/{name}"), out));
+    }
+    Ok(files)
+}
+
+/// The guest's programs for its cases run on this machine (`cargo xtask test`): the
+/// directory to pass as `TRACER_GUEST_TOOLS`.
+pub fn guest_tools_for_host() -> Result<PathBuf> {
+    let dir = crate::workspace_root().join("target/vm/tools");
+    build_guest_tools(&dir)?;
+    Ok(dir)
 }
 
 /// `go build` of one file into a static executable with the host's Go, offline: GOPATH
@@ -89,29 +110,6 @@ fn go_build_static(src: &Path, out: &Path) -> Result<()> {
             .env("GOTOOLCHAIN", "local"),
     )
 }
-
-/// The HTTP/2 suite's Go gRPC server and client (`tests/grpc/grpc_*.go`, grpc-go from
-/// Debian's golang-google-grpc-dev, installed when missing), built static for the guest.
-/// Returns (path in the guest, built file).
-fn build_go_grpc(vm_dir: &Path) -> Result<Vec<(String, PathBuf)>> {
-    crate::deps::ensure_go_grpc()?;
-    let mut files = Vec::new();
-    for (name, in_guest) in [
-        ("grpc_server", GRPC_SERVER_IN_GUEST),
-        ("grpc_client", GRPC_CLIENT_IN_GUEST),
-    ] {
-        let src = crate::workspace_root().join(format!("tests/grpc/{name}.go"));
-        let out = vm_dir.join(name);
-        eprintln!("==> building the guest's {name} from {}", src.display());
-        go_build_static(&src, &out)?;
-        files.push((in_guest.to_owned(), out));
-    }
-    Ok(files)
-}
-
-/// Where the guest finds the gRPC programs of its HTTP/2 case.
-const GRPC_SERVER_IN_GUEST: &str = "bin/grpc-server";
-const GRPC_CLIENT_IN_GUEST: &str = "bin/grpc-client";
 
 pub fn run(args: VmTestArgs) -> Result<()> {
     let specs = if args.kernels.is_empty() {
@@ -139,9 +137,7 @@ pub fn run(args: VmTestArgs) -> Result<()> {
     let (guest_bin, agent_bin) = build_binaries()?;
     let vm_dir = crate::workspace_root().join("target").join("vm");
     std::fs::create_dir_all(&vm_dir)?;
-    let go_middle = build_go_middle(&vm_dir)?;
-    let mut static_files = vec![(GO_MIDDLE_IN_GUEST.to_owned(), go_middle)];
-    static_files.extend(build_go_grpc(&vm_dir)?);
+    let static_files = build_guest_tools(&vm_dir.join("tools"))?;
     let image = vm_dir.join("initramfs.cpio");
     eprintln!("==> building the initramfs {}", image.display());
     let size = initramfs::build(
