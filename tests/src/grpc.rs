@@ -10,7 +10,7 @@
 //! report line ([`GrpcReport`], [`H2cReport`]) that counts what it saw, connections included,
 //! so a suite can hold the agent's spans against the client's own account. A client exits
 //! non-zero only on an outcome its mode does not expect (a `fail` call answering NOT_FOUND
-//! is expected), so [`run_client`](crate::programs::run_client) fails exactly then.
+//! is expected), so [`run_client`](tracer_testkit::workloads::run_client) fails exactly then.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,11 +19,10 @@ use std::process::Command;
 use anyhow::{Context as _, Result, ensure};
 
 use crate::linking::require_python_module;
-use crate::programs::{
-    DEBIAN_GOPATH, TempDir, go_build, go_build_by, interpreter, python, reported,
-    spawn_printing_port,
-};
 use tracer_testkit::harness::Server;
+use tracer_testkit::workloads::go::{DEBIAN_GOPATH, go_build, go_build_by};
+use tracer_testkit::workloads::python::{interpreter, python};
+use tracer_testkit::workloads::{TempDir, reported, spawn_printing_port};
 
 /// grpcio server of `demo.Greeter`: Say, Fail, Slow, Count (server streaming), Big, Echo,
 /// Relay.

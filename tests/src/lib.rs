@@ -6,4 +6,3 @@ pub mod kube_api;
 pub mod linking;
 pub mod nodes;
 pub mod podman;
-pub mod programs;

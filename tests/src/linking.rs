@@ -11,9 +11,11 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, ensure};
 
-use crate::programs::{TempDir, go_build_by, python, python_packages_dir, spawn_printing_port};
 use tracer_testkit::ReceivedSpan;
 use tracer_testkit::harness::Server;
+use tracer_testkit::workloads::go::go_build_by;
+use tracer_testkit::workloads::python::{python, python_packages_dir};
+use tracer_testkit::workloads::{TempDir, spawn_printing_port};
 
 /// Go `net/http` middle: `middle plain|fanout|pool DOWNSTREAM_PORT`.
 pub const GO_MIDDLE: &str = include_str!("../linking/middle.go");
@@ -171,7 +173,7 @@ pub fn parse_load_report(stdout: &str) -> Result<LoadReport> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse().with_context(|| format!("bad id {s:?}")))
         .collect::<Result<Vec<u32>>>()?;
-    let ok = crate::programs::reported(stdout, "ok")?;
+    let ok = tracer_testkit::workloads::reported(stdout, "ok")?;
     Ok(LoadReport { sent, ok })
 }
 
@@ -214,7 +216,7 @@ fn by_key<'a>(
     let mut m: BTreeMap<Key, Vec<&ReceivedSpan>> = BTreeMap::new();
     for s in spans
         .iter()
-        .filter(|s| s.kind == kind && crate::programs::span_pid(s) == pid)
+        .filter(|s| s.kind == kind && tracer_testkit::spans::span_pid(s) == pid)
     {
         if let Some(k) = key(s) {
             m.entry(k).or_default().push(s);
@@ -292,7 +294,7 @@ pub fn tally(spans: &[ReceivedSpan], middle: u32, ids: &[u32], parts: &[Option<&
                     Some(p) => format!(
                         "{} pid={} {}",
                         p.kind,
-                        crate::programs::span_pid(p),
+                        tracer_testkit::spans::span_pid(p),
                         server_key(p)
                             .or_else(|| client_key(p))
                             .map_or("without id".to_owned(), |k| describe(&k))

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use crate::programs::{WAIT, spans_of};
 use tracer_testkit::harness::Agent;
+use tracer_testkit::spans::{WAIT, spans_of};
 use tracer_testkit::{OtlpReceiver, ReceivedSpan};
 
 /// The exchange token every agent of a test shares (`TRACER_EXCHANGE_TOKEN`).

@@ -15,11 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tracer_testkit::harness::{Agent, Server};
+use tracer_testkit::spans::{agent_exporting_to, receiver, span_pid, summary};
+use tracer_testkit::workloads::python::{python_app_server, python_holding_server};
+use tracer_testkit::workloads::rss_kib;
 use tracer_testkit::{OtlpReceiver, ReceivedSpan};
-use tracer_tests::programs::{
-    agent_exporting_to, python_app_server, python_holding_server, receiver, rss_kib, span_pid,
-    summary,
-};
 
 /// What the agent may hold resident, whatever the abuse. Measured with the debug build the
 /// suite runs: about 45 MiB at start, of which about 40 MiB are pages of the (220 MB, debug

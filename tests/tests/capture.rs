@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 use tracer_testkit::harness::{Agent, CurlRun, Server, curl, python_http_server};
+use tracer_testkit::spans::{agent_exporting_to, one, span_pid};
 use tracer_testkit::{OtlpReceiver, ReceivedSpan, ReceiverProtocol};
-use tracer_tests::programs::{self, agent_exporting_to, one, span_pid};
 
 async fn collect(rx: &OtlpReceiver, agent: Agent, pids: &[u32], want: usize) -> Vec<ReceivedSpan> {
-    programs::collect(rx, agent, pids, want, Duration::from_secs(20))
+    tracer_testkit::spans::collect(rx, agent, pids, want, Duration::from_secs(20))
         .await
         .unwrap()
         .0
@@ -263,9 +263,10 @@ srv.serve_forever()
 "#,
         cookie = SECRETS[4]
     );
-    let mut cmd = programs::python();
+    let mut cmd = tracer_testkit::workloads::python::python();
     cmd.arg("-c").arg(script);
-    let server = programs::spawn_printing_port(cmd, "python3 cookie server").unwrap();
+    let server =
+        tracer_testkit::workloads::spawn_printing_port(cmd, "python3 cookie server").unwrap();
     let rx = OtlpReceiver::start(ReceiverProtocol::Grpc).await.unwrap();
     let agent = agent_exporting_to(&rx, &[]).await.unwrap();
     let bearer = format!("Authorization: Bearer {}", SECRETS[0]);
@@ -279,7 +280,7 @@ srv.serve_forever()
     let basic_url = format!("http://ann:{}@127.0.0.1:{}/basic", SECRETS[5], server.port);
     let second = curl(&["-o", "/dev/null", &basic_url]).unwrap();
     let spans = collect(&rx, agent, &[first.pid, second.pid, server.pid()], 4).await;
-    assert_eq!(spans.len(), 4, "{}", programs::summary(&spans));
+    assert_eq!(spans.len(), 4, "{}", tracer_testkit::spans::summary(&spans));
     let login = one(&spans, "SERVER span of /login", |s| {
         s.kind == "SERVER" && s.attr_str("url.path") == Some("/login")
     });
@@ -303,7 +304,7 @@ srv.serve_forever()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_is_counted_as_not_http() {
     const N: usize = 4;
-    let dir = programs::TempDir::new("tls").unwrap();
+    let dir = tracer_testkit::workloads::TempDir::new("tls").unwrap();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let made = std::process::Command::new("openssl")
         .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
@@ -329,7 +330,7 @@ async fn tls_is_counted_as_not_http() {
             .expect("openssl s_server starts"),
         port: tls_port,
     };
-    programs::wait_for_listener(
+    tracer_testkit::workloads::wait_for_listener(
         format!("127.0.0.1:{tls_port}").parse().unwrap(),
         Duration::from_secs(10),
     )
@@ -345,7 +346,7 @@ async fn tls_is_counted_as_not_http() {
         assert!(page.stdout.contains("s_server"), "{}", page.stdout);
     }
     let tls_metric = "tracer_connections_not_http_total{protocol=\"tls\"}";
-    let deadline = std::time::Instant::now() + programs::WAIT;
+    let deadline = std::time::Instant::now() + tracer_testkit::spans::WAIT;
     while agent.metric(tls_metric).await.unwrap() < N as u64 {
         assert!(
             std::time::Instant::now() < deadline,
@@ -377,7 +378,7 @@ async fn tls_is_counted_as_not_http() {
     );
     assert_eq!(value("tracer_http_exchanges_total"), 0);
     agent.stop().unwrap();
-    assert_eq!(programs::spans_of(&rx.spans(), &pids).len(), 0);
+    assert_eq!(tracer_testkit::spans::spans_of(&rx.spans(), &pids).len(), 0);
 }
 
 /// The agent's feature probes on the machine running the suites: they load programs, so

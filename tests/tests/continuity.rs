@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tracer_testkit::harness::{Agent, curl, python_http_server};
+use tracer_testkit::spans::{WAIT, span_pid};
 use tracer_testkit::{OtlpReceiver, ReceiverProtocol, ports::unused_local_addr};
-use tracer_tests::programs::{WAIT, span_pid};
 
 /// The agent exporting to `endpoint` with the default queue, batch size and export
 /// timeout; a short schedule delay so batches are attempted while the collector is away.
@@ -150,7 +150,7 @@ struct PooledClient(tracer_testkit::harness::LineChild);
 
 /// A Python script driven line by line (see `LineChild`), with its arguments.
 fn python_script(script: &str, args: &[&dyn ToString]) -> tracer_testkit::harness::LineChild {
-    let mut cmd = tracer_tests::programs::python();
+    let mut cmd = tracer_testkit::workloads::python::python();
     cmd.arg("-c").arg(script);
     for a in args {
         cmd.arg(a.to_string());
@@ -230,7 +230,7 @@ fn pairs_linked(
 /// connection in the middle of its life). Requests made while no agent ran stay untraced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_open_before_the_agent_are_traced() {
-    let server = tracer_tests::programs::python_app_server("127.0.0.1", false).unwrap();
+    let server = tracer_testkit::workloads::python::python_app_server("127.0.0.1", false).unwrap();
     let mut client = PooledClient::start(server.port);
     client.send(1, 5);
     let rx = OtlpReceiver::start(ReceiverProtocol::Grpc).await.unwrap();
@@ -258,12 +258,12 @@ async fn connections_open_before_the_agent_are_traced() {
         let want = 2 * 20 * round;
         let waited = rx
             .wait_for_spans(
-                |s| tracer_tests::programs::spans_of(s, &pids).len() >= want,
+                |s| tracer_testkit::spans::spans_of(s, &pids).len() >= want,
                 WAIT,
             )
             .await;
         agent.stop().expect("agent stops cleanly");
-        let spans = tracer_tests::programs::spans_of(&rx.spans(), &pids);
+        let spans = tracer_testkit::spans::spans_of(&rx.spans(), &pids);
         assert!(
             waited.is_ok() && spans.len() == want,
             "round {round}: want {want} spans, got {}",
@@ -276,7 +276,7 @@ async fn connections_open_before_the_agent_are_traced() {
             client.send(26, 20);
         }
     }
-    let spans = tracer_tests::programs::spans_of(&rx.spans(), &pids);
+    let spans = tracer_testkit::spans::spans_of(&rx.spans(), &pids);
     assert!(
         spans
             .iter()
@@ -293,7 +293,7 @@ async fn agent_scoped(rx: &OtlpReceiver, pids: &[u32], extra: &[&str]) -> Agent 
         .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    tracer_tests::programs::agent_exporting_to(rx, &args)
+    tracer_testkit::spans::agent_exporting_to(rx, &args)
         .await
         .expect("agent starts")
 }
@@ -353,7 +353,7 @@ for line in sys.stdin:
 async fn small_ring_buffer_drops_are_counted_and_never_mispair() {
     const THREADS: u32 = 16;
     const PER: u32 = 40;
-    let server = tracer_tests::programs::python_app_server("127.0.0.1", false).unwrap();
+    let server = tracer_testkit::workloads::python::python_app_server("127.0.0.1", false).unwrap();
     let mut clients = python_script(CONCURRENT_CLIENTS, &[&server.port, &THREADS]);
     let rx = OtlpReceiver::start(ReceiverProtocol::Grpc).await.unwrap();
     let pids = [clients.pid(), server.pid()];
@@ -425,7 +425,7 @@ async fn small_ring_buffer_drops_are_counted_and_never_mispair() {
         .await
         .unwrap();
     agent.stop().expect("agent stops cleanly");
-    let spans = tracer_tests::programs::spans_of(&rx.spans(), &pids);
+    let spans = tracer_testkit::spans::spans_of(&rx.spans(), &pids);
     let linked_under_load = spans
         .iter()
         .filter(|s| s.kind == "SERVER" && id_of(s).is_some_and(|id| id < first))
@@ -541,7 +541,7 @@ for t in threads: t.start()
 for t in threads: t.join()
 print("ok %d cpus %d" % (ok, len(cpus)), flush=True)
 "#;
-    let server = tracer_tests::programs::python_app_server("127.0.0.1", false).unwrap();
+    let server = tracer_testkit::workloads::python::python_app_server("127.0.0.1", false).unwrap();
     let rx = OtlpReceiver::start(ReceiverProtocol::Grpc).await.unwrap();
     let mut client = python_script(script, &[&server.port, &N]);
     let pids = [client.pid(), server.pid()];
@@ -557,7 +557,7 @@ print("ok %d cpus %d" % (ok, len(cpus)), flush=True)
     );
     let waited = rx
         .wait_for_spans(
-            |s| tracer_tests::programs::spans_of(s, &pids).len() >= 2 * N as usize,
+            |s| tracer_testkit::spans::spans_of(s, &pids).len() >= 2 * N as usize,
             WAIT,
         )
         .await;
@@ -571,7 +571,7 @@ print("ok %d cpus %d" % (ok, len(cpus)), flush=True)
     }
     let drops = agent.metrics().await.unwrap();
     agent.stop().expect("agent stops cleanly");
-    let spans = tracer_tests::programs::spans_of(&rx.spans(), &pids);
+    let spans = tracer_testkit::spans::spans_of(&rx.spans(), &pids);
     assert!(waited.is_ok(), "{} of {} spans", spans.len(), 2 * N);
     assert_eq!(spans.len(), 2 * N as usize);
     assert_eq!(gaps, 0, "no gap reported: {drops}");
@@ -610,7 +610,7 @@ async fn collector_away_longer_than_the_budget_drops_counted_capture_goes_on() {
             .expect("curl");
         }
     };
-    let rss_at_start = tracer_tests::programs::rss_kib(agent.pid()).unwrap();
+    let rss_at_start = tracer_testkit::workloads::rss_kib(agent.pid()).unwrap();
     // Two rounds while the collector is away; only the server is traced: one span each.
     get(0..N);
     wait_metric(&agent, "tracer_spans_dropped_export_failed_total", N as u64).await;
@@ -622,7 +622,7 @@ async fn collector_away_longer_than_the_budget_drops_counted_capture_goes_on() {
         2 * N as u64,
     )
     .await;
-    let rss = tracer_tests::programs::rss_kib(agent.pid()).unwrap();
+    let rss = tracer_testkit::workloads::rss_kib(agent.pid()).unwrap();
     assert!(
         rss < rss_at_start + 16 * 1024,
         "agent RSS {rss} KiB during the outage, {rss_at_start} KiB at start"
@@ -702,7 +702,7 @@ for e in errors:
     print("error", e)
 print("end", flush=True)
 "#;
-    let server = tracer_tests::programs::python_app_server("127.0.0.1", false).unwrap();
+    let server = tracer_testkit::workloads::python::python_app_server("127.0.0.1", false).unwrap();
     let rx = OtlpReceiver::start(ReceiverProtocol::Grpc).await.unwrap();
     let mut load = python_script(script, &[&server.port]);
     let pids = [load.pid(), server.pid()];

@@ -9,6 +9,11 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use tracer_testkit::harness::{Server, curl};
+use tracer_testkit::spans::{
+    WAIT, agent_exporting_to, collect, counts, receiver, span_pid, summary,
+};
+use tracer_testkit::workloads::python::python_app_server;
+use tracer_testkit::workloads::{TempDir, run_client};
 use tracer_testkit::{ReceivedSpan, ports::unused_local_addr};
 use tracer_tests::grpc::{
     BIG_BYTES, GrpcReport, STREAM_MESSAGES, go_grpc_client, go_grpc_server, go_h2c_client,
@@ -17,10 +22,6 @@ use tracer_tests::grpc::{
     python_grpc_server,
 };
 use tracer_tests::nodes::{GatedClient, finish_two_agents, node_agent};
-use tracer_tests::programs::{
-    TempDir, WAIT, agent_exporting_to, collect, counts, python_app_server, receiver, run_client,
-    span_pid, summary,
-};
 
 /// The spans of one traced client run against `server`, with the client's report and the
 /// agent's metrics.

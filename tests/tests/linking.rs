@@ -11,14 +11,13 @@
 use std::collections::BTreeMap;
 
 use tracer_testkit::harness::Server;
+use tracer_testkit::spans::{WAIT, agent_exporting_to, collect, counts, receiver, summary};
+use tracer_testkit::workloads::python::python_app_server;
+use tracer_testkit::workloads::{TempDir, run_client};
 use tracer_tests::linking::{
     FIRST_ID, GoMode, Load, REQUESTS, Tally, aiohttp_middle, go_middle, go_middle_built,
     go_middle_by, link_metrics, load_client, node_middle, parse_load_report, peer_links, tally,
     threads_middle,
-};
-use tracer_tests::programs::{
-    TempDir, WAIT, agent_exporting_to, collect, counts, python_app_server, receiver, run_client,
-    summary,
 };
 
 /// Runs the scenario against `middle` (which calls `downstream` once per entry of `parts`

@@ -16,6 +16,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use tracer_testkit::harness::Server;
+use tracer_testkit::spans::{WAIT, receiver, span_pid, spans_of, summary};
+use tracer_testkit::workloads::TempDir;
+use tracer_testkit::workloads::python::{python, python_app_server};
 use tracer_testkit::{ReceivedSpan, ports::unused_local_addr};
 use tracer_tests::kube_api::{FakeKubeApi, Kind};
 use tracer_tests::linking::{
@@ -24,9 +27,6 @@ use tracer_tests::linking::{
 use tracer_tests::nodes::{
     Discovery, EXCHANGE_TOKEN, GatedClient, TwoAgentsEnd, discovering_agent, finish_two_agents,
     node_agent,
-};
-use tracer_tests::programs::{
-    TempDir, WAIT, python, python_app_server, receiver, span_pid, spans_of, summary,
 };
 
 /// One test at a time: each starts two agents that would otherwise see each other's
@@ -662,7 +662,7 @@ srv.serve_forever()
 "#;
     let mut cmd = python();
     cmd.arg("-c").arg(script);
-    tracer_tests::programs::spawn_printing_port(cmd, "python3 picky downstream")
+    tracer_testkit::workloads::spawn_printing_port(cmd, "python3 picky downstream")
         .expect("downstream")
 }
 

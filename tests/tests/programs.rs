@@ -9,13 +9,18 @@ use std::time::Duration;
 
 use tracer_testkit::ReceivedSpan;
 use tracer_testkit::harness::{curl, python_http_server};
-use tracer_tests::programs::{
-    GO_CLIENT, GO_SERVER, Nginx, TempDir, WAIT, agent_exporting_to, assert_linked, collect,
-    collect_pairs, counts, distinct, go_build, node_client, node_server, of_kind, one,
-    python_app_server, python_requests_client, python_vectored_client, receiver, reported,
-    require_python_requests, run_client, span_pid, spans_of, spawn_printing_port, summary,
-    wrk_pipelined,
+use tracer_testkit::spans::{
+    WAIT, agent_exporting_to, assert_linked, collect, collect_pairs, counts, distinct, of_kind,
+    one, receiver, span_pid, spans_of, summary,
 };
+use tracer_testkit::workloads::go::{GO_CLIENT, GO_SERVER, go_build};
+use tracer_testkit::workloads::nginx::Nginx;
+use tracer_testkit::workloads::node::{node_client, node_server};
+use tracer_testkit::workloads::python::{
+    python_app_server, python_requests_client, python_vectored_client, require_python_requests,
+};
+use tracer_testkit::workloads::wrk::wrk_pipelined;
+use tracer_testkit::workloads::{TempDir, reported, run_client, spawn_printing_port};
 
 fn client_path(s: &ReceivedSpan) -> Option<String> {
     let full = s.attr_str("url.full")?;

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use tracer_testkit::ReceivedSpan;
 use tracer_testkit::harness::{CurlRun, curl};
-use tracer_tests::programs::{self, agent_exporting_to, python_app_server, span_pid};
+use tracer_testkit::spans::{agent_exporting_to, span_pid};
+use tracer_testkit::workloads::python::python_app_server;
 
 /// A Python server that, for every GET, calls the backend at `/back?from=<path>` (a new
 /// connection each time, from the handler's thread) and answers 200.
@@ -31,9 +32,10 @@ print(srv.server_address[1], flush=True)
 srv.serve_forever()
 "#
     );
-    let mut cmd = programs::python();
+    let mut cmd = tracer_testkit::workloads::python::python();
     cmd.arg("-c").arg(script);
-    programs::spawn_printing_port(cmd, "python3 middle server").expect("middle server starts")
+    tracer_testkit::workloads::spawn_printing_port(cmd, "python3 middle server")
+        .expect("middle server starts")
 }
 
 /// Probes from the kubelet and requests to excluded paths (prefix and glob) give no span at
@@ -42,7 +44,7 @@ srv.serve_forever()
 /// route, else by the guessed template.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_and_excluded_paths_cost_no_spans_and_routes_name_spans() {
-    let rx = programs::receiver().await.unwrap();
+    let rx = tracer_testkit::spans::receiver().await.unwrap();
     let backend = python_app_server("127.0.0.1", false).unwrap();
     let middle = middle_server(backend.port);
     let agent = agent_exporting_to(
@@ -82,9 +84,10 @@ async fn probes_and_excluded_paths_cost_no_spans_and_routes_name_spans() {
     pids.extend([middle.pid(), backend.pid()]);
     // Each traced request: curl's CLIENT, the middle's SERVER and CLIENT, the backend's SERVER.
     let want = 4 * traced.len();
-    let (spans, metrics) = programs::collect(&rx, agent, &pids, want, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let (spans, metrics) =
+        tracer_testkit::spans::collect(&rx, agent, &pids, want, Duration::from_secs(30))
+            .await
+            .unwrap();
     let metric = |name: &str| -> u64 {
         metrics
             .lines()
@@ -102,10 +105,11 @@ async fn probes_and_excluded_paths_cost_no_spans_and_routes_name_spans() {
         spans.len(),
         want,
         "only the traced requests' spans, downstream included:\n{}",
-        programs::summary(&spans)
+        tracer_testkit::spans::summary(&spans)
     );
     for (run, route, attr) in &traced {
-        let client = programs::one(&spans, "curl's CLIENT span", |s| span_pid(s) == run.pid);
+        let client =
+            tracer_testkit::spans::one(&spans, "curl's CLIENT span", |s| span_pid(s) == run.pid);
         let trace: Vec<&ReceivedSpan> = spans
             .iter()
             .filter(|s| s.trace_id == client.trace_id)
@@ -171,9 +175,10 @@ srv = Server(("127.0.0.1", 0), Handler)
 print(srv.server_address[1], flush=True)
 srv.serve_forever()
 "#;
-    let mut cmd = programs::python();
+    let mut cmd = tracer_testkit::workloads::python::python();
     cmd.arg("-c").arg(script);
-    programs::spawn_printing_port(cmd, "python3 failing server").expect("server starts")
+    tracer_testkit::workloads::spawn_printing_port(cmd, "python3 failing server")
+        .expect("server starts")
 }
 
 /// Tail sampling at 1%: every trace with an error (5xx), every slow trace (300 ms against a
@@ -196,8 +201,8 @@ async fn tail_sampling_at(ratio: f64) {
     const CHECKOUTS: usize = 4;
     const SLOWS: usize = 3;
     const ORDINARY: usize = 201;
-    programs::require_python_requests().unwrap();
-    let rx = programs::receiver().await.unwrap();
+    tracer_testkit::workloads::python::require_python_requests().unwrap();
+    let rx = tracer_testkit::spans::receiver().await.unwrap();
     let special = failing_server();
     let ordinary = python_app_server("127.0.0.1", false).unwrap();
     let agent = agent_exporting_to(
@@ -227,13 +232,13 @@ async fn tail_sampling_at(ratio: f64) {
     for i in 0..CHECKOUTS {
         kept_runs.push(curl(&[&format!("{base}/checkout/{i}")]).unwrap());
     }
-    let (client, out) = programs::run_client(
-        programs::python_requests_client(ordinary.port, ORDINARY - 1, 0),
+    let (client, out) = tracer_testkit::workloads::run_client(
+        tracer_testkit::workloads::python::python_requests_client(ordinary.port, ORDINARY - 1, 0),
         "python requests client",
     )
     .unwrap();
     assert_eq!(
-        programs::reported(&out, "requests").unwrap(),
+        tracer_testkit::workloads::reported(&out, "requests").unwrap(),
         ORDINARY as u64
     );
 
@@ -241,11 +246,13 @@ async fn tail_sampling_at(ratio: f64) {
     pids.extend([special.pid(), client, ordinary.pid()]);
     // At least the error and slow traces; the agent's stop then decides the rest.
     let want = 2 * (FAILS + SLOWS + CHECKOUTS);
-    let (spans, metrics) = programs::collect(&rx, agent, &pids, want, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let (spans, metrics) =
+        tracer_testkit::spans::collect(&rx, agent, &pids, want, Duration::from_secs(30))
+            .await
+            .unwrap();
     for run in &kept_runs {
-        let c = programs::one(&spans, "curl's CLIENT span", |s| span_pid(s) == run.pid);
+        let c =
+            tracer_testkit::spans::one(&spans, "curl's CLIENT span", |s| span_pid(s) == run.pid);
         let trace = spans.iter().filter(|s| s.trace_id == c.trace_id).count();
         assert_eq!(trace, 2, "the kept trace of curl {} is whole", run.pid);
     }
@@ -306,8 +313,8 @@ async fn tail_sampling_at(ratio: f64) {
 async fn tail_buffer_stays_bounded_under_a_flood_of_unsampled_traces() {
     const REQUESTS: usize = 3000;
     const MAX_SPANS: u64 = 500;
-    let rx = programs::receiver().await.unwrap();
-    let server = programs::node_server().unwrap();
+    let rx = tracer_testkit::spans::receiver().await.unwrap();
+    let server = tracer_testkit::workloads::node::node_server().unwrap();
     let agent = agent_exporting_to(
         &rx,
         &[
@@ -322,14 +329,14 @@ async fn tail_buffer_stays_bounded_under_a_flood_of_unsampled_traces() {
     )
     .await
     .unwrap();
-    let rss_before = programs::rss_kib(agent.pid()).unwrap();
-    let (client, out) = programs::run_client(
-        programs::node_client(server.port, REQUESTS, 16, 0),
+    let rss_before = tracer_testkit::workloads::rss_kib(agent.pid()).unwrap();
+    let (client, out) = tracer_testkit::workloads::run_client(
+        tracer_testkit::workloads::node::node_client(server.port, REQUESTS, 16, 0),
         "node client",
     )
     .unwrap();
     assert_eq!(
-        programs::reported(&out, "requests").unwrap(),
+        tracer_testkit::workloads::reported(&out, "requests").unwrap(),
         REQUESTS as u64
     );
     // Every exchange built (both ends), then look at the buffer.
@@ -337,7 +344,7 @@ async fn tail_buffer_stays_bounded_under_a_flood_of_unsampled_traces() {
     let started = std::time::Instant::now();
     while agent.metric("tracer_spans_created_total").await.unwrap() < 2 * REQUESTS as u64 {
         assert!(
-            started.elapsed() < programs::WAIT,
+            started.elapsed() < tracer_testkit::spans::WAIT,
             "spans were not built in time"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -348,9 +355,9 @@ async fn tail_buffer_stays_bounded_under_a_flood_of_unsampled_traces() {
         .metric("tracer_tail_decided_early_total")
         .await
         .unwrap();
-    let rss_after = programs::rss_kib(agent.pid()).unwrap();
+    let rss_after = tracer_testkit::workloads::rss_kib(agent.pid()).unwrap();
     agent.stop().expect("agent stops cleanly");
-    let exported = programs::spans_of(&rx.spans(), &pids).len();
+    let exported = tracer_testkit::spans::spans_of(&rx.spans(), &pids).len();
     println!(
         "buffered {buffered} of at most {MAX_SPANS}, {early} traces decided early, RSS {rss_before} -> {rss_after} KiB"
     );

@@ -8,7 +8,9 @@
 //!   three services in them;
 //! * [`ports`]: free local ports;
 //! * [`process`]: child processes: waiting for readiness, stopping within a deadline;
-//! * [`spans`]: queries over the spans the receiver got.
+//! * [`spans`]: the agent exporting to the receiver, the spans collected, and queries and
+//!   assertions over them;
+//! * [`workloads`]: the programs the suites trace, per language.
 
 pub mod agent;
 #[cfg(feature = "suites")]
@@ -20,6 +22,8 @@ pub mod ports;
 pub mod process;
 #[cfg(feature = "suites")]
 pub mod spans;
+#[cfg(feature = "suites")]
+pub mod workloads;
 
 #[cfg(feature = "suites")]
 pub use otlp::{OtlpReceiver, ReceivedRequest, ReceivedSpan, ReceiverProtocol, Value};
