@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::process::{Wait, sleeping, terminate, wait_ready};
+use crate::process::{Wait, backing_off, terminate, wait_ready};
 
 /// How long [`Agent::stop`] waits for the agent to flush and exit.
 const STOP: Duration = Duration::from_secs(60);
@@ -64,7 +64,7 @@ impl Agent {
             agent.child.as_mut().expect("just started"),
             timeout,
             || ready(metrics_addr),
-            sleeping(Duration::from_millis(20)),
+            backing_off(Duration::from_millis(20), Duration::from_millis(250)),
         )?;
         match wait {
             Wait::Ready => Ok(agent),

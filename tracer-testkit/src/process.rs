@@ -51,6 +51,24 @@ pub fn sleeping(every: Duration) -> impl FnMut(Duration) -> bool {
     }
 }
 
+/// A `pause` for [`wait_ready`] that starts at `first` and doubles up to `max`: a quick
+/// answer from a quick starter, and few checks of a slow one. Each check costs the child
+/// (a traced agent handles every probe); an agent under software emulation takes tens of
+/// seconds to start, and probing it every 20 ms slowed it enough to fail timing cases.
+pub fn backing_off(first: Duration, max: Duration) -> impl FnMut(Duration) -> bool {
+    let mut delays = doubling(first, max);
+    move |left| {
+        let next = delays.next().unwrap_or(max);
+        std::thread::sleep(left.min(next));
+        true
+    }
+}
+
+/// `first`, doubled each time, at most `max`.
+fn doubling(first: Duration, max: Duration) -> impl Iterator<Item = Duration> {
+    std::iter::successors(Some(first.min(max)), move |d| Some((*d * 2).min(max)))
+}
+
 /// SIGTERM `child` and wait for it, SIGKILL after `timeout`. The wait runs on its own
 /// thread so the deadline needs no polling; the pid cannot be reused before that wait
 /// returns.
@@ -102,6 +120,19 @@ mod tests {
         child.wait().unwrap();
         assert_eq!(wait.unwrap(), Wait::Ready);
         assert_eq!(checks, 3);
+    }
+
+    #[test]
+    fn backing_off_doubles_up_to_its_limit() {
+        let ms = Duration::from_millis;
+        let delays: Vec<Duration> = doubling(ms(20), ms(250)).take(6).collect();
+        assert_eq!(delays, [20, 40, 80, 160, 250, 250].map(ms));
+        assert_eq!(doubling(ms(300), ms(250)).next(), Some(ms(250)));
+        // Never past what is left of the wait.
+        let mut pause = backing_off(ms(500), ms(500));
+        let t = Instant::now();
+        assert!(pause(ms(1)));
+        assert!(t.elapsed() < ms(400), "{:?}", t.elapsed());
     }
 
     #[test]
