@@ -278,7 +278,7 @@ async fn run(args: Args) -> Result<()> {
         wait_ns: args.tail_wait_ms * 1_000_000,
         max_spans: args.tail_max_spans,
     };
-    let mut tail = tail_policy.enabled().then(|| {
+    let tail = tail_policy.enabled().then(|| {
         let mut keeps = Vec::new();
         if args.sample_errors {
             keeps.push("every trace with an error".to_owned());
@@ -297,6 +297,7 @@ async fn run(args: Args) -> Result<()> {
         );
         export::TailSampler::new(tail_policy, sampler)
     });
+    let mut sampling = export::Sampling::new(sampler, tail);
     let exclude = export::Exclusions::new(args.trace_probes, &args.exclude_paths)?;
     tracing::info!("not traced: {}", exclude.describe());
     let routes = tracer_agent::spans::route::RouteNamer::new(
@@ -512,8 +513,8 @@ async fn run(args: Args) -> Result<()> {
                     }
                 }
                 let spans = pipeline.take_spans(now);
-                release(&sink, &sampler, tail.as_mut(), &metrics, spans, now, false);
-                if let (Some(tail), Some(client)) = (tail.as_mut(), &peer_client) {
+                sampling.release(&sink, &metrics, spans, now, false);
+                if let (Some(tail), Some(client)) = (sampling.tail_mut(), &peer_client) {
                     let kept = tail.take_announcements();
                     if !kept.is_empty() {
                         client.keep(kept);
@@ -527,7 +528,7 @@ async fn run(args: Args) -> Result<()> {
             }
             Some((key, ctx)) = recv_some(&mut found) => pipeline.remote_found(key, ctx),
             Some(traces) = recv_some(&mut remote_keeps) => {
-                if let Some(tail) = tail.as_mut() {
+                if let Some(tail) = sampling.tail_mut() {
                     tail.keep_remote(&traces);
                 }
             }
@@ -545,15 +546,7 @@ async fn run(args: Args) -> Result<()> {
     tracing::info!("shutting down: draining events and flushing spans");
     drain(ring.get_mut(), &mut pipeline, &metrics);
     let spans = pipeline.flush();
-    release(
-        &sink,
-        &sampler,
-        tail.as_mut(),
-        &metrics,
-        spans,
-        Clock::monotonic_now_ns(),
-        true,
-    );
+    sampling.release(&sink, &metrics, spans, Clock::monotonic_now_ns(), true);
     metrics.ready.store(false, Ordering::Relaxed);
     // Detach before the flush so no new events arrive while exporting.
     drop(capture);
@@ -674,49 +667,6 @@ async fn recv_some<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
-}
-
-/// Linked spans leave: through the tail sampler when one is set (it decides whole traces
-/// later), else by the head sampler at once. `flush`: decide everything now.
-fn release(
-    sink: &export::Sink,
-    sampler: &export::Sampler,
-    tail: Option<&mut export::TailSampler>,
-    metrics: &Metrics,
-    spans: Vec<tracer_agent::spans::SpanRecord>,
-    now_ns: u64,
-    flush: bool,
-) {
-    let Some(tail) = tail else {
-        let offered = spans.len();
-        let mut spans = spans;
-        spans.retain(|span| sampler.keeps(span));
-        Metrics::add(&metrics.spans_unsampled, (offered - spans.len()) as u64);
-        sink.submit_all(spans);
-        return;
-    };
-    let dropped_before = tail.stats().spans_dropped;
-    let mut out = Vec::new();
-    for span in spans {
-        tail.push(span, now_ns, &mut out);
-    }
-    if flush {
-        tail.flush(&mut out);
-    } else {
-        tail.poll(now_ns, &mut out);
-    }
-    sink.submit_all(out);
-    let s = tail.stats();
-    Metrics::add(&metrics.spans_unsampled, s.spans_dropped - dropped_before);
-    for (slot, n) in metrics.tail_traces.iter().zip(s.traces) {
-        slot.store(n, Ordering::Relaxed);
-    }
-    metrics
-        .tail_decided_early
-        .store(s.decided_early, Ordering::Relaxed);
-    metrics
-        .tail_buffered_spans
-        .store(s.buffered, Ordering::Relaxed);
 }
 
 fn drain(

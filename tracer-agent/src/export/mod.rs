@@ -10,6 +10,7 @@ pub mod console;
 pub mod exclude;
 pub mod otlp;
 pub mod sampler;
+pub mod sampling;
 pub mod tail;
 pub mod transport;
 
@@ -20,6 +21,7 @@ pub use config::{ConfigError, ExportConfig, ExportOverrides, Protocol};
 pub use console::{ConsoleConfig, ConsoleSink};
 pub use exclude::Exclusions;
 pub use sampler::{Sampler, SamplerError};
+pub use sampling::Sampling;
 pub use tail::{TailPolicy, TailSampler};
 pub use transport::TransportError;
 
