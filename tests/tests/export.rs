@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tracer_agent::export::config::{self, RetryConfig};
-use tracer_agent::export::{
-    ExportConfig, ExportOverrides, Protocol, Sink, SpanExporter, build_sink,
-};
+use tracer_agent::export::{ExportConfig, ExportOverrides, Exporter, Protocol, start_processor};
 use tracer_agent::metrics::Metrics;
 use tracer_agent::spans::{AttrValue, Resource, SpanKind, SpanRecord, SpanStatus};
 use tracer_testkit::{OtlpReceiver, ReceiverProtocol, ports::unused_local_addr};
@@ -86,8 +84,8 @@ async fn two_resources_in_one_request(protocol: ReceiverProtocol) {
         .expect("endpoint configured");
     assert_eq!(cfg.endpoint, receiver.traces_url());
     let metrics = Arc::new(Metrics::default());
-    let sink = build_sink(Some(cfg), metrics.clone()).await.unwrap();
-    assert!(matches!(sink, Sink::Otlp(_)));
+    let sink = start_processor(Some(cfg), metrics.clone()).unwrap();
+    assert!(matches!(sink.exporter(), Exporter::Otlp(_)));
 
     let (frontend, backend) = (resource("frontend", 10), resource("backend", 20));
     let mut failed = span(&backend, 4, Some(3), SpanKind::Client);
@@ -161,7 +159,7 @@ async fn retry_after_two_failures_succeeds(protocol: ReceiverProtocol) {
     cfg.batch.max_export_batch_size = 1;
     cfg.retry = fast_retry(5);
     let metrics = Arc::new(Metrics::default());
-    let exporter = SpanExporter::start(&cfg, metrics.clone()).unwrap();
+    let exporter = start_processor(Some(cfg.clone()), metrics.clone()).unwrap();
 
     exporter.submit(span(&resource("svc", 1), 1, None, SpanKind::Server));
     let spans = receiver
@@ -197,7 +195,7 @@ async fn retries_stop_at_max_attempts_and_the_batch_is_counted_as_dropped() {
     cfg.batch.max_export_batch_size = 2;
     cfg.retry = fast_retry(3);
     let metrics = Arc::new(Metrics::default());
-    let exporter = SpanExporter::start(&cfg, metrics.clone()).unwrap();
+    let exporter = start_processor(Some(cfg.clone()), metrics.clone()).unwrap();
     let r = resource("svc", 1);
     exporter.submit(span(&r, 1, None, SpanKind::Server));
     exporter.submit(span(&r, 2, Some(1), SpanKind::Client));
@@ -223,7 +221,7 @@ async fn permanent_http_error_is_not_retried() {
     cfg.batch.max_export_batch_size = 1;
     cfg.retry = fast_retry(5);
     let metrics = Arc::new(Metrics::default());
-    let exporter = SpanExporter::start(&cfg, metrics.clone()).unwrap();
+    let exporter = start_processor(Some(cfg.clone()), metrics.clone()).unwrap();
     exporter.submit(span(&resource("svc", 1), 1, None, SpanKind::Server));
     exporter.shutdown(deadline()).await;
 
@@ -240,7 +238,7 @@ async fn partial_success_is_not_retried_and_rejected_spans_are_counted() {
     let mut cfg = ExportConfig::new(receiver.traces_url(), Protocol::HttpProtobuf);
     cfg.batch.max_export_batch_size = 3;
     let metrics = Arc::new(Metrics::default());
-    let exporter = SpanExporter::start(&cfg, metrics.clone()).unwrap();
+    let exporter = start_processor(Some(cfg.clone()), metrics.clone()).unwrap();
     let r = resource("svc", 1);
     for id in 1..=3 {
         exporter.submit(span(&r, id, None, SpanKind::Server));
@@ -264,7 +262,7 @@ async fn shutdown_flushes_a_partial_batch_before_its_schedule_delay() {
     // Without shutdown these spans would wait an hour for their batch.
     cfg.batch.schedule_delay = Duration::from_secs(3600);
     let metrics = Arc::new(Metrics::default());
-    let exporter = SpanExporter::start(&cfg, metrics.clone()).unwrap();
+    let exporter = start_processor(Some(cfg.clone()), metrics.clone()).unwrap();
     let r = resource("svc", 1);
     for id in 1..=3 {
         exporter.submit(span(&r, id, None, SpanKind::Server));
@@ -282,7 +280,7 @@ async fn schedule_delay_sends_a_partial_batch() {
     let mut cfg = ExportConfig::new(receiver.traces_url(), Protocol::HttpProtobuf);
     cfg.batch.schedule_delay = Duration::from_millis(50);
     let metrics = Arc::new(Metrics::default());
-    let exporter = SpanExporter::start(&cfg, metrics.clone()).unwrap();
+    let exporter = start_processor(Some(cfg.clone()), metrics.clone()).unwrap();
     exporter.submit(span(&resource("svc", 1), 1, None, SpanKind::Server));
     // Batch size is 512: only the timer can send this one span.
     let spans = receiver
@@ -303,7 +301,7 @@ async fn batches_in_flight_at_once(protocol: ReceiverProtocol) {
     cfg.batch.max_export_batch_size = 1;
     assert_eq!(cfg.batch.max_concurrent_exports, 4);
     let metrics = Arc::new(Metrics::default());
-    let exporter = SpanExporter::start(&cfg, metrics.clone()).unwrap();
+    let exporter = start_processor(Some(cfg.clone()), metrics.clone()).unwrap();
     let r = resource("svc", 1);
     for id in 1..=4 {
         exporter.submit(span(&r, id, None, SpanKind::Server));
@@ -348,7 +346,7 @@ async fn dead_collector(protocol: Protocol) {
     assert_eq!(cfg.batch.max_export_batch_size, 512);
     let queue = cfg.batch.max_queue_size as u64;
     let metrics = Arc::new(Metrics::default());
-    let exporter = SpanExporter::start(&cfg, metrics.clone()).unwrap();
+    let exporter = start_processor(Some(cfg.clone()), metrics.clone()).unwrap();
 
     let r = resource("svc", 1);
     let template = span(&r, 1, None, SpanKind::Server);
@@ -391,7 +389,7 @@ async fn shutdown_with_a_past_deadline_drops_queued_spans_without_attempts() {
     cfg.batch.max_queue_size = 4;
     cfg.batch.max_export_batch_size = 4;
     let metrics = Arc::new(Metrics::default());
-    let exporter = SpanExporter::start(&cfg, metrics.clone()).unwrap();
+    let exporter = start_processor(Some(cfg.clone()), metrics.clone()).unwrap();
     let r = resource("svc", 1);
     for id in 0..10 {
         exporter.submit(span(&r, id, None, SpanKind::Server));
@@ -418,7 +416,7 @@ async fn collector_started_after_the_exporter_receives_spans() {
         max_attempts: 100,
     };
     let metrics = Arc::new(Metrics::default());
-    let exporter = SpanExporter::start(&cfg, metrics.clone()).unwrap();
+    let exporter = start_processor(Some(cfg.clone()), metrics.clone()).unwrap();
     exporter.submit(span(&resource("svc", 1), 1, None, SpanKind::Server));
 
     // The exporter offers no event for "an attempt failed", so poll its counter (bounded).

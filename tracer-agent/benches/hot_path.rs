@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tracer_agent::capture::events::{decode, encode_close, encode_conn, encode_data};
-use tracer_agent::export::batcher::{SCOPE_NAME, SCOPE_VERSION};
 use tracer_agent::export::otlp::encode_request;
+use tracer_agent::export::otlp_exporter::{SCOPE_NAME, SCOPE_VERSION};
 use tracer_agent::link::LinkConfig;
 use tracer_agent::metrics::Metrics;
 use tracer_agent::pipeline::{Pipeline, PipelineConfig};
@@ -34,7 +34,7 @@ const EXCHANGES: u64 = CONNS * REQUESTS_PER_CONN * 2;
 /// Simulated time between the starts of two iterations: more than an iteration's traffic
 /// (about 4 ms) plus the link window, so every iteration starts after the last take.
 const PERIOD_NS: u64 = 3_000_000_000;
-/// Spans of the export batcher's default batch size.
+/// Spans of the batch span processor's default batch size.
 const EXPORT_BATCH: usize = 512;
 
 const CLIENT_PID: u32 = 4_000_001;
@@ -266,7 +266,7 @@ fn events_to_spans(c: &mut Criterion) {
     checked_spans(&workload, &mut pipeline);
 }
 
-/// One export request's bytes, as the batcher and transport make them. Not inlined so a
+/// One export request's bytes, as the OTLP exporter and transport make them. Not inlined so a
 /// profiler can count exactly this.
 #[inline(never)]
 fn encode_batch(spans: &[SpanRecord]) -> Vec<u8> {

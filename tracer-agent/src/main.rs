@@ -15,7 +15,7 @@ use tracer_agent::peers;
 use tracer_agent::pipeline::{Pipeline, PipelineConfig};
 use tracer_agent::server;
 use tracer_agent::spans::clock::Clock;
-use tracer_agent::spans::resource::Runtime;
+use tracer_agent::spans::runtime::Runtime;
 use tracer_common::{DEFAULT_CAPTURE_BYTES, KernelOffsets};
 use tracing_subscriber::EnvFilter;
 
@@ -314,7 +314,7 @@ async fn run(args: Args) -> Result<()> {
         tracing::info!("Kubernetes mode: tracing pods on node {}", k.node_name);
     }
     let enricher = tracer_agent::enrich::Enricher::start(enrich_cfg, metrics.clone()).await?;
-    let sink = export::build_sink(export_cfg, metrics.clone()).await?;
+    let processor = export::start_processor(export_cfg, metrics.clone())?;
     let bound = server::spawn(args.metrics_addr, metrics.clone()).await?;
     let mut exchange = !args.peers.is_empty()
         || args.exchange_addr.is_some()
@@ -513,7 +513,7 @@ async fn run(args: Args) -> Result<()> {
                     }
                 }
                 let spans = pipeline.take_spans(now);
-                sampling.release(&sink, &metrics, spans, now, false);
+                sampling.release(&processor, &metrics, spans, now, false);
                 if let (Some(tail), Some(client)) = (sampling.tail_mut(), &peer_client) {
                     let kept = tail.take_announcements();
                     if !kept.is_empty() {
@@ -546,12 +546,13 @@ async fn run(args: Args) -> Result<()> {
     tracing::info!("shutting down: draining events and flushing spans");
     drain(ring.get_mut(), &mut pipeline, &metrics);
     let spans = pipeline.flush();
-    sampling.release(&sink, &metrics, spans, Clock::monotonic_now_ns(), true);
+    sampling.release(&processor, &metrics, spans, Clock::monotonic_now_ns(), true);
     metrics.ready.store(false, Ordering::Relaxed);
     // Detach before the flush so no new events arrive while exporting.
     drop(capture);
     drop(ring);
-    sink.shutdown(tokio::time::Instant::now() + Duration::from_secs(5))
+    processor
+        .shutdown(tokio::time::Instant::now() + Duration::from_secs(5))
         .await;
     // Every span built is accounted for exactly once; benchmarks check the sum.
     let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);

@@ -1,7 +1,7 @@
 //! The resource of a traced process: pure rules over what /proc, the cgroup path and the
 //! Kubernetes API said about it.
 
-use crate::spans::resource::{ProcessInfo, process_resource};
+use super::process::{ProcessInfo, process_resource};
 use crate::spans::{AttrValue, Resource};
 
 use super::cgroup::CgroupInfo;

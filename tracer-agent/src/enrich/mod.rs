@@ -6,6 +6,7 @@
 //!   → cgroup path (cgroup_id in the cgroup2 mount; else /proc/<pid>/cgroup)   cgroupfs, cgroup
 //!   → container id + pod UID                                                 cgroup (pure)
 //!   → pod, containers, owners, Services, EndpointSlices (kube watchers)      k8s
+//!   → process attributes from /proc (exe, command line, OTEL_* env, runtime)  process
 //!   → Resource by the OpenTelemetry rules                                    attrs (pure)
 //! ```
 //!
@@ -22,6 +23,7 @@ pub mod cgroup;
 pub mod cgroupfs;
 pub mod cli;
 pub mod k8s;
+pub mod process;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -32,8 +34,8 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::metrics::Metrics;
-use crate::spans::resource::ProcessInfo;
 use crate::spans::{AttrValue, Resource, SpanKind, SpanRecord};
+use process::ProcessInfo;
 
 pub use cgroup::CgroupInfo;
 pub use k8s::{PeerInfo, SharedStore};
@@ -324,7 +326,7 @@ impl Enricher {
     }
 
     /// The runtime of a process [`Enricher::resource`] has looked at.
-    pub fn runtime(&self, pid: u32) -> crate::spans::resource::Runtime {
+    pub fn runtime(&self, pid: u32) -> crate::spans::runtime::Runtime {
         self.procs
             .get(&pid)
             .map(|e| e.info.runtime)

@@ -1,21 +1,24 @@
-//! The default sink when no collector is configured: prints each finished trace as a tree.
+//! The default exporter when no collector is configured: prints each finished trace as a
+//! tree.
 //!
-//! Spans of one trace arrive one by one and in any order (a child often ends, and so
-//! arrives, before its parent). They are held per trace until the trace has been quiet for
-//! a while, then printed. Printing runs on its own thread so a slow terminal or pipe can
-//! never stall the async runtime, and `submit` only does a non-blocking channel send.
+//! Spans of one trace arrive in any order and over several batches (a child often ends,
+//! and so arrives, before its parent). They are held per trace until the trace has been
+//! quiet for a while, then printed. Printing runs on its own thread so a slow terminal or
+//! pipe can never stall the async runtime; `export` waits (until its deadline) for room
+//! among the few batches the thread may hold, so a stuck terminal backs up into the batch
+//! span processor's bounded queue, which drops and counts.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io::Write;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use crate::metrics::Metrics;
+use super::config::BatchConfig;
+use super::exporter::{Delivered, ExportDeadline, ExportResult, GaveUp, SpanExporter};
 use crate::spans::{AttrValue, SpanId, SpanKind, SpanRecord, SpanStatus, TraceId, hex};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,8 +29,8 @@ pub struct ConsoleConfig {
     pub max_traces: usize,
     /// Spans held across all traces (bounds memory when one trace is huge).
     pub max_spans: usize,
-    /// Spans waiting for the printing thread; beyond it spans are dropped and counted.
-    pub queue_size: usize,
+    /// Batches handed to the printing thread and not yet taken in.
+    pub max_batches: usize,
 }
 
 impl Default for ConsoleConfig {
@@ -36,7 +39,21 @@ impl Default for ConsoleConfig {
             quiet_period: Duration::from_millis(500),
             max_traces: 10_000,
             max_spans: 100_000,
-            queue_size: 4096,
+            max_batches: 2,
+        }
+    }
+}
+
+impl ConsoleConfig {
+    /// The batch span processor in front of the console: batches a tenth of a second
+    /// apart (a trace is printed only after its quiet period anyway), one export at a time.
+    pub fn batch(&self) -> BatchConfig {
+        BatchConfig {
+            schedule_delay: Duration::from_millis(100),
+            max_queue_size: 4096,
+            max_export_batch_size: 512,
+            export_timeout: Duration::from_secs(5),
+            max_concurrent_exports: 1,
         }
     }
 }
@@ -302,74 +319,79 @@ fn millis(nanos: u64) -> String {
     format!("{:.1}ms", nanos as f64 / 1e6)
 }
 
+type Handed = (Vec<SpanRecord>, OwnedSemaphorePermit);
+
 /// Handle to the printing thread.
 #[derive(Debug)]
-pub struct ConsoleSink {
-    tx: SyncSender<SpanRecord>,
-    done: oneshot::Receiver<()>,
-    metrics: Arc<Metrics>,
+pub struct ConsoleExporter {
+    /// Taken (closed) at shutdown: the thread's signal to print everything and exit.
+    tx: Mutex<Option<mpsc::Sender<Handed>>>,
+    /// One permit per batch the thread may hold; it drops the permit once it took the
+    /// batch in, so the channel above never holds more than `max_batches`.
+    room: Arc<Semaphore>,
+    done: Mutex<Option<oneshot::Receiver<()>>>,
 }
 
-impl ConsoleSink {
+impl ConsoleExporter {
     /// Prints to stdout.
-    pub fn new(cfg: ConsoleConfig, metrics: Arc<Metrics>) -> std::io::Result<Self> {
-        Self::with_writer(cfg, metrics, Box::new(std::io::stdout()))
+    pub fn new(cfg: ConsoleConfig) -> std::io::Result<Self> {
+        Self::with_writer(cfg, Box::new(std::io::stdout()))
     }
 
-    pub fn with_writer(
-        cfg: ConsoleConfig,
-        metrics: Arc<Metrics>,
-        writer: Box<dyn Write + Send>,
-    ) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::sync_channel(cfg.queue_size.max(1));
+    pub fn with_writer(cfg: ConsoleConfig, writer: Box<dyn Write + Send>) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel();
         let (done_tx, done) = oneshot::channel();
-        let m = metrics.clone();
+        let room = Arc::new(Semaphore::new(cfg.max_batches.max(1)));
         std::thread::Builder::new()
             .name("trace-console".into())
             .spawn(move || {
-                print_loop(cfg, rx, writer, &m);
+                print_loop(cfg, rx, writer);
                 let _ = done_tx.send(());
             })?;
-        Ok(ConsoleSink { tx, done, metrics })
+        Ok(ConsoleExporter {
+            tx: Mutex::new(Some(tx)),
+            room,
+            done: Mutex::new(Some(done)),
+        })
     }
+}
 
-    /// Never blocks: when the printing thread is behind, the span is dropped and counted.
-    pub fn submit(&self, span: SpanRecord) {
-        self.metrics
-            .export_queue_depth
-            .fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(span) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.metrics
-                    .export_queue_depth
-                    .fetch_sub(1, Ordering::Relaxed);
-                Metrics::inc(&self.metrics.spans_dropped_queue_full);
-            }
+impl SpanExporter for ConsoleExporter {
+    /// Delivered once the printing thread has the batch; it prints each trace when the
+    /// trace turns quiet, or at shutdown.
+    async fn export(&self, batch: Vec<SpanRecord>, deadline: ExportDeadline) -> ExportResult {
+        let Ok(Ok(permit)) =
+            tokio::time::timeout_at(deadline.at(), self.room.clone().acquire_owned()).await
+        else {
+            tracing::warn!(
+                spans = batch.len(),
+                "console output blocked past the export deadline; dropped batch"
+            );
+            return Err(GaveUp);
+        };
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match tx.map(|tx| tx.send((batch, permit))) {
+            Some(Ok(())) => Ok(Delivered::default()),
+            _ => Err(GaveUp),
         }
     }
 
     /// Prints every held trace, complete or not, and waits (until `deadline`) for it.
-    pub async fn shutdown(self, deadline: tokio::time::Instant) {
-        let ConsoleSink { tx, done, .. } = self;
-        // Disconnecting is the thread's signal to print everything and exit.
-        drop(tx);
-        if tokio::time::timeout_at(deadline, done).await.is_err() {
+    async fn shutdown(&self, deadline: tokio::time::Instant) {
+        drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let done = self.done.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(done) = done
+            && tokio::time::timeout_at(deadline, done).await.is_err()
+        {
             tracing::warn!("console printer did not finish by the shutdown deadline");
         }
     }
 }
 
-fn print_loop(
-    cfg: ConsoleConfig,
-    rx: mpsc::Receiver<SpanRecord>,
-    mut writer: Box<dyn Write + Send>,
-    metrics: &Metrics,
-) {
+fn print_loop(cfg: ConsoleConfig, rx: mpsc::Receiver<Handed>, mut writer: Box<dyn Write + Send>) {
     let mut assembler = TraceAssembler::new(&cfg);
     let mut print = |traces: Vec<Vec<SpanRecord>>| {
         for t in traces {
-            Metrics::add(&metrics.spans_exported, t.len() as u64);
             // A closed stdout (e.g. `| head`) must not kill the agent; the trace is lost.
             let _ = writer
                 .write_all(render_trace(&t).as_bytes())
@@ -385,9 +407,12 @@ fn print_loop(
                 due.saturating_duration_since(now)
             });
         match rx.recv_timeout(wait) {
-            Ok(span) => {
-                metrics.export_queue_depth.fetch_sub(1, Ordering::Relaxed);
-                print(assembler.add(span, Instant::now()));
+            Ok((batch, permit)) => {
+                let now = Instant::now();
+                for span in batch {
+                    print(assembler.add(span, now));
+                }
+                drop(permit);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
@@ -402,8 +427,10 @@ fn print_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::export::BatchSpanProcessor;
+    use crate::metrics::Metrics;
     use crate::spans::Resource;
-    use std::sync::Mutex;
+    use std::sync::atomic::Ordering;
 
     fn res(service: &str) -> Arc<Resource> {
         Arc::new(Resource {
@@ -520,7 +547,7 @@ trace 01010101010101010101010101010101 (4 spans, 45.0ms)
             quiet_period: Duration::from_millis(quiet_ms),
             max_traces,
             max_spans,
-            queue_size: 16,
+            max_batches: 2,
         }
     }
 
@@ -617,8 +644,33 @@ trace 01010101010101010101010101010101 (4 spans, 45.0ms)
         }
     }
 
+    /// The batch span processor the agent puts in front of the console, with small
+    /// batches so a test can fill every stage.
+    fn processor(
+        cfg: ConsoleConfig,
+        writer: Box<dyn Write + Send>,
+        metrics: &Arc<Metrics>,
+    ) -> BatchSpanProcessor<ConsoleExporter> {
+        let batch = BatchConfig {
+            schedule_delay: Duration::from_millis(1),
+            max_queue_size: 16,
+            max_export_batch_size: 4,
+            ..cfg.batch()
+        };
+        let exporter = ConsoleExporter::with_writer(cfg, writer).unwrap();
+        BatchSpanProcessor::start(exporter, batch, metrics.clone())
+    }
+
+    fn counted(metrics: &Metrics) -> [u64; 3] {
+        [
+            metrics.spans_exported.load(Ordering::Relaxed),
+            metrics.spans_dropped_queue_full.load(Ordering::Relaxed),
+            metrics.spans_dropped_export_failed.load(Ordering::Relaxed),
+        ]
+    }
+
     #[tokio::test]
-    async fn submit_drops_and_counts_when_the_printer_is_stuck() {
+    async fn a_stuck_printer_backs_up_into_counted_drops_without_blocking() {
         let metrics = Arc::new(Metrics::default());
         let (entered_tx, entered) = std::sync::mpsc::channel();
         let (release, release_rx) = std::sync::mpsc::channel();
@@ -627,36 +679,46 @@ trace 01010101010101010101010101010101 (4 spans, 45.0ms)
             release: release_rx,
         };
         // Quiet period 0: the first span is printed at once and the printer blocks in write.
-        let sink =
-            ConsoleSink::with_writer(cfg(0, 100, 1000), metrics.clone(), Box::new(stuck)).unwrap();
-        sink.submit(span(1, 1, None, "a", SpanKind::Server, 0, 1));
-        entered.recv_timeout(Duration::from_secs(10)).unwrap();
-        for i in 0..21 {
-            sink.submit(span(2, i, None, "a", SpanKind::Server, 0, 1));
+        let p = processor(cfg(0, 100, 1000), Box::new(stuck), &metrics);
+        p.submit(span(1, 1, None, "a", SpanKind::Server, 0, 1));
+        tokio::task::spawn_blocking(move || entered.recv_timeout(Duration::from_secs(10)))
+            .await
+            .unwrap()
+            .unwrap();
+        for i in 0..100 {
+            p.submit(span(2, i, None, "a", SpanKind::Server, 0, 1));
+            tokio::task::yield_now().await;
         }
-        // queue_size is 16: the rest were dropped without waiting.
-        assert_eq!(metrics.spans_dropped_queue_full.load(Ordering::Relaxed), 5);
-        assert_eq!(metrics.export_queue_depth.load(Ordering::Relaxed), 16);
+        // Held: the queue (16), two batches of 4 in the printer's channel (its room is
+        // 2), one waiting for room there, one waiting for the export slot. Everything
+        // else was dropped at once, never more than what the queue could not take.
+        let dropped = metrics.spans_dropped_queue_full.load(Ordering::Relaxed);
+        assert!(
+            (100 - 16 - 4 * 4..=100 - 16).contains(&dropped),
+            "{dropped}"
+        );
         drop(release);
-        sink.shutdown(tokio::time::Instant::now() + Duration::from_secs(10))
+        p.shutdown(tokio::time::Instant::now() + Duration::from_secs(10))
             .await;
-        assert_eq!(metrics.spans_exported.load(Ordering::Relaxed), 17);
+        assert_eq!(counted(&metrics), [101 - dropped, dropped, 0]);
+        assert_eq!(metrics.export_queue_depth.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]
-    async fn sink_prints_held_traces_at_shutdown() {
+    async fn held_traces_are_printed_at_shutdown() {
         let metrics = Arc::new(Metrics::default());
         let capture = Capture::default();
         // A quiet period far beyond the test: only shutdown can print the trace.
-        let sink = ConsoleSink::with_writer(
+        let p = processor(
             cfg(3_600_000, 100, 1000),
-            metrics.clone(),
             Box::new(capture.clone()),
-        )
-        .unwrap();
-        sink.submit(span(1, 2, Some(1), "a", SpanKind::Client, 1, 1));
-        sink.submit(span(1, 1, None, "a", SpanKind::Server, 0, 5));
-        sink.shutdown(tokio::time::Instant::now() + Duration::from_secs(5))
+            &metrics,
+        );
+        p.submit_all(vec![
+            span(1, 2, Some(1), "a", SpanKind::Client, 1, 1),
+            span(1, 1, None, "a", SpanKind::Server, 0, 5),
+        ]);
+        p.shutdown(tokio::time::Instant::now() + Duration::from_secs(5))
             .await;
         let out = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
         assert_eq!(
@@ -666,7 +728,7 @@ trace 01010101010101010101010101010101 (4 spans, 45.0ms)
                 span(1, 1, None, "a", SpanKind::Server, 0, 5),
             ])
         );
-        assert_eq!(metrics.spans_exported.load(Ordering::Relaxed), 2);
+        assert_eq!(counted(&metrics), [2, 0, 0]);
         assert_eq!(metrics.export_queue_depth.load(Ordering::Relaxed), 0);
     }
 }

@@ -1,10 +1,10 @@
-//! Which linked spans leave for the sink, and when: through the tail sampler when one is
+//! Which linked spans leave for the span processor, and when: through the tail sampler when one is
 //! set (it decides whole traces later), else by the head sampler at once. Every span the
 //! samplers leave out is counted as unsampled.
 
 use std::sync::atomic::Ordering;
 
-use super::{Sampler, Sink, TailSampler};
+use super::{Sampler, SpanProcessor, TailSampler};
 use crate::metrics::Metrics;
 use crate::spans::SpanRecord;
 
@@ -24,11 +24,11 @@ impl Sampling {
         self.tail.as_mut()
     }
 
-    /// Hands `spans` (linked, final) to `sink` as the samplers decide. `flush`: decide
+    /// Hands `spans` (linked, final) to `processor` as the samplers decide. `flush`: decide
     /// every waiting trace now (at shutdown).
     pub fn release(
         &mut self,
-        sink: &Sink,
+        processor: &SpanProcessor,
         metrics: &Metrics,
         mut spans: Vec<SpanRecord>,
         now_ns: u64,
@@ -38,7 +38,7 @@ impl Sampling {
             let offered = spans.len();
             spans.retain(|span| self.head.keeps(span));
             Metrics::add(&metrics.spans_unsampled, (offered - spans.len()) as u64);
-            sink.submit_all(spans);
+            processor.submit_all(spans);
             return;
         };
         let dropped_before = tail.stats().spans_dropped;
@@ -51,7 +51,7 @@ impl Sampling {
         } else {
             tail.poll(now_ns, &mut out);
         }
-        sink.submit_all(out);
+        processor.submit_all(out);
         let s = tail.stats();
         Metrics::add(&metrics.spans_unsampled, s.spans_dropped - dropped_before);
         for (slot, n) in metrics.tail_traces.iter().zip(s.traces) {

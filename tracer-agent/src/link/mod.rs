@@ -56,7 +56,7 @@ use std::net::SocketAddr;
 use foldhash::{HashMap, HashMapExt};
 
 use crate::capture::events::GoHandOff;
-use crate::spans::resource::Runtime;
+use crate::spans::runtime::Runtime;
 use crate::spans::{IdGenerator, SpanId, SpanKind, SpanRecord, TraceId};
 pub use context::SpanContext;
 

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use super::*;
-use crate::spans::resource::Runtime;
+use crate::spans::runtime::Runtime;
 
 const WINDOW: u64 = 1_000;
 

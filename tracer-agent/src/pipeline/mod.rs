@@ -20,8 +20,8 @@ use crate::link::{Answer, LinkConfig, Linker, PeerKey, StartedRequest, context};
 use crate::metrics::Metrics;
 use crate::spans::builder::{ConnMeta, build_span, grpc_method, split_target};
 use crate::spans::clock::Clock;
-use crate::spans::resource::Runtime;
 use crate::spans::route::RouteNamer;
+use crate::spans::runtime::Runtime;
 use crate::spans::{Resource, SpanKind, SpanRecord};
 
 #[derive(Debug, Clone, Default)]

@@ -1,10 +1,9 @@
 //! Spans: the model shared by the builder and exporters, the builder itself, clock
-//! conversion and per-process resources.
+//! conversion, routes and runtimes.
 
 pub mod builder;
 pub mod clock;
 pub mod model;
-pub mod resource;
 pub mod route;
 pub mod runtime;
 

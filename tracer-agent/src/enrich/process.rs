@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use super::model::{AttrValue, Resource};
-pub use super::runtime::Runtime;
+pub use crate::spans::runtime::Runtime;
+use crate::spans::{AttrValue, Resource};
 
 /// What /proc says about a process; read once per pid.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -34,7 +34,7 @@ impl ProcessInfo {
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect()
         });
-        let runtime = super::runtime::of_process(proc_root, pid);
+        let runtime = crate::spans::runtime::of_process(proc_root, pid);
         let mut info = ProcessInfo {
             pid,
             comm: comm.to_owned(),
