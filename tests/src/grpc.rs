@@ -19,7 +19,7 @@ use std::process::Command;
 use anyhow::{Context as _, Result, ensure};
 
 use crate::linking::require_python_module;
-use tracer_testkit::harness::Server;
+use tracer_testkit::workloads::Server;
 use tracer_testkit::workloads::go::{DEBIAN_GOPATH, go_build, go_build_by};
 use tracer_testkit::workloads::python::{interpreter, python};
 use tracer_testkit::workloads::{TempDir, reported, spawn_printing_port};

@@ -12,7 +12,7 @@ use std::process::Command;
 use anyhow::{Context as _, Result, ensure};
 
 use tracer_testkit::ReceivedSpan;
-use tracer_testkit::harness::Server;
+use tracer_testkit::workloads::Server;
 use tracer_testkit::workloads::go::go_build_by;
 use tracer_testkit::workloads::python::{python, python_packages_dir};
 use tracer_testkit::workloads::{TempDir, spawn_printing_port};

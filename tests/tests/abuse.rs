@@ -14,8 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tracer_testkit::harness::{Agent, Server};
+use tracer_testkit::harness::Agent;
 use tracer_testkit::spans::{agent_exporting_to, receiver, span_pid, summary};
+use tracer_testkit::workloads::Server;
 use tracer_testkit::workloads::python::{python_app_server, python_holding_server};
 use tracer_testkit::workloads::rss_kib;
 use tracer_testkit::{OtlpReceiver, ReceivedSpan};

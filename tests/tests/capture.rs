@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
-use tracer_testkit::harness::{Agent, CurlRun, Server, curl, python_http_server};
-use tracer_testkit::spans::{agent_exporting_to, one, span_pid};
+use tracer_testkit::harness::Agent;
+use tracer_testkit::spans::{agent_exporting_to, check_encloses, one, span_pid};
+use tracer_testkit::workloads::python::python_http_server;
+use tracer_testkit::workloads::{CurlRun, Server, curl};
 use tracer_testkit::{OtlpReceiver, ReceivedSpan, ReceiverProtocol};
 
 async fn collect(rx: &OtlpReceiver, agent: Agent, pids: &[u32], want: usize) -> Vec<ReceivedSpan> {
@@ -96,16 +98,7 @@ fn assert_pair(
         if status >= 500 { "ERROR" } else { "UNSET" }
     );
 
-    assert!(
-        client.start_unix_nanos <= server_span.start_unix_nanos
-            && server_span.end_unix_nanos <= client.end_unix_nanos,
-        "client span [{}, {}] must enclose server span [{}, {}]",
-        client.start_unix_nanos,
-        client.end_unix_nanos,
-        server_span.start_unix_nanos,
-        server_span.end_unix_nanos
-    );
-    assert!(server_span.start_unix_nanos < server_span.end_unix_nanos);
+    check_encloses(client, server_span).unwrap();
     // Both ends are traced: one trace, the server span a child of the client span.
     assert_eq!(server_span.trace_id, client.trace_id);
     assert_eq!(server_span.parent_span_id, client.span_id);

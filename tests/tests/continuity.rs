@@ -8,8 +8,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tracer_testkit::harness::{Agent, curl, python_http_server};
+use tracer_testkit::harness::Agent;
 use tracer_testkit::spans::{WAIT, span_pid};
+use tracer_testkit::workloads::curl;
+use tracer_testkit::workloads::python::python_http_server;
 use tracer_testkit::{OtlpReceiver, ReceiverProtocol, ports::unused_local_addr};
 
 /// The agent exporting to `endpoint` with the default queue, batch size and export
@@ -146,16 +148,16 @@ for line in sys.stdin:
     print("done %d" % ok, flush=True)
 "#;
 
-struct PooledClient(tracer_testkit::harness::LineChild);
+struct PooledClient(tracer_testkit::workloads::LineChild);
 
 /// A Python script driven line by line (see `LineChild`), with its arguments.
-fn python_script(script: &str, args: &[&dyn ToString]) -> tracer_testkit::harness::LineChild {
+fn python_script(script: &str, args: &[&dyn ToString]) -> tracer_testkit::workloads::LineChild {
     let mut cmd = tracer_testkit::workloads::python::python();
     cmd.arg("-c").arg(script);
     for a in args {
         cmd.arg(a.to_string());
     }
-    tracer_testkit::harness::LineChild::spawn(&mut cmd).expect("python script starts")
+    tracer_testkit::workloads::LineChild::spawn(&mut cmd).expect("python script starts")
 }
 
 impl PooledClient {

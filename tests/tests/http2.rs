@@ -8,11 +8,11 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use tracer_testkit::harness::{Server, curl};
 use tracer_testkit::spans::{
     WAIT, agent_exporting_to, collect, counts, receiver, span_pid, summary,
 };
 use tracer_testkit::workloads::python::python_app_server;
+use tracer_testkit::workloads::{Server, curl};
 use tracer_testkit::workloads::{TempDir, run_client};
 use tracer_testkit::{ReceivedSpan, ports::unused_local_addr};
 use tracer_tests::grpc::{

@@ -10,8 +10,8 @@
 
 use std::collections::BTreeMap;
 
-use tracer_testkit::harness::Server;
 use tracer_testkit::spans::{WAIT, agent_exporting_to, collect, counts, receiver, summary};
+use tracer_testkit::workloads::Server;
 use tracer_testkit::workloads::python::python_app_server;
 use tracer_testkit::workloads::{TempDir, run_client};
 use tracer_tests::linking::{

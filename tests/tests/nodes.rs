@@ -15,8 +15,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
-use tracer_testkit::harness::Server;
 use tracer_testkit::spans::{WAIT, receiver, span_pid, spans_of, summary};
+use tracer_testkit::workloads::Server;
 use tracer_testkit::workloads::TempDir;
 use tracer_testkit::workloads::python::{python, python_app_server};
 use tracer_testkit::{ReceivedSpan, ports::unused_local_addr};
@@ -505,7 +505,7 @@ async fn dead_or_hostile_peers_never_stall_the_agent() {
 
 /// The load client, kept running across phases: a line `FIRST COUNT WORKERS` on stdin runs
 /// the linking suite's load client for those ids, then `END`.
-struct PhasedClient(tracer_testkit::harness::LineChild);
+struct PhasedClient(tracer_testkit::workloads::LineChild);
 
 impl PhasedClient {
     fn start(port: u16) -> PhasedClient {
@@ -516,7 +516,7 @@ impl PhasedClient {
             )
             .arg(LOAD_CLIENT)
             .arg(port.to_string());
-        PhasedClient(tracer_testkit::harness::LineChild::spawn(&mut cmd).expect("load client"))
+        PhasedClient(tracer_testkit::workloads::LineChild::spawn(&mut cmd).expect("load client"))
     }
 
     /// Runs ids `first..first + count`; asserts each was answered 200.

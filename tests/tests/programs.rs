@@ -8,14 +8,15 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use tracer_testkit::ReceivedSpan;
-use tracer_testkit::harness::{curl, python_http_server};
 use tracer_testkit::spans::{
     WAIT, agent_exporting_to, assert_linked, collect, collect_pairs, counts, distinct, of_kind,
     one, receiver, span_pid, spans_of, summary,
 };
+use tracer_testkit::workloads::curl;
 use tracer_testkit::workloads::go::{GO_CLIENT, GO_SERVER, go_build};
 use tracer_testkit::workloads::nginx::Nginx;
 use tracer_testkit::workloads::node::{node_client, node_server};
+use tracer_testkit::workloads::python::python_http_server;
 use tracer_testkit::workloads::python::{
     python_app_server, python_requests_client, python_vectored_client, require_python_requests,
 };

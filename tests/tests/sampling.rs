@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use tracer_testkit::ReceivedSpan;
-use tracer_testkit::harness::{CurlRun, curl};
 use tracer_testkit::spans::{agent_exporting_to, span_pid};
 use tracer_testkit::workloads::python::python_app_server;
+use tracer_testkit::workloads::{CurlRun, curl};
 
 /// A Python server that, for every GET, calls the backend at `/back?from=<path>` (a new
 /// connection each time, from the handler's thread) and answers 200.
-fn middle_server(backend_port: u16) -> tracer_testkit::harness::Server {
+fn middle_server(backend_port: u16) -> tracer_testkit::workloads::Server {
     let script = format!(
         r#"
 import http.server, socketserver, urllib.request
@@ -154,7 +154,7 @@ async fn probes_and_excluded_paths_cost_no_spans_and_routes_name_spans() {
 }
 
 /// A server answering `/fail` with 500 and `/slow` after 300 ms, anything else at once.
-fn failing_server() -> tracer_testkit::harness::Server {
+fn failing_server() -> tracer_testkit::workloads::Server {
     let script = r#"
 import http.server, socketserver, time
 class Handler(http.server.BaseHTTPRequestHandler):

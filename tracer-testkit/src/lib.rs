@@ -15,6 +15,7 @@
 pub mod agent;
 #[cfg(feature = "suites")]
 pub mod harness;
+pub mod nginx_conf;
 #[cfg(feature = "suites")]
 pub mod otlp;
 pub mod pods;

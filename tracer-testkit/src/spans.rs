@@ -25,22 +25,43 @@ pub fn span_pid(span: &ReceivedSpan) -> u32 {
     pid(span).unwrap_or_else(|| panic!("span without process.pid: {:?}", span.resource))
 }
 
-/// Spans of the given processes only.
-pub fn spans_of(spans: &[ReceivedSpan], pids: &[u32]) -> Vec<ReceivedSpan> {
+/// The spans of the given processes, borrowed.
+fn iter_of<'a>(
+    spans: &'a [ReceivedSpan],
+    pids: &'a [u32],
+) -> impl Iterator<Item = &'a ReceivedSpan> + 'a {
     spans
         .iter()
         .filter(|s| pid(s).is_some_and(|p| pids.contains(&p)))
-        .cloned()
-        .collect()
+}
+
+/// Spans of the given processes only.
+pub fn spans_of(spans: &[ReceivedSpan], pids: &[u32]) -> Vec<ReceivedSpan> {
+    iter_of(spans, pids).cloned().collect()
 }
 
 /// How many spans the given processes have: [`spans_of`] without the copies, for waits
 /// that re-check after every request.
 pub fn count_of(spans: &[ReceivedSpan], pids: &[u32]) -> usize {
-    spans
-        .iter()
-        .filter(|s| pid(s).is_some_and(|p| pids.contains(&p)))
-        .count()
+    iter_of(spans, pids).count()
+}
+
+/// A CLIENT span encloses the SERVER span it caused: the client sends before the server
+/// reads and reads the answer after the server wrote it, on one clock.
+pub fn check_encloses(client: &ReceivedSpan, server: &ReceivedSpan) -> Result<()> {
+    if client.start_unix_nanos <= server.start_unix_nanos
+        && server.end_unix_nanos <= client.end_unix_nanos
+        && server.start_unix_nanos < server.end_unix_nanos
+    {
+        return Ok(());
+    }
+    bail!(
+        "the CLIENT span [{}, {}] must enclose its SERVER span [{}, {}]",
+        client.start_unix_nanos,
+        client.end_unix_nanos,
+        server.start_unix_nanos,
+        server.end_unix_nanos
+    )
 }
 
 /// The spans of process `pid` of `kind` (`"CLIENT"`, `"SERVER"`).

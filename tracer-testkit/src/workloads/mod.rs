@@ -12,13 +12,119 @@ pub mod wrk;
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::harness::Server;
+/// A child process killed when dropped, so a failing test leaves nothing behind.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Output of one curl run, with the pid it ran as.
+pub struct CurlRun {
+    pub pid: u32,
+    pub stdout: String,
+}
+
+/// Runs curl to completion. `-sS` keeps errors visible; `--fail` is not used so 4xx are
+/// ordinary outcomes.
+pub fn curl(args: &[&str]) -> Result<CurlRun> {
+    let child = Command::new("curl")
+        .arg("-sS")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start curl (install it, or run `cargo xtask test` which does)")?;
+    let pid = child.id();
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "curl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(CurlRun {
+        pid,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+    })
+}
+
+/// A child process driven line by line: a command on its stdin, its answer on its stdout up
+/// to a line the caller recognises (load clients that run in phases, a pooled client).
+pub struct LineChild {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl LineChild {
+    pub fn spawn(cmd: &mut Command) -> Result<LineChild> {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting a line-driven child")?;
+        let stdin = child.stdin.take().context("stdin not piped")?;
+        let stdout = BufReader::new(child.stdout.take().context("stdout not piped")?);
+        Ok(LineChild {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `line`; returns what the child printed up to and including the first line for
+    /// which `last` holds. Fails if the child exits first.
+    pub fn ask(&mut self, line: &str, last: impl Fn(&str) -> bool) -> Result<String> {
+        use std::io::Write as _;
+        writeln!(self.stdin, "{line}").context("the child's stdin")?;
+        let mut out = String::new();
+        loop {
+            let mut l = String::new();
+            if self
+                .stdout
+                .read_line(&mut l)
+                .context("the child's stdout")?
+                == 0
+            {
+                bail!("the child exited after printing: {out}");
+            }
+            out.push_str(&l);
+            if last(l.trim_end()) {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+impl Drop for LineChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 /// A directory removed when dropped.
 pub struct TempDir(PathBuf);

@@ -5,6 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{TempDir, children, wait_for_listener};
+use crate::nginx_conf::NginxConf;
 use anyhow::{Context as _, Result, bail, ensure};
 
 /// nginx as a pre-fork server: a master (as root) and two workers accepting on one shared
@@ -22,34 +23,17 @@ impl Nginx {
         let dir = TempDir::new("nginx")?;
         std::fs::create_dir_all(dir.join("html"))?;
         let port = crate::ports::free_port()?;
-        let p = dir.path().display();
-        let conf = format!(
-            r#"
-daemon off;
-master_process on;
-worker_processes 2;
-user root;
-pid {p}/nginx.pid;
-error_log {p}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log {p}/access.log;
-    client_body_temp_path {p}/client_body;
-    proxy_temp_path {p}/proxy;
-    fastcgi_temp_path {p}/fastcgi;
-    uwsgi_temp_path {p}/uwsgi;
-    scgi_temp_path {p}/scgi;
-    sendfile on;
-    keepalive_requests 100000;
-    default_type application/octet-stream;
-    server {{
-        listen 127.0.0.1:{port};
-        root {p}/html;
-        {locations}
-    }}
-}}
-"#
-        );
+        let conf = NginxConf {
+            prefix: dir.path(),
+            listen: format!("127.0.0.1:{port}"),
+            workers: 2,
+            worker_connections: 1024,
+            access_log: true,
+            keepalive_requests: 100_000,
+            http_extra: String::new(),
+            locations: locations.to_owned(),
+        }
+        .render();
         let conf_path = dir.write("nginx.conf", conf)?;
         let master = Command::new(nginx_binary()?)
             .arg("-p")

@@ -5,7 +5,7 @@ use std::process::Command;
 use anyhow::Result;
 
 use super::spawn_printing_port;
-use crate::harness::Server;
+use crate::workloads::Server;
 
 pub const NODE_SERVER: &str = r#"
 const http = require("http");

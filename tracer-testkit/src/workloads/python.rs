@@ -6,8 +6,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, ensure};
 
-use super::spawn_printing_port;
-use crate::harness::Server;
+use super::{Server, spawn_printing_port};
 
 /// Where `cargo xtask test` installs the Python packages the suites use (`requests`),
 /// outside the system's site-packages.
@@ -32,6 +31,29 @@ pub fn interpreter(program: &str, var: &str, dir: PathBuf) -> Command {
     cmd.env(var, std::env::join_paths(paths).expect("no separator"));
     cmd.current_dir(std::env::temp_dir());
     cmd
+}
+
+/// Python's `http.server` on an ephemeral port of 127.0.0.1 (or `bind`). HTTP/1.1 with
+/// keep-alive when `keep_alive`, else HTTP/1.0 (one request per connection). It prints the
+/// port once it listens: that line is the readiness signal.
+pub fn python_http_server(bind: &str, keep_alive: bool) -> Result<Server> {
+    let script = format!(
+        r#"
+import http.server, socket, sys
+class Handler(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "{proto}"
+    def log_message(self, *args): pass
+class Server(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6 if ":" in "{bind}" else socket.AF_INET
+srv = Server(("{bind}", 0), Handler)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#,
+        proto = if keep_alive { "HTTP/1.1" } else { "HTTP/1.0" },
+    );
+    let mut cmd = python();
+    cmd.arg("-c").arg(script);
+    spawn_printing_port(cmd, "python3 http.server")
 }
 
 /// An HTTP/1.1 application server in Python (`http.server` underneath): `GET` answers

@@ -28,11 +28,9 @@ pub(super) fn fast_server(
     procs::wait_http_ok(origin.addr, "/1k.bin", Duration::from_secs(10))?;
     procs::wait_http_ok(proxy.addr, "/1k.bin", Duration::from_secs(10))?;
 
-    eprintln!("==> fast server: calibrating (untraced saturation)");
-    load::wrk(&tools.wrk, &direct, 32, 1)?;
-    let max = load::wrk(&tools.wrk, &direct, 32, plan.seconds)?.requests_per_sec;
-    let rate = ((max / 2.0) / 100.0).round().max(1.0) as u64 * 100;
-    eprintln!("    untraced maximum {max:.0} req/s: fixed rate {rate} req/s");
+    let (max, rate) = calibrate("fast server", "req", plan, 100, |secs| {
+        load::wrk(&tools.wrk, &direct, 32, secs)
+    })?;
 
     let configs = [
         Config::Untraced,
@@ -132,14 +130,12 @@ pub(super) fn typical_service(
         Ok((front, back, front_addr))
     };
 
-    eprintln!("==> typical service: calibrating (untraced saturation)");
     let (front, back, addr) = start_apps(false)?;
     let url = format!("http://{addr}/api/data");
-    load::wrk(&tools.wrk, &url, 8, 1)?;
-    let max = load::wrk(&tools.wrk, &url, 8, plan.seconds)?.requests_per_sec;
+    let (max, rate) = calibrate("typical service", "req", plan, 1, |secs| {
+        load::wrk(&tools.wrk, &url, 8, secs)
+    })?;
     drop((front, back));
-    let rate = ((max / 2.0).round() as u64).max(1);
-    eprintln!("    untraced maximum {max:.0} req/s: fixed rate {rate} req/s");
 
     let configs = [Config::Untraced, Config::Agent, Config::OtelSdk];
     let results = rounds(
@@ -307,15 +303,13 @@ fn middle_service(
         Ok((service, addr))
     };
 
-    eprintln!("==> {} service: calibrating (untraced saturation)", m.name);
     let (middle, addr) = start_middle()?;
     // id=0: no jitter before the call.
     let url = format!("http://{addr}/work?id=0");
-    load::wrk(&tools.wrk, &url, 16, 1)?;
-    let max = load::wrk(&tools.wrk, &url, 16, plan.seconds)?.requests_per_sec;
+    let (max, rate) = calibrate(&format!("{} service", m.name), "req", plan, 1, |secs| {
+        load::wrk(&tools.wrk, &url, 16, secs)
+    })?;
     drop(middle);
-    let rate = ((max / 2.0).round() as u64).max(1);
-    eprintln!("    untraced maximum {max:.0} req/s: fixed rate {rate} req/s");
 
     let configs = [Config::Untraced, Config::Agent, m.extra];
     let results = rounds(
@@ -390,13 +384,11 @@ pub(super) fn grpc_service(
         Ok((service, load))
     };
 
-    eprintln!("==> gRPC service: calibrating (untraced saturation)");
     let (server, load) = start_server()?;
-    load.saturate(16, 1)?;
-    let max = load.saturate(16, plan.seconds)?.requests_per_sec;
+    let (max, rate) = calibrate("gRPC service", "calls", plan, 1, |secs| {
+        load.saturate(16, secs)
+    })?;
     drop(server);
-    let rate = ((max / 2.0).round() as u64).max(1);
-    eprintln!("    untraced maximum {max:.0} calls/s: fixed rate {rate} calls/s");
 
     let configs = [Config::Untraced, Config::Agent, Config::AgentSampled];
     let results = rounds(
@@ -487,4 +479,21 @@ pub(super) fn microbenchmarks(smoke: bool) -> Result<String> {
             &rows
         )
     ))
+}
+
+/// A scenario's untraced saturation and its fixed rate, half of it (a 1 s warm-up, then
+/// `plan.seconds` measured; the rate rounded to `step`).
+fn calibrate(
+    what: &str,
+    unit: &str,
+    plan: &Plan,
+    step: u64,
+    mut saturate: impl FnMut(u64) -> Result<load::Saturation>,
+) -> Result<(f64, u64)> {
+    eprintln!("==> {what}: calibrating (untraced saturation)");
+    saturate(1)?;
+    let max = saturate(plan.seconds)?.requests_per_sec;
+    let rate = ((max / 2.0 / step as f64).round() as u64).max(1) * step;
+    eprintln!("    untraced maximum {max:.0} {unit}/s: fixed rate {rate} {unit}/s");
+    Ok((max, rate))
 }

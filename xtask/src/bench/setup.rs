@@ -11,6 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use super::Tools;
 use super::procs::Service;
 use crate::run_cmd;
+use tracer_testkit::nginx_conf::NginxConf;
 
 /// The fixed-rate load generator, from crates.io (Debian has no wrk2 or oha).
 const OHA_VERSION: &str = "1.16.0";
@@ -116,7 +117,6 @@ impl Nginx {
         let _ = std::fs::remove_dir_all(prefix);
         std::fs::create_dir_all(prefix.join("html"))?;
         let addr = super::runner::free_addr()?;
-        let p = prefix.display();
         let (location, upstream_block) = match upstream {
             None => ("location / { }".to_owned(), String::new()),
             Some(up) => (
@@ -126,33 +126,17 @@ impl Nginx {
                 format!("upstream origin {{ server {up}; keepalive 64; }}"),
             ),
         };
-        let conf = format!(
-            r#"daemon off;
-master_process on;
-worker_processes 1;
-user root;
-pid {p}/nginx.pid;
-error_log {p}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {p}/client_body;
-    proxy_temp_path {p}/proxy;
-    fastcgi_temp_path {p}/fastcgi;
-    uwsgi_temp_path {p}/uwsgi;
-    scgi_temp_path {p}/scgi;
-    sendfile on;
-    keepalive_requests 10000000;
-    default_type application/octet-stream;
-    {upstream_block}
-    server {{
-        listen {addr};
-        root {p}/html;
-        {location}
-    }}
-}}
-"#
-        );
+        let conf = NginxConf {
+            prefix,
+            listen: addr.to_string(),
+            workers: 1,
+            worker_connections: 4096,
+            access_log: false,
+            keepalive_requests: 10_000_000,
+            http_extra: upstream_block,
+            locations: location,
+        }
+        .render();
         let conf_path = prefix.join("nginx.conf");
         std::fs::write(&conf_path, conf)?;
         let log = prefix.join("stderr.log");

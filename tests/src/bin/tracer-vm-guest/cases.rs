@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail, ensure};
 use tracer_agent::capture::features::Feature;
 use tracer_testkit::agent::Agent;
-use tracer_testkit::spans::{count_of, find_one, pid, spans_of, summary};
+use tracer_testkit::spans::{check_encloses, count_of, find_one, pid, spans_of, summary};
 use tracer_testkit::{OtlpReceiver, ReceivedSpan, Value};
 
 use crate::agent;
@@ -317,17 +317,7 @@ fn check_pair<'a>(
         server.status_code.as_str(),
         if ex.status >= 500 { "ERROR" } else { "UNSET" },
     )?;
-    ensure!(
-        client.start_unix_nanos <= server.start_unix_nanos
-            && server.end_unix_nanos <= client.end_unix_nanos,
-        "the CLIENT span [{}, {}] of {} {} must enclose its SERVER span [{}, {}]",
-        client.start_unix_nanos,
-        client.end_unix_nanos,
-        ex.method,
-        ex.path,
-        server.start_unix_nanos,
-        server.end_unix_nanos
-    );
+    check_encloses(client, server).with_context(|| format!("{} {}", ex.method, ex.path))?;
     Ok((client, server))
 }
 
