@@ -583,7 +583,8 @@ impl Linker {
     }
 
     /// Removes a node and every index that names it: the requests its thread or process
-    /// serves, and its waiting peer keys. The one place a node leaves the linker early.
+    /// serves, and its waiting peer keys. The one place a node leaves the linker, released
+    /// or given up.
     fn detach(&mut self, span_id: SpanId) -> Option<Node> {
         let node = self.nodes.remove(&span_id)?;
         if node.kind == SpanKind::Server {
@@ -1124,7 +1125,7 @@ impl Linker {
             let overdue = force || now_ns >= finished_ns.saturating_add(2 * self.cfg.window_ns);
             match self.resolve(span_id, now_ns, overdue, 0) {
                 Some(resolved) => {
-                    if let Some(span) = self.nodes.remove(&span_id).and_then(|n| n.span) {
+                    if let Some(span) = self.detach(span_id).and_then(|n| n.span) {
                         self.release(span_id, span, Some(resolved), now_ns);
                     }
                 }

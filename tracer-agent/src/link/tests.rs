@@ -213,6 +213,10 @@ fn server_without_traced_client_waits_for_the_window_then_becomes_root() {
     assert_eq!(find(&spans, s).parent_span_id, None);
     assert_eq!(find(&spans, c).parent_span_id, Some(s));
     assert_eq!(find(&spans, c).trace_id, find(&spans, s).trace_id);
+    // Released nodes leave no index behind (a stale peer key would outlive its node).
+    assert_eq!(l.stats().waiting, 0);
+    assert!(l.servers_awaiting.is_empty() && l.clients_by_source.is_empty());
+    assert!(l.by_request.values().all(Vec::is_empty));
 }
 
 /// The server's read can be delivered before the client's write event.
