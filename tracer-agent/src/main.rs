@@ -208,7 +208,33 @@ struct Args {
     enrich: tracer_agent::enrich::cli::EnrichArgs,
 }
 
+/// glibc gives threads that allocate at once arenas of their own and keeps freed memory in
+/// each: spans built on one runtime thread and freed by the exporter on another spread the
+/// heap over several. One arena cut the agent's peak RSS under a saturating nginx load from
+/// 64-67 to 52-54 MiB, at no measurable CPU cost (its tcache still serves most allocations
+/// without the arena lock). Before any thread starts: the setting is read at arena creation.
+#[cfg(target_env = "gnu")]
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only sets an allocator parameter; no other thread exists yet.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+}
+
+/// Starting up (parsing the kernel's BTF to load the programs, reading /proc) frees about
+/// 13 MiB that glibc would otherwise keep: an idle agent's heap goes from 15 to 2 MiB.
+#[cfg(target_env = "gnu")]
+fn release_startup_memory() {
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it is thread-safe.
+    unsafe { libc::malloc_trim(0) };
+}
+
+#[cfg(not(target_env = "gnu"))]
+fn limit_malloc_arenas() {}
+
+#[cfg(not(target_env = "gnu"))]
+fn release_startup_memory() {}
+
 fn main() -> std::process::ExitCode {
+    limit_malloc_arenas();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -475,6 +501,7 @@ async fn run(args: Args) -> Result<()> {
         capture.data_hooks,
         capture.go_programs
     );
+    release_startup_memory();
     metrics.ready.store(true, Ordering::Relaxed);
     let ring = capture.take_ring().context("ring buffer already taken")?;
     // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd lives.
