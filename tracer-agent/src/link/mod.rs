@@ -66,13 +66,15 @@ pub struct LinkConfig {
     pub window_ns: u64,
     /// Requests tracked at once; the oldest are given up beyond it.
     pub max_spans: usize,
-    /// Trace ids of exported spans remembered for late children.
+    /// Trace ids of exported spans remembered for late children: the newest half of this
+    /// many at least, all of them at most.
     pub remembered_traces: usize,
     /// Agents on other nodes can be asked for callers: SERVER spans without a local client
     /// are looked up there ([`Linker::due_lookups`]), and this agent's CLIENT requests are
     /// kept answerable ([`Linker::answer`]).
     pub remote: bool,
-    /// CLIENT requests kept answerable for other agents.
+    /// CLIENT requests kept answerable for other agents (like `remembered_traces`: the
+    /// newest half at least).
     pub answerable: usize,
 }
 
@@ -314,7 +316,7 @@ pub struct Linker {
     serving_by_thread: HashMap<(u32, u32), Vec<SpanId>>,
     serving_by_process: HashMap<u32, u32>,
     /// Traces (sampling decisions, exclusion) of released spans, for late children.
-    exported: FifoMap<SpanId, (TraceId, Option<bool>, bool)>,
+    exported: RecentMap<SpanId, (TraceId, Option<bool>, bool)>,
     /// Finished spans not yet released, in finishing order.
     finished: VecDeque<SpanId>,
     /// Finished SERVER spans waiting for their client (`Parent::AwaitPeer`), by the time
@@ -327,7 +329,7 @@ pub struct Linker {
     /// SERVER spans awaiting a caller, by the time of their next lookup on other nodes.
     lookups: BinaryHeap<Reverse<(u64, SpanId)>>,
     /// CLIENT requests other agents may ask about (bounded, oldest forgotten first).
-    answerable: FifoMap<PeerKey, SpanId>,
+    answerable: RecentMap<PeerKey, SpanId>,
     goroutines: Goroutines,
     /// CLIENT requests of followed CPython processes by the asyncio task that wrote them
     /// ((tgid, task id)), until the task answers a SERVER request. Bounded like the
@@ -355,32 +357,41 @@ struct Goroutines {
 
 const GOROUTINES_TRACKED: usize = 65_536;
 
-/// A map that keeps its newest `cap` keys: inserting a new key beyond the cap forgets the
-/// oldest one.
-struct FifoMap<K, V> {
-    map: HashMap<K, V>,
-    order: VecDeque<K>,
-    cap: usize,
+/// A map that keeps at least its newest `cap / 2` keys and at most `cap`: two generations,
+/// the older dropped whole when the younger fills. Never removing single keys keeps the
+/// hash tables free of tombstones, so each stays at the size its generation needs (a FIFO
+/// map of 100,000 keys evicting one key per insert settled at 262,144 buckets, 7 MiB, plus
+/// its order queue); an insert is one hash insert, and the emptied table is reused.
+struct RecentMap<K, V> {
+    young: HashMap<K, V>,
+    old: HashMap<K, V>,
+    generation: usize,
 }
 
-impl<K: std::hash::Hash + Eq + Copy, V> FifoMap<K, V> {
+impl<K: std::hash::Hash + Eq, V> RecentMap<K, V> {
     fn new(cap: usize) -> Self {
-        FifoMap {
-            map: HashMap::new(),
-            order: VecDeque::new(),
-            cap,
+        RecentMap {
+            young: HashMap::new(),
+            old: HashMap::new(),
+            generation: (cap / 2).max(1),
         }
     }
 
     fn insert(&mut self, k: K, v: V) {
-        if self.map.insert(k, v).is_none() {
-            self.order.push_back(k);
+        if self.young.len() >= self.generation && !self.young.contains_key(&k) {
+            std::mem::swap(&mut self.young, &mut self.old);
+            self.young.clear();
         }
-        while self.order.len() > self.cap {
-            if let Some(old) = self.order.pop_front() {
-                self.map.remove(&old);
-            }
-        }
+        self.young.insert(k, v);
+    }
+
+    fn get(&self, k: &K) -> Option<&V> {
+        self.young.get(k).or_else(|| self.old.get(k))
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.young.len() + self.old.len()
     }
 }
 
@@ -404,12 +415,12 @@ impl Linker {
             servers_awaiting: HashMap::new(),
             serving_by_thread: HashMap::new(),
             serving_by_process: HashMap::new(),
-            exported: FifoMap::new(remembered),
+            exported: RecentMap::new(remembered),
             finished: VecDeque::new(),
             parked: BinaryHeap::new(),
             released: Vec::new(),
             lookups: BinaryHeap::new(),
-            answerable: FifoMap::new(answerable),
+            answerable: RecentMap::new(answerable),
             goroutines: Goroutines::default(),
             tasks_waiting: HashMap::new(),
             stats: LinkStats::default(),
@@ -863,7 +874,7 @@ impl Linker {
         force: bool,
         depth: u32,
     ) -> Option<Resolved> {
-        if let Some(&(trace_id, sampled, excluded)) = self.exported.map.get(&span_id) {
+        if let Some(&(trace_id, sampled, excluded)) = self.exported.get(&span_id) {
             return Some(Resolved {
                 trace_id,
                 parent: None,
@@ -1021,7 +1032,7 @@ impl Linker {
     /// Another agent asks for the CLIENT request written from `key` (this node's client
     /// address:port and the request's position on the connection).
     pub fn answer(&mut self, key: PeerKey, now_ns: u64) -> Answer {
-        let Some(&span_id) = self.answerable.map.get(&key) else {
+        let Some(&span_id) = self.answerable.get(&key) else {
             return Answer::Unknown;
         };
         match self.resolve(span_id, now_ns, false, 0) {

@@ -485,7 +485,7 @@ fn bounded_under_a_flood_of_unanswered_requests() {
     }
     assert!(l.stats().waiting <= 100);
     assert_eq!(l.stats().evicted, 9_900);
-    assert!(l.exported.map.len() <= 50);
+    assert!(l.exported.len() <= 50);
 }
 
 /// A caller's `sampled` flag travels with its trace down every hop linked below it, so a
@@ -936,4 +936,22 @@ fn goroutines_reading_http2_work_for_no_stream() {
         (stats.by_goroutine, stats.abstained),
         (0, [0, 0, 0, 1, 0, 0])
     );
+}
+
+#[test]
+fn recent_map_keeps_the_newest_half_at_least_and_the_cap_at_most() {
+    let mut m = RecentMap::new(100);
+    for i in 0..1_000u32 {
+        m.insert(i, i * 2);
+        assert!(m.len() <= 100, "{i}: {}", m.len());
+        // The newest 50 keys are always there, with their values.
+        for k in i.saturating_sub(49)..=i {
+            assert_eq!(m.get(&k), Some(&(k * 2)), "{i}: {k}");
+        }
+    }
+    assert_eq!(m.get(&0), None);
+    assert_eq!(m.get(&899), None, "older than the two generations");
+    // Re-inserting a key the younger generation holds updates it in place.
+    m.insert(999, 7);
+    assert_eq!(m.get(&999), Some(&7));
 }
