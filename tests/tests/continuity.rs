@@ -287,6 +287,89 @@ async fn connections_open_before_the_agent_are_traced() {
     );
 }
 
+/// The descriptors of `pid` that are sockets.
+fn socket_fds(pid: u32) -> std::collections::BTreeSet<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the process's descriptors")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            target
+                .to_str()?
+                .starts_with("socket:")
+                .then(|| e.file_name().to_str()?.parse().ok())?
+        })
+        .collect()
+}
+
+/// A connection adopted at startup and closed while idle (its socket not yet seen, so its
+/// close is not either) leaves its descriptor number to the next connection the server
+/// accepts. That connection must be traced as itself: its SERVER spans the children of the
+/// new client's CLIENT spans, not carrying the old connection's identity and addresses
+/// (which made every one of them wait out the link window and leave as a root).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_descriptor_freed_by_an_idle_adopted_connection_is_traced_afresh() {
+    let server = tracer_testkit::workloads::python::python_app_server("127.0.0.1", false).unwrap();
+    let mut old = PooledClient::start(server.port);
+    old.send(1, 1);
+    // Connects at its first request, after the agent started.
+    let mut new = PooledClient::start(server.port);
+    let held = socket_fds(server.pid());
+    let rx = OtlpReceiver::start(ReceiverProtocol::Grpc).await.unwrap();
+    let pids = [old.pid(), new.pid(), server.pid()];
+    let agent = agent_scoped(&rx, &pids, &[]).await;
+    let adopted = agent
+        .metric("tracer_connections_adopted_total")
+        .await
+        .unwrap();
+    assert!(
+        adopted >= 2,
+        "both ends of the idle connection adopted, got {adopted}"
+    );
+
+    // The old client goes away without another byte; the server closes its end.
+    drop(old);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while socket_fds(server.pid()).len() >= held.len() {
+        assert!(
+            Instant::now() < deadline,
+            "the server did not close the idle connection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    new.send(10, 20);
+    assert_eq!(
+        socket_fds(server.pid()),
+        held,
+        "premise: the new connection took the descriptor the old one freed"
+    );
+    let want = 2 * 20;
+    let mine = |s: &[tracer_testkit::ReceivedSpan]| {
+        tracer_testkit::spans::count_of(s, &[pids[1], pids[2]])
+    };
+    let waited = rx.wait_for_spans(|s| mine(s) >= want, WAIT).await;
+    agent.stop().expect("agent stops cleanly");
+    let spans = tracer_testkit::spans::spans_of(&rx.spans(), &[pids[1], pids[2]]);
+    assert!(
+        waited.is_ok() && spans.len() == want,
+        "want {want} spans, got {}",
+        spans.len()
+    );
+    let problems = pairs_linked(&spans, pids[1], pids[2], 10..30);
+    assert!(problems.is_empty(), "{problems:#?}");
+    let client_port = spans
+        .iter()
+        .find(|s| s.kind == "CLIENT")
+        .and_then(|s| s.attr_int("network.local.port"));
+    assert!(
+        spans
+            .iter()
+            .filter(|s| s.kind == "SERVER")
+            .all(|s| s.attr_int("network.peer.port") == client_port),
+        "the server's spans name the new client's port {client_port:?}"
+    );
+}
+
 /// The agent traces only `pids`, exporting to `rx` with room for every span of a test.
 async fn agent_scoped(rx: &OtlpReceiver, pids: &[u32], extra: &[&str]) -> Agent {
     let mut args: Vec<String> = pids

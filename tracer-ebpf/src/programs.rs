@@ -967,6 +967,18 @@ fn on_socket_io(ctx: &TracePointContext, direction: Direction) {
         end_connection(key, &state);
         known = None;
     }
+    if let Some(state) = known
+        && state.sk == 0
+        // SAFETY: only tested for presence.
+        && unsafe { PENDING_ACCEPT.get(sk) }.is_some()
+    {
+        // An adopted connection's socket is learnt only from its first byte, so its close
+        // goes unseen while it is idle; a socket accepted since the agent started cannot
+        // be it: the descriptor was closed and reused. Without this the new connection
+        // would carry the old one's id and addresses (and never match its client).
+        end_connection(key, &state);
+        known = None;
+    }
     let state = match known {
         Some(state) => state,
         None if register_on_first_data(pid_tgid, fd, sk) => {
