@@ -226,6 +226,15 @@ fn pairs_linked(
     problems
 }
 
+/// The agent adopted (at least) both ends of the connection open before it started.
+async fn assert_both_ends_adopted(agent: &Agent, what: &str) {
+    let adopted = agent
+        .metric("tracer_connections_adopted_total")
+        .await
+        .unwrap();
+    assert!(adopted >= 2, "{what}: both ends adopted, got {adopted}");
+}
+
 /// A client holding one keep-alive connection opened before the agent started (as every
 /// pooled client does) is traced from its next request on, at the default settings, both
 /// ends linked; and again after the agent is restarted (the new agent finds the same
@@ -248,14 +257,7 @@ async fn connections_open_before_the_agent_are_traced() {
     ];
     for (round, first) in [(1, 6u32), (2, 46)] {
         let agent = Agent::start(&scope, &env).await.expect("agent starts");
-        let adopted = agent
-            .metric("tracer_connections_adopted_total")
-            .await
-            .unwrap();
-        assert!(
-            adopted >= 2,
-            "round {round}: both ends adopted, got {adopted}"
-        );
+        assert_both_ends_adopted(&agent, &format!("round {round}")).await;
         client.send(first, 20);
         let want = 2 * 20 * round;
         let waited = rx
@@ -318,14 +320,7 @@ async fn a_descriptor_freed_by_an_idle_adopted_connection_is_traced_afresh() {
     let rx = OtlpReceiver::start(ReceiverProtocol::Grpc).await.unwrap();
     let pids = [old.pid(), new.pid(), server.pid()];
     let agent = agent_scoped(&rx, &pids, &[]).await;
-    let adopted = agent
-        .metric("tracer_connections_adopted_total")
-        .await
-        .unwrap();
-    assert!(
-        adopted >= 2,
-        "both ends of the idle connection adopted, got {adopted}"
-    );
+    assert_both_ends_adopted(&agent, "the idle connection").await;
 
     // The old client goes away without another byte; the server closes its end.
     drop(old);
