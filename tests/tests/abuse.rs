@@ -251,9 +251,11 @@ async fn ten_thousand_idle_connections() {
     println!("{N} idle connections: {active} connections tracked");
     assert_ready(&s.agent).await;
     assert_traces_normal_request(&s, "/during-idle").await;
-    // Each end holds its one byte, waiting for the rest of a message: about 1.1 KiB of
+    // Each end holds its one byte, waiting for the rest of a message: about 1.7 KiB of
     // connection and stream state per end measured (on top of the start's RSS, which the
-    // absolute limit of the other cases leaves no room for here).
+    // absolute limit of the other cases leaves no room for here). It read 1.1 KiB while
+    // the heap freed at startup stayed resident and absorbed part of it: the same 10,000
+    // connections took the release agent to 65 MiB either way.
     let rss = rss_kib(s.agent.pid()).unwrap();
     let per_end = (rss.saturating_sub(s.baseline_rss)) as f64 / (2 * N) as f64;
     println!(
@@ -261,7 +263,7 @@ async fn ten_thousand_idle_connections() {
         s.baseline_rss
     );
     assert!(
-        per_end < 1.5,
+        per_end < 2.0,
         "the agent grew {per_end:.2} KiB per idle connection end (RSS {rss} KiB, {} KiB at start)",
         s.baseline_rss
     );

@@ -311,6 +311,7 @@ async fn tail_sampling_at(ratio: f64) {
 /// of them is exported, and the agent's memory stays flat.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_buffer_stays_bounded_under_a_flood_of_unsampled_traces() {
+    const WARM_UP: usize = 500;
     const REQUESTS: usize = 3000;
     const MAX_SPANS: u64 = 500;
     let rx = tracer_testkit::spans::receiver().await.unwrap();
@@ -329,20 +330,30 @@ async fn tail_buffer_stays_bounded_under_a_flood_of_unsampled_traces() {
     )
     .await
     .unwrap();
+    let flood = |requests: usize| {
+        let (client, out) = tracer_testkit::workloads::run_client(
+            tracer_testkit::workloads::node::node_client(server.port, requests, 4, 0),
+            "node client",
+        )
+        .unwrap();
+        assert_eq!(
+            tracer_testkit::workloads::reported(&out, "requests").unwrap(),
+            requests as u64
+        );
+        client
+    };
+    // A first flood brings the agent to its working size under this load (the heap it
+    // returned after startup grows back with its first traffic); the memory check is on
+    // the second, which a bounded buffer holds in the same room.
+    let warm_client = flood(WARM_UP);
     let rss_before = tracer_testkit::workloads::rss_kib(agent.pid()).unwrap();
-    let (client, out) = tracer_testkit::workloads::run_client(
-        tracer_testkit::workloads::node::node_client(server.port, REQUESTS, 16, 0),
-        "node client",
-    )
-    .unwrap();
-    assert_eq!(
-        tracer_testkit::workloads::reported(&out, "requests").unwrap(),
-        REQUESTS as u64
-    );
+    let client = flood(REQUESTS);
     // Every exchange built (both ends), then look at the buffer.
-    let pids = [client, server.pid()];
+    let pids = [warm_client, client, server.pid()];
     let started = std::time::Instant::now();
-    while agent.metric("tracer_spans_created_total").await.unwrap() < 2 * REQUESTS as u64 {
+    while agent.metric("tracer_spans_created_total").await.unwrap()
+        < 2 * (WARM_UP + REQUESTS) as u64
+    {
         assert!(
             started.elapsed() < tracer_testkit::spans::WAIT,
             "spans were not built in time"
@@ -362,12 +373,13 @@ async fn tail_buffer_stays_bounded_under_a_flood_of_unsampled_traces() {
         "buffered {buffered} of at most {MAX_SPANS}, {early} traces decided early, RSS {rss_before} -> {rss_after} KiB"
     );
     assert!(buffered <= MAX_SPANS, "{buffered} spans buffered");
-    // 3000 traces of two spans through 500 places: all but the last ~250 decided early.
+    // Traces of two spans through 500 places: all but the last ~250 decided early.
     assert!(
         early >= (REQUESTS as u64) - MAX_SPANS,
         "only {early} traces decided early"
     );
     assert_eq!(exported, 0, "nothing of an unsampled flood is exported");
+    // A release agent grows by 1-3 MiB here, a debug build by about 9.
     assert!(
         rss_after.saturating_sub(rss_before) < 16 * 1024,
         "agent RSS grew from {rss_before} to {rss_after} KiB"
