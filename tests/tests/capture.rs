@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tracer_testkit::harness::Agent;
 use tracer_testkit::spans::{agent_exporting_to, check_encloses, one, span_pid};
-use tracer_testkit::workloads::python::python_http_server;
-use tracer_testkit::workloads::{CurlRun, Server, curl};
+use tracer_testkit::workloads::python::{python, python_app_server, python_http_server};
+use tracer_testkit::workloads::{CurlRun, LineChild, Server, curl, reported};
 use tracer_testkit::{OtlpReceiver, ReceivedSpan, ReceiverProtocol};
 
 async fn collect(rx: &OtlpReceiver, agent: Agent, pids: &[u32], want: usize) -> Vec<ReceivedSpan> {
@@ -201,6 +201,117 @@ async fn keep_alive_pairs(agent_args: &[&str]) {
         assert_eq!(client.attr_int("http.response.status_code"), Some(200));
         assert!(client.start_unix_nanos <= server_span.start_unix_nanos);
         assert!(server_span.end_unix_nanos <= client.end_unix_nanos);
+    }
+}
+
+/// Steps `CLOCK_REALTIME` by `delta_ns` (as NTP does, or a VM resumed and re-synchronised),
+/// and back when dropped.
+struct WallClockStep(i128);
+
+impl WallClockStep {
+    fn by(delta_ns: i128) -> WallClockStep {
+        step_wall_clock(delta_ns);
+        WallClockStep(delta_ns)
+    }
+}
+
+impl Drop for WallClockStep {
+    fn drop(&mut self) {
+        step_wall_clock(-self.0);
+    }
+}
+
+fn step_wall_clock(delta_ns: i128) {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointers; CLOCK_REALTIME exists and the suite runs as root.
+    unsafe {
+        assert_eq!(libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts), 0);
+        let ns = ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128 + delta_ns;
+        ts.tv_sec = (ns / 1_000_000_000) as libc::time_t;
+        ts.tv_nsec = (ns % 1_000_000_000) as libc::c_long;
+        assert_eq!(
+            libc::clock_settime(libc::CLOCK_REALTIME, &ts),
+            0,
+            "setting the wall clock: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The wall clock steps back 300 ms under traffic. Span times are converted from the
+/// kernel's monotonic clock, so the agent's next resync of the offset (every 10 s) must not
+/// tear the traffic apart: the requests of one keep-alive connection keep their order and
+/// every CLIENT span still encloses its SERVER span, whichever side of the resync each was
+/// built on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn span_times_keep_their_order_when_the_wall_clock_steps() {
+    let rx = OtlpReceiver::start(ReceiverProtocol::Grpc).await.unwrap();
+    let server = python_app_server("127.0.0.1", false).unwrap();
+    let agent = agent_exporting_to(&rx, &[]).await.unwrap();
+    // One connection, requests one after another, `run <seconds>` at a time.
+    let mut cmd = python();
+    cmd.arg("-c").arg(format!(
+        r#"
+import http.client, sys, time
+c = http.client.HTTPConnection("127.0.0.1", {port})
+n = 0
+for line in sys.stdin:
+    end = time.monotonic() + float(line.split()[1])
+    while time.monotonic() < end:
+        c.request("GET", "/seq/%d" % n)
+        r = c.getresponse()
+        r.read()
+        assert r.status == 200, r.status
+        n += 1
+        time.sleep(0.002)
+    print("requests=%d" % n, flush=True)
+"#,
+        port = server.port
+    ));
+    let mut client = LineChild::spawn(&mut cmd).unwrap();
+    client.ask("run 1", |l| l.starts_with("requests=")).unwrap();
+    let n = {
+        let _step = WallClockStep::by(-300_000_000);
+        // Longer than the agent's resync interval: one resync falls in it.
+        let out = client
+            .ask("run 11", |l| l.starts_with("requests="))
+            .unwrap();
+        reported(&out, "requests").unwrap() as usize
+    };
+    let spans = collect(&rx, agent, &[client.pid(), server.pid()], 2 * n).await;
+    let by_index = |kind: &str, pid: u32| {
+        let mut v: Vec<(usize, &ReceivedSpan)> = spans
+            .iter()
+            .filter(|s| s.kind == kind && span_pid(s) == pid)
+            .map(|s| {
+                let path = s.attr_str("url.path").or(s.attr_str("url.full")).unwrap();
+                let i = path.rsplit('/').next().unwrap().parse().unwrap();
+                (i, s)
+            })
+            .collect();
+        v.sort_by_key(|(i, _)| *i);
+        v
+    };
+    let clients = by_index("CLIENT", client.pid());
+    let servers = by_index("SERVER", server.pid());
+    assert_eq!((clients.len(), servers.len()), (n, n));
+    for (i, ((ci, c), (si, s))) in clients.iter().zip(&servers).enumerate() {
+        assert_eq!((*ci, *si), (i, i), "one span of each kind per request");
+        assert_eq!(s.parent_span_id, c.span_id, "request {i}");
+        check_encloses(c, s).unwrap_or_else(|e| panic!("request {i}: {e}"));
+    }
+    for pair in clients.windows(2).chain(servers.windows(2)) {
+        let ((i, a), (_, b)) = (pair[0], pair[1]);
+        assert!(
+            a.end_unix_nanos <= b.start_unix_nanos,
+            "{} request {i} ends at {} after the next one starts at {}",
+            a.kind,
+            a.end_unix_nanos,
+            b.start_unix_nanos
+        );
     }
 }
 

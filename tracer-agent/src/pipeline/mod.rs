@@ -19,7 +19,7 @@ use crate::http2::{self, H2Connection, Http2Config};
 use crate::link::{Answer, LinkConfig, Linker, PeerKey, StartedRequest, context};
 use crate::metrics::Metrics;
 use crate::spans::builder::{ConnMeta, build_span, grpc_method, split_target};
-use crate::spans::clock::Clock;
+use crate::spans::clock::{Adjustment, Clock};
 use crate::spans::route::RouteNamer;
 use crate::spans::runtime::Runtime;
 use crate::spans::{Resource, SpanKind, SpanRecord};
@@ -296,10 +296,20 @@ impl Pipeline {
         self.conns.len()
     }
 
-    /// Periodic housekeeping: forget processes that exited, re-sample the clock.
+    /// Periodic housekeeping: forget processes that exited, follow the wall clock.
     pub fn tick(&mut self) {
         self.enricher.prune();
-        self.clock = Clock::sample();
+        match self.clock.resync() {
+            Adjustment::Stepped { by_ns } => tracing::warn!(
+                "the wall clock moved by {} ms: span times jump with it",
+                by_ns / 1_000_000
+            ),
+            Adjustment::Slewed { error_ns, .. } if error_ns.abs() > 1_000_000 => tracing::info!(
+                "the wall clock moved by {} ms: slewing span times towards it",
+                error_ns / 1_000_000
+            ),
+            Adjustment::Slewed { .. } => {}
+        }
         self.close_connections_of_exited();
         self.metrics
             .connections_active
