@@ -365,6 +365,70 @@ async fn a_descriptor_freed_by_an_idle_adopted_connection_is_traced_afresh() {
     );
 }
 
+/// The same two situations across nodes, as a DaemonSet sees them: the clients' agent and
+/// the server's agent are two agents (each scoped to its node's processes, joined by the
+/// agent-to-agent exchange), both started while two pooled connections are open. The
+/// connection in use is linked across the agents from its next request on (each agent
+/// adopted its own end); the idle one is closed by the server and a new client takes its
+/// descriptor, and that client's requests are linked as themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_open_before_two_agents_are_linked_across_them() {
+    let server = tracer_testkit::workloads::python::python_app_server("127.0.0.1", false).unwrap();
+    let mut busy = PooledClient::start(server.port);
+    busy.send(1, 1);
+    let mut idle = PooledClient::start(server.port);
+    idle.send(2, 1);
+    let mut new = PooledClient::start(server.port);
+    let held = socket_fds(server.pid());
+    let rx = OtlpReceiver::start(ReceiverProtocol::Grpc).await.unwrap();
+    let (ex_clients, ex_server) = (unused_local_addr().unwrap(), unused_local_addr().unwrap());
+    let clients = [busy.pid(), idle.pid(), new.pid()];
+    let agents = [
+        tracer_tests::nodes::node_agent(&rx, &clients, ex_clients, &[ex_server], None).await,
+        tracer_tests::nodes::node_agent(&rx, &[server.pid()], ex_server, &[ex_clients], None).await,
+    ];
+    for (agent, what, ends) in [
+        (&agents[0], "clients' agent", 2),
+        (&agents[1], "server's agent", 2),
+    ] {
+        let adopted = agent
+            .metric("tracer_connections_adopted_total")
+            .await
+            .unwrap();
+        assert!(
+            adopted >= ends,
+            "{what}: {ends} ends adopted, got {adopted}"
+        );
+    }
+
+    busy.send(10, 20);
+    drop(idle);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while socket_fds(server.pid()).len() >= held.len() {
+        assert!(
+            Instant::now() < deadline,
+            "the server did not close the idle connection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    new.send(40, 20);
+    assert_eq!(
+        socket_fds(server.pid()),
+        held,
+        "premise: the new connection took the descriptor the idle one freed"
+    );
+    let pids = [busy.pid(), new.pid(), server.pid()];
+    let end = tracer_tests::nodes::finish_two_agents(&rx, agents, &pids, 2 * 40).await;
+    assert!(
+        end.complete && end.spans.len() == 2 * 40,
+        "want 80 spans, got {}",
+        end.spans.len()
+    );
+    let mut problems = pairs_linked(&end.spans, pids[0], pids[2], 10..30);
+    problems.extend(pairs_linked(&end.spans, pids[1], pids[2], 40..60));
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
 /// The agent traces only `pids`, exporting to `rx` with room for every span of a test.
 async fn agent_scoped(rx: &OtlpReceiver, pids: &[u32], extra: &[&str]) -> Agent {
     let mut args: Vec<String> = pids
