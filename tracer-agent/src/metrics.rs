@@ -130,6 +130,9 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
     pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+        // Callers publish per-batch deltas, mostly zero: skip the locked add then.
+        if n != 0 {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
     }
 }

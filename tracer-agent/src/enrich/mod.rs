@@ -387,8 +387,15 @@ impl Enricher {
     /// Spans whose resource is final leave now (CLIENT spans get their peer's name); spans
     /// waiting for their pod's metadata are held, and leave once it arrived or their wait is
     /// over. Call with every batch of finished spans, and periodically with none.
-    pub fn settle(&mut self, spans: Vec<SpanRecord>) -> Vec<SpanRecord> {
+    pub fn settle(&mut self, mut spans: Vec<SpanRecord>) -> Vec<SpanRecord> {
         let now = Instant::now();
+        if self.pending.is_empty() && self.held.is_empty() {
+            // The common case: nothing waits for metadata; the spans leave in place.
+            if self.kube.is_some() {
+                spans.iter_mut().for_each(|s| self.add_peer(s));
+            }
+            return spans;
+        }
         let mut out = Vec::with_capacity(spans.len());
         for span in spans {
             if self.pending.contains_key(&ptr(&span.resource)) {
@@ -475,8 +482,13 @@ impl Enricher {
     /// Sets `peer.service`, and `server.address` when the client named its server by IP
     /// only (a name from the `Host` header is what the application asked for and stays).
     fn with_peer(&self, mut span: SpanRecord) -> SpanRecord {
+        self.add_peer(&mut span);
+        span
+    }
+
+    fn add_peer(&self, span: &mut SpanRecord) {
         if span.kind != SpanKind::Client || self.kube.is_none() {
-            return span;
+            return;
         }
         let ip = match span.attr("network.peer.address") {
             Some(AttrValue::Str(s)) => s.parse::<IpAddr>().ok(),
@@ -487,10 +499,10 @@ impl Enricher {
             _ => None,
         };
         let (Some(ip), Some(port)) = (ip, port) else {
-            return span;
+            return;
         };
         let Some(peer) = self.peer(ip, port) else {
-            return span;
+            return;
         };
         let named_by_ip = match span.attr("server.address") {
             Some(AttrValue::Str(s)) => s.parse::<IpAddr>().is_ok(),
@@ -503,7 +515,6 @@ impl Enricher {
         }
         span.attributes.retain(|(k, _)| *k != "peer.service");
         span.attributes.push(("peer.service", peer.service.into()));
-        span
     }
 
     /// The process still exists (under the configured `/proc`).
