@@ -304,6 +304,33 @@ fn socket_fds(pid: u32) -> std::collections::BTreeSet<u32> {
         .collect()
 }
 
+/// The idle client goes away without another byte and the server closes its end; then
+/// `new` connects (at its first request) and sends ids `first..first + 20`, having taken
+/// the descriptor the idle connection freed (`held`: the server's sockets before).
+async fn reuse_the_idle_descriptor(
+    server: u32,
+    held: &std::collections::BTreeSet<u32>,
+    idle: PooledClient,
+    new: &mut PooledClient,
+    first: u32,
+) {
+    drop(idle);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while socket_fds(server).len() >= held.len() {
+        assert!(
+            Instant::now() < deadline,
+            "the server did not close the idle connection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    new.send(first, 20);
+    assert_eq!(
+        &socket_fds(server),
+        held,
+        "premise: the new connection took the descriptor the idle one freed"
+    );
+}
+
 /// A connection adopted at startup and closed while idle (its socket not yet seen, so its
 /// close is not either) leaves its descriptor number to the next connection the server
 /// accepts. That connection must be traced as itself: its SERVER spans the children of the
@@ -322,22 +349,7 @@ async fn a_descriptor_freed_by_an_idle_adopted_connection_is_traced_afresh() {
     let agent = agent_scoped(&rx, &pids, &[]).await;
     assert_both_ends_adopted(&agent, "the idle connection").await;
 
-    // The old client goes away without another byte; the server closes its end.
-    drop(old);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while socket_fds(server.pid()).len() >= held.len() {
-        assert!(
-            Instant::now() < deadline,
-            "the server did not close the idle connection"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    new.send(10, 20);
-    assert_eq!(
-        socket_fds(server.pid()),
-        held,
-        "premise: the new connection took the descriptor the old one freed"
-    );
+    reuse_the_idle_descriptor(server.pid(), &held, old, &mut new, 10).await;
     let want = 2 * 20;
     let mine = |s: &[tracer_testkit::ReceivedSpan]| {
         tracer_testkit::spans::count_of(s, &[pids[1], pids[2]])
@@ -387,36 +399,11 @@ async fn connections_open_before_two_agents_are_linked_across_them() {
         tracer_tests::nodes::node_agent(&rx, &clients, ex_clients, &[ex_server], None).await,
         tracer_tests::nodes::node_agent(&rx, &[server.pid()], ex_server, &[ex_clients], None).await,
     ];
-    for (agent, what, ends) in [
-        (&agents[0], "clients' agent", 2),
-        (&agents[1], "server's agent", 2),
-    ] {
-        let adopted = agent
-            .metric("tracer_connections_adopted_total")
-            .await
-            .unwrap();
-        assert!(
-            adopted >= ends,
-            "{what}: {ends} ends adopted, got {adopted}"
-        );
-    }
+    assert_both_ends_adopted(&agents[0], "the clients' agent").await;
+    assert_both_ends_adopted(&agents[1], "the server's agent").await;
 
     busy.send(10, 20);
-    drop(idle);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while socket_fds(server.pid()).len() >= held.len() {
-        assert!(
-            Instant::now() < deadline,
-            "the server did not close the idle connection"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    new.send(40, 20);
-    assert_eq!(
-        socket_fds(server.pid()),
-        held,
-        "premise: the new connection took the descriptor the idle one freed"
-    );
+    reuse_the_idle_descriptor(server.pid(), &held, idle, &mut new, 40).await;
     let pids = [busy.pid(), new.pid(), server.pid()];
     let end = tracer_tests::nodes::finish_two_agents(&rx, agents, &pids, 2 * 40).await;
     assert!(
