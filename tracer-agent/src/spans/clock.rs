@@ -24,7 +24,7 @@ const MAX_SLEW_PPB: i128 = 5_000_000;
 /// at the agent's resync interval; older instants use the oldest segment's offset.
 const MAX_SEGMENTS: usize = 64;
 
-/// From `from_ns` on: `offset(t) = offset_ns + (t - from_ns) * rate_ppb / 10^6`.
+/// From `from_ns` on: `offset(t) = offset_ns + (t - from_ns) * rate_ppb / 10^9`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Segment {
     from_ns: u64,
@@ -115,6 +115,14 @@ impl Clock {
         let last = *self.segments.back().expect("never empty");
         let current = last.offset_at(now_ns);
         let error = target_offset - current;
+        // Instants from the last segment's start on may have been converted already: a
+        // sample that old (never taken in practice) changes nothing.
+        if now_ns <= last.from_ns {
+            return Adjustment::Slewed {
+                error_ns: error,
+                rate_ppb: last.rate_ppb,
+            };
+        }
         let (segment, adjustment) = if error.abs() > STEP_NS {
             (
                 Segment {
@@ -139,11 +147,6 @@ impl Clock {
                 },
             )
         };
-        // Instants from the last segment's start on may have been converted already: a
-        // sample that old (never taken in practice) changes nothing.
-        if now_ns <= last.from_ns {
-            return adjustment;
-        }
         self.segments.push_back(segment);
         if self.segments.len() > MAX_SEGMENTS {
             self.segments.pop_front();
