@@ -8,6 +8,8 @@
 //!   three services in them;
 //! * [`ports`]: free local ports;
 //! * [`process`]: child processes: waiting for readiness, stopping within a deadline;
+//! * [`span_count`]: the spans of an OTLP export request counted without decoding it (the
+//!   benchmark's receiver);
 //! * [`spans`]: the agent exporting to the receiver, the spans collected, and queries and
 //!   assertions over them;
 //! * [`workloads`]: the programs the suites trace, per language.
@@ -21,6 +23,7 @@ pub mod otlp;
 pub mod pods;
 pub mod ports;
 pub mod process;
+pub mod span_count;
 #[cfg(feature = "suites")]
 pub mod spans;
 #[cfg(feature = "suites")]
