@@ -178,7 +178,7 @@ impl<E: SpanExporter> Worker<E> {
                             // Taken one by one: spans still in this message while the
                             // task waits for an export slot stay counted as queued.
                             self.queued.fetch_sub(1, Ordering::Relaxed);
-                            self.metrics().export_queue_depth.fetch_sub(1, Ordering::Relaxed);
+                            self.metrics.export_queue_depth.fetch_sub(1, Ordering::Relaxed);
                             batch.push(span);
                             if batch.len() == 1 {
                                 flush_at = Some(Instant::now() + self.batch_cfg.schedule_delay);
@@ -206,10 +206,6 @@ impl<E: SpanExporter> Worker<E> {
                 Some(_) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {}
             }
         }
-    }
-
-    fn metrics(&self) -> &Metrics {
-        &self.metrics
     }
 
     /// Starts exporting `batch` once a slot is free. Waiting here (not reading the queue)
@@ -284,27 +280,42 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn counts_what_the_exporter_reports_and_shuts_it_down_once() {
+    /// A processor over a scripted exporter, batches of `batch_size` exported one at a
+    /// time and never on a timer, with spans 1..=`spans` submitted.
+    fn started(
+        results: Vec<ExportResult>,
+        batch_size: usize,
+        spans: u8,
+    ) -> (BatchSpanProcessor<Scripted>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
         let exporter = Scripted {
-            // Batches are exported one at a time, in order.
-            results: Mutex::new(vec![
-                Ok(Delivered { rejected: 1 }),
-                Err(GaveUp),
-                Ok(Delivered::default()),
-            ]),
+            results: Mutex::new(results),
             ..Scripted::default()
         };
         let batch = BatchConfig {
             schedule_delay: Duration::from_secs(3600),
-            max_export_batch_size: 3,
+            max_export_batch_size: batch_size,
             max_concurrent_exports: 1,
             ..BatchConfig::default()
         };
         let p = BatchSpanProcessor::start(exporter, batch, metrics.clone());
         let r = resource("svc");
-        p.submit_all((1..=8).map(|id| span(&r, id, None)).collect());
+        p.submit_all((1..=spans).map(|id| span(&r, id, None)).collect());
+        (p, metrics)
+    }
+
+    #[tokio::test]
+    async fn counts_what_the_exporter_reports_and_shuts_it_down_once() {
+        // Batches are exported one at a time, in order.
+        let (p, metrics) = started(
+            vec![
+                Ok(Delivered { rejected: 1 }),
+                Err(GaveUp),
+                Ok(Delivered::default()),
+            ],
+            3,
+            8,
+        );
         // Shutdown exports the partial last batch without waiting for the delay.
         p.shutdown(Instant::now() + Duration::from_secs(10)).await;
         let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
@@ -316,20 +327,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_exporter_sees_full_batches_then_the_rest_and_one_shutdown() {
-        let metrics = Arc::new(Metrics::default());
-        let exporter = Scripted {
-            results: Mutex::new(vec![Ok(Delivered::default()); 3]),
-            ..Scripted::default()
-        };
-        let batch = BatchConfig {
-            schedule_delay: Duration::from_secs(3600),
-            max_export_batch_size: 4,
-            max_concurrent_exports: 1,
-            ..BatchConfig::default()
-        };
-        let p = BatchSpanProcessor::start(exporter, batch, metrics.clone());
-        let r = resource("svc");
-        p.submit_all((1..=10).map(|id| span(&r, id, None)).collect());
+        let (p, _) = started(vec![Ok(Delivered::default()); 3], 4, 10);
         let exporter = p.exporter.clone();
         p.shutdown(Instant::now() + Duration::from_secs(10)).await;
         assert_eq!(*exporter.batches.lock().unwrap(), [4, 4, 2]);
