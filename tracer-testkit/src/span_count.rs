@@ -6,35 +6,22 @@
 //! the three levels down to the spans, checks the framing of every field it passes
 //! (including each span's own fields) and allocates nothing.
 
-use std::fmt;
-
 /// Why a request is not a well-formed `ExportTraceServiceRequest`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     /// A varint longer than 10 bytes, or cut off by the end of its message.
+    #[error("malformed varint at byte {at}")]
     Varint { at: usize },
     /// A length-delimited field or fixed-width value running past its message.
+    #[error("field at byte {at} runs past its message")]
     Truncated { at: usize },
     /// Wire types 3, 4 (groups) and 6, 7 (undefined), or field number 0.
+    #[error("invalid field key {key} at byte {at}")]
     BadKey { at: usize, key: u64 },
     /// `resource_spans`, `scope_spans` or `spans` not length-delimited.
+    #[error("field {field} has wire type {wire_type}, expected 2")]
     WrongType { field: u32, wire_type: u8 },
 }
-
-impl fmt::Display for WireError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            WireError::Varint { at } => write!(f, "malformed varint at byte {at}"),
-            WireError::Truncated { at } => write!(f, "field at byte {at} runs past its message"),
-            WireError::BadKey { at, key } => write!(f, "invalid field key {key} at byte {at}"),
-            WireError::WrongType { field, wire_type } => {
-                write!(f, "field {field} has wire type {wire_type}, expected 2")
-            }
-        }
-    }
-}
-
-impl std::error::Error for WireError {}
 
 const LEN: u8 = 2;
 

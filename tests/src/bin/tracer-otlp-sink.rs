@@ -72,8 +72,9 @@ impl Service<http::Request<Body>> for Export {
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let export = self.clone();
         Box::pin(async move {
-            if request.uri().path() != "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-            {
+            // The one method served: `/{NAME}/Export`.
+            let method = request.uri().path().strip_prefix('/');
+            if method.and_then(|m| m.strip_prefix(Self::NAME)) != Some("/Export") {
                 return Ok(Status::unimplemented("only TraceService/Export").into_http());
             }
             let mut grpc = Grpc::new(Counting(export.0.clone())).apply_max_message_size_config(
@@ -99,18 +100,17 @@ impl UnaryService<Result<(), WireError>> for Export {
     }
 }
 
-/// Decodes a request into whether it was well formed (counted on the way); encodes the
-/// empty `ExportTraceServiceResponse` (zero bytes).
+/// Decodes a request into whether it was well formed (counted on the way).
 struct Counting(Arc<Counts>);
 
 impl Codec for Counting {
     type Encode = ();
     type Decode = Result<(), WireError>;
-    type Encoder = Counting;
+    type Encoder = EmptyResponse;
     type Decoder = Counting;
 
-    fn encoder(&mut self) -> Counting {
-        Counting(self.0.clone())
+    fn encoder(&mut self) -> EmptyResponse {
+        EmptyResponse
     }
 
     fn decoder(&mut self) -> Counting {
@@ -118,7 +118,10 @@ impl Codec for Counting {
     }
 }
 
-impl Encoder for Counting {
+/// The empty `ExportTraceServiceResponse`: zero bytes.
+struct EmptyResponse;
+
+impl Encoder for EmptyResponse {
     type Item = ();
     type Error = Status;
 

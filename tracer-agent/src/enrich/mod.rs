@@ -391,9 +391,7 @@ impl Enricher {
         let now = Instant::now();
         if self.pending.is_empty() && self.held.is_empty() {
             // The common case: nothing waits for metadata; the spans leave in place.
-            if self.kube.is_some() {
-                spans.iter_mut().for_each(|s| self.add_peer(s));
-            }
+            spans.iter_mut().for_each(|s| self.add_peer(s));
             return spans;
         }
         let mut out = Vec::with_capacity(spans.len());
